@@ -1,0 +1,42 @@
+"""Toy experiment: synthetic images with known class evidence, a small CNN.
+
+Runs on a laptop CPU in about a minute:
+
+  python -m roar_jax.main --config=configs/toy.py --workdir=/tmp/roar_toy --mode=train
+
+Each image is noise with a class-specific pattern pasted at one of a few
+positions; the generator knows which pixels carry the class (the ground-truth
+mask), so later stages can check that good saliency methods find them. The
+small CNN reaches well over 90% test accuracy (4 classes, chance 25%).
+"""
+
+import ml_collections
+
+from roar_jax import config_lib
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = config_lib.base_config()
+  c.model.name = "small_cnn"
+  c.model.small_cnn = ml_collections.ConfigDict({"width": 16})
+
+  c.data.name = "toy"
+  c.data.image_size = 32
+  c.data.mean = (0.5, 0.5, 0.5)
+  c.data.std = (0.25, 0.25, 0.25)
+  c.data.toy = ml_collections.ConfigDict({
+      "num_train": 4000,
+      "num_test": 1000,
+      "num_classes": 4,
+      "image_size": 32,
+      "seed": 0,
+  })
+
+  c.train.batch_size = 64
+  c.train.eval_batch_size = 200
+  c.train.num_steps = 300
+  c.train.optimizer = "adam"
+  c.train.learning_rate = 2e-3
+  c.train.log_every = 50
+  c.train.checkpoint_every = 100
+  return c

@@ -1,0 +1,97 @@
+"""Shared pieces of the experiment configs in configs/.
+
+Configs are Python files whose `get_config()` returns an
+`ml_collections.ConfigDict`; the fields every experiment has are set here, and
+derived values (learning rate from batch size, steps from epochs) are computed
+by the helpers below so that each config states only what it changes.
+"""
+
+import os
+
+import ml_collections
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
+
+# The original ROAR code normalizes every dataset with these ImageNet
+# statistics (images in [0, 1]), whatever the dataset.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field the stages read, with defaults; configs override them."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict({"name": "small_cnn"})
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "toy"
+  c.data.path = ml_collections.FieldReference(None, field_type=str)
+  c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+  c.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
+  c.data.image_size = 32
+  c.data.augment = "none"
+  c.data.eval_resize = ml_collections.FieldReference(None, field_type=int)
+  c.data.mean = (0.5, 0.5, 0.5)
+  c.data.std = (0.25, 0.25, 0.25)
+  c.data.num_train = ml_collections.FieldReference(None, field_type=int)
+  c.data.num_test = ml_collections.FieldReference(None, field_type=int)
+  c.data.shuffle_buffer = 10_000
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 128
+  c.train.eval_batch_size = 256
+  c.train.num_steps = 1000
+  c.train.optimizer = "sgd"
+  c.train.learning_rate = 0.1
+  c.train.momentum = 0.9
+  c.train.nesterov = False
+  c.train.weight_decay = 0.0
+  c.train.label_smoothing = 0.0
+  c.train.schedule = "constant"
+  c.train.warmup_steps = 0
+  c.train.decay_steps = ()
+  c.train.decay_factor = 0.1
+  c.train.log_every = 50
+  c.train.checkpoint_every = 500
+  c.train.eval_train = False
+  return c
+
+
+def shared_path(*parts: str) -> str | None:
+  """A path under ../shared/data if this checkout has it, else None."""
+  path = os.path.join(SHARED_DATA, *parts)
+  return path if os.path.exists(path) else None
+
+
+def paper_schedule(c: ml_collections.ConfigDict, *, num_train: int,
+                   base_lr: float, batch_size: int, num_steps: int):
+  """The ROAR paper's ResNet-50 recipe, written into `c.train`.
+
+  Nesterov momentum 0.9, label smoothing 0.1, weight decay 1e-4 on all but
+  BatchNorm, learning rate base_lr x batch/256 reached by a linear warm-up over
+  5 epochs, then x0.1 at epochs 30, 60 and 80.
+
+  Args:
+    c: the config to change.
+    num_train: training examples (to turn epochs into steps).
+    base_lr: learning rate per 256 images.
+    batch_size: global batch size.
+    num_steps: training steps.
+  """
+  steps_per_epoch = num_train / batch_size
+  t = c.train
+  t.batch_size = batch_size
+  t.num_steps = num_steps
+  t.optimizer = "sgd"
+  t.momentum = 0.9
+  t.nesterov = True
+  t.label_smoothing = 0.1
+  t.weight_decay = 1e-4
+  t.learning_rate = base_lr * batch_size / 256
+  t.schedule = "step"
+  t.warmup_steps = int(round(5 * steps_per_epoch))
+  t.decay_steps = tuple(int(round(e * steps_per_epoch)) for e in (30, 60, 80))
+  t.decay_factor = 0.1

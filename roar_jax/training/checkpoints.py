@@ -1,0 +1,44 @@
+"""Checkpoints with orbax: a run always resumes from its own workdir."""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def manager(directory: str, *, max_to_keep: int = 2) -> ocp.CheckpointManager:
+  """A CheckpointManager for `directory` (created if needed).
+
+  Orbax writes each step to a temporary folder and renames it when complete,
+  so an interrupted save never leaves a checkpoint that restore would read.
+  """
+  return ocp.CheckpointManager(
+      os.path.abspath(directory),
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                           create=True))
+
+
+def restore_latest(mngr: ocp.CheckpointManager, state):
+  """Restores the newest checkpoint into the structure and shardings of `state`.
+
+  Args:
+    mngr: the run's manager.
+    state: a train state whose arrays have the target shapes and shardings.
+
+  Returns:
+    (state, step): the restored state and its step, or (`state`, 0) when the
+    directory holds no checkpoint.
+  """
+  step = mngr.latest_step()
+  if step is None:
+    return state, 0
+  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  restored = mngr.restore(step, args=ocp.args.StandardRestore(target))
+  return restored, int(step)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, *, wait: bool = False):
+  """Saves `state` at `step` (asynchronously unless `wait`)."""
+  mngr.save(step, args=ocp.args.StandardSave(state))
+  if wait:
+    mngr.wait_until_finished()

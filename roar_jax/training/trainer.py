@@ -1,0 +1,280 @@
+"""Training and evaluation of one model in one workdir.
+
+`train_and_evaluate` is what `--mode=train` runs, and what every ROAR/KAR
+retrain and sanity-check model runs on its own dataset: it trains from random
+initialization for `config.train.num_steps`, checkpointing as it goes, resumes
+from the newest checkpoint of its workdir, and evaluates on the whole test
+split (the last batch padded and masked, no test image dropped).
+"""
+
+import functools
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow as tf
+import tqdm
+from absl import logging
+from jax.sharding import Mesh
+
+from roar_jax import models
+from roar_jax.data import pipeline
+from roar_jax.data import sources
+from roar_jax.training import checkpoints
+from roar_jax.training import mesh as mesh_lib
+from roar_jax.training import optimizers
+from roar_jax.training import steps
+
+METRICS_FILE = "metrics.json"
+
+StepCallback = Callable[[int, Mapping[str, float]], None]
+
+
+@functools.lru_cache(maxsize=32)
+def _model_and_optimizer(model_json: str, train_json: str, num_classes: int):
+  """Builds (module, optimizer) once per configuration.
+
+  Both are static parts of the train state, so building them once lets every
+  run with the same configuration (a ROAR grid retrains one model many times)
+  reuse the compiled steps.
+  """
+  module = models.get_model(json.loads(model_json), num_classes)
+  tx = optimizers.create_optimizer(json.loads(train_json))
+  return module, tx
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_steps(mesh: Mesh, label_smoothing: float):
+  repl, data = mesh_lib.replicated(mesh), mesh_lib.data_sharding(mesh)
+  train = jax.jit(
+      functools.partial(steps.train_step, label_smoothing=label_smoothing),
+      in_shardings=(repl, data, repl), out_shardings=(repl, repl),
+      donate_argnums=0)
+  evaluate = jax.jit(steps.eval_step, in_shardings=(repl, data),
+                     out_shardings=repl)
+  return train, evaluate
+
+
+def _config_json(cfg) -> str:
+  return json.dumps(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg),
+                    sort_keys=True, default=str)
+
+
+def create_state(config, num_classes: int, image_shape, mesh: Mesh,
+                 rng: jax.Array) -> steps.TrainState:
+  """A freshly initialized, replicated train state.
+
+  Args:
+    config: the experiment config (uses config.model and config.train).
+    num_classes: number of labels.
+    image_shape: (H, W, C) of the model's input.
+    mesh: the device mesh.
+    rng: the initialization key.
+
+  Returns:
+    The train state at step 0, replicated over the mesh.
+  """
+  module, tx = _model_and_optimizer(_config_json(config.model),
+                                    _config_json(config.train), num_classes)
+
+  def init(rng):
+    variables = module.init(rng, jnp.zeros((1, *image_shape), jnp.float32))
+    return steps.TrainState.create(
+        apply_fn=module.apply, params=variables["params"], tx=tx,
+        batch_stats=variables.get("batch_stats"))
+
+  return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(rng)
+
+
+def _input_shape(config, info) -> tuple[int, int, int]:
+  size = config.data.get("image_size", None) or info.image_shape[0]
+  return (size, size, info.image_shape[-1])
+
+
+def evaluate(state, source, config, mesh: Mesh, split: str = "test",
+             desc: str = "eval") -> dict[str, float]:
+  """Accuracy and loss of `state` over the whole `split` of `source`."""
+  _, eval_fn = _compiled_steps(mesh, float(config.train.get(
+      "label_smoothing", 0.0)))
+  totals = None
+  batches = pipeline.eval_iterator(
+      source, config.data, split,
+      global_batch_size=config.train.eval_batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  for batch in tqdm.tqdm(batches, desc=desc, leave=False, disable=None):
+    batch = {k: batch[k] for k in ("image", "label", "mask")}
+    out = eval_fn(state, mesh_lib.to_global(batch, mesh))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  if count == 0:
+    raise ValueError(f"split {split!r} of dataset {source.info.name!r} is "
+                     "empty")
+  return {"accuracy": float(totals["correct"]) / count,
+          "loss": float(totals["loss"]) / count, "num_examples": int(count)}
+
+
+def _write_json(path: str, obj: Any):
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def train_and_evaluate(config, workdir: str, *, source=None,
+                       step_callback: StepCallback | None = None,
+                       mesh: Mesh | None = None) -> dict[str, Any]:
+  """Trains `config.model` on `source` (or `config.data`), then evaluates.
+
+  Args:
+    config: the experiment config.
+    workdir: where checkpoints, TensorBoard logs and final metrics go. A run
+      resumes from the newest checkpoint here; a finished run only evaluates.
+    source: a data Source; default `data.get_source(config.data)`.
+    step_callback: called as `step_callback(step, metrics)` after each logged
+      step (progress reporting, tests).
+    mesh: the device mesh; default all devices of all processes.
+
+  Returns:
+    {'test_accuracy', 'test_loss', 'train_loss', 'train_accuracy', 'steps',
+     'num_test_examples', 'wall_time_s'} (plus 'train_eval_accuracy' when
+    `config.train.eval_train` is set).
+  """
+  start_time = time.time()
+  tf.config.set_visible_devices([], "GPU")  # tf.data must not take GPU memory.
+  os.makedirs(workdir, exist_ok=True)
+  source = source or sources.get_source(config.data)
+  info = source.info
+  tc = config.train
+  mesh = mesh or mesh_lib.create_mesh()
+  for field in ("batch_size", "eval_batch_size"):
+    mesh_lib.local_batch_size(tc[field], mesh, field)
+
+  rng = jax.random.key(config.seed)
+  state = create_state(config, info.num_classes, _input_shape(config, info),
+                       mesh, jax.random.fold_in(rng, 0))
+  mngr = checkpoints.manager(os.path.join(workdir, "checkpoints"))
+  state, start_step = checkpoints.restore_latest(mngr, state)
+  num_steps = int(tc.num_steps)
+  if start_step:
+    logging.info("Resuming %s from step %d of %d", workdir, start_step,
+                 num_steps)
+
+  train_fn, _ = _compiled_steps(mesh, float(tc.get("label_smoothing", 0.0)))
+  step_rng = jax.random.fold_in(rng, 1)
+  writer = (tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+            if jax.process_index() == 0 else None)
+  window, last = [], {}
+  if start_step < num_steps:
+    # A resumed run reshuffles from a seed tied to its start step: it sees a
+    # fresh order instead of replaying the batches before the interruption.
+    batches = pipeline.train_iterator(
+        source, config.data, global_batch_size=tc.batch_size,
+        seed=int(config.seed) * 1_000_003 + start_step,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    log_every = max(1, int(tc.get("log_every", 50)))
+    ckpt_every = int(tc.get("checkpoint_every", 0)) or num_steps
+    bar = tqdm.tqdm(total=num_steps, initial=start_step, desc="train",
+                    disable=None, file=sys.stderr)
+    tick, tick_step = time.time(), start_step
+    for step in range(start_step + 1, num_steps + 1):
+      batch = next(batches)
+      state, metrics = train_fn(state, mesh_lib.to_global(batch, mesh),
+                                step_rng)
+      window.append(metrics)
+      bar.update(1)
+      if step % log_every == 0 or step == num_steps or step % ckpt_every == 0:
+        window = jax.device_get(window)
+        last = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+        window = []
+        if not np.isfinite(last["loss"]):
+          raise FloatingPointError(
+              f"training loss is {last['loss']} at step {step} of {workdir}; "
+              "lower config.train.learning_rate or check the input data")
+        now = time.time()
+        last["steps_per_s"] = (step - tick_step) / max(now - tick, 1e-9)
+        last["images_per_s"] = last["steps_per_s"] * tc.batch_size
+        tick, tick_step = now, step
+        bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['accuracy']:.3f}")
+        logging.info("step %d/%d: loss %.4f, accuracy %.3f, %.1f images/s",
+                     step, num_steps, last["loss"], last["accuracy"],
+                     last["images_per_s"])
+        if writer is not None:
+          with writer.as_default(step=step):
+            for k, v in last.items():
+              tf.summary.scalar(f"train/{k}", v)
+        if step_callback is not None:
+          step_callback(step, last)
+      if step % ckpt_every == 0 or step == num_steps:
+        checkpoints.save(mngr, step, state)
+    bar.close()
+  mngr.wait_until_finished()
+
+  test = evaluate(state, source, config, mesh, "test")
+  result = {
+      "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+      "num_test_examples": test["num_examples"], "steps": num_steps,
+      "train_loss": last.get("loss"), "train_accuracy": last.get("accuracy"),
+      "wall_time_s": time.time() - start_time,
+  }
+  if tc.get("eval_train", False):
+    result["train_eval_accuracy"] = evaluate(
+        state, source, config, mesh, "train", desc="eval train")["accuracy"]
+  if not last:  # Finished earlier: keep the training figures it recorded.
+    previous = load_metrics(workdir) or {}
+    for key in ("train_loss", "train_accuracy"):
+      result[key] = previous.get(key)
+  if writer is not None:
+    with writer.as_default(step=num_steps):
+      tf.summary.scalar("test/accuracy", result["test_accuracy"])
+    writer.flush()
+  if jax.process_index() == 0:
+    _write_json(os.path.join(workdir, METRICS_FILE), result)
+  logging.info("%s: test accuracy %.4f over %d images after %d steps", workdir,
+               result["test_accuracy"], result["num_test_examples"], num_steps)
+  mngr.close()
+  return result
+
+
+def load_metrics(workdir: str) -> dict[str, Any] | None:
+  """The final metrics a finished run wrote, or None."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def load_model(config, workdir: str, *, source=None):
+  """The trained model of a workdir, for explaining or sanity checks.
+
+  Args:
+    config: the config the model was trained with.
+    workdir: the training workdir (holding checkpoints/).
+    source: the data Source (for the number of classes and image shape);
+      default `data.get_source(config.data)`.
+
+  Returns:
+    (module, variables): the flax module and its trained variables.
+  """
+  source = source or sources.get_source(config.data)
+  mesh = mesh_lib.create_mesh()
+  state = create_state(config, source.info.num_classes,
+                       _input_shape(config, source.info), mesh,
+                       jax.random.key(config.seed))
+  mngr = checkpoints.manager(os.path.join(workdir, "checkpoints"))
+  state, step = checkpoints.restore_latest(mngr, state)
+  mngr.close()
+  if step == 0:
+    raise FileNotFoundError(
+        f"no trained model in {os.path.join(workdir, 'checkpoints')}: run "
+        "--mode=train with this --workdir first")
+  module, _ = _model_and_optimizer(_config_json(config.model),
+                                   _config_json(config.train),
+                                   source.info.num_classes)
+  return module, steps.variables_of(state)

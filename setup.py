@@ -1,0 +1,36 @@
+"""roar_jax: the ROAR/KAR benchmark, sanity checks and no-retrain metrics in JAX."""
+
+import setuptools
+
+setuptools.setup(
+    name="roar_jax",
+    version="0.1.0",
+    description=(
+        "Does a saliency method find the pixels the model needs? ROAR/KAR "
+        "retraining, sanity checks and no-retrain metrics in JAX/Flax."
+    ),
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["roar_jax", "roar_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.4.30",
+        "flax>=0.8.5",
+        "optax>=0.2.2",
+        "orbax-checkpoint>=0.5.20",
+        "ml-collections>=0.1.1",
+        "absl-py>=2.1.0",
+        "tensorflow-cpu>=2.16.1",
+        "tensorflow-datasets>=4.9.6",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "matplotlib>=3.8",
+        "scikit-image>=0.22",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
+        "bench": ["torch", "captum"],
+        "ray": ["ray[default]>=2.9"],
+    },
+)

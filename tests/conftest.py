@@ -1,0 +1,26 @@
+"""Test set-up: several simulated CPU devices, so that sharded code is exercised.
+
+The flag must be set before JAX initializes its backends, hence at import time of
+this conftest, which pytest loads before any test module.
+"""
+
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+  """../shared/data, or a skip that says why the full-data test cannot run."""
+  if not SHARED_DATA.is_dir():
+    pytest.skip(f"full datasets not found at {SHARED_DATA} (CI has them)")
+  return SHARED_DATA
