@@ -57,6 +57,30 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 50
   c.train.checkpoint_every = 500
   c.train.eval_train = False
+
+  # The explain stage: which estimators rank the pixels, and how.
+  c.explain = ml_collections.ConfigDict()
+  c.explain.estimators = ("gradient", "random")
+  c.explain.num_samples = 15  # J of SmoothGrad / SG-SQ / VarGrad (the paper).
+  c.explain.noise_scale = 0.15
+  c.explain.ig_steps = 25
+  c.explain.chunk_size = 0  # Images per jitted chunk; 0 = the whole batch.
+  c.explain.granularity = "pixel"  # 'value' = the original code's ranking.
+  c.explain.transform = "abs"
+  c.explain.batch_size = 256
+  c.explain.shard_size = 4096  # Images per rank-store shard.
+  c.explain.num_visualize = 8
+
+  # The retraining grid.
+  c.roar = ml_collections.ConfigDict()
+  c.roar.thresholds = (0.1, 0.3, 0.5, 0.7, 0.9)
+  c.roar.modes = ("roar", "kar")
+  c.roar.num_seeds = 5
+  c.roar.fill = "channel_mean"  # or 'noisy_linear' (ROAD).
+  c.roar.fill_value = ()  # Pinned fill in [0, 255] pixel units, else computed.
+  c.roar.degrade = "on_the_fly"  # or 'write': TFRecord datasets first.
+  c.roar.unit = ""  # 'estimator/mode/threshold/seed': run that unit alone.
+  c.roar.executor = "sequential"
   return c
 
 

@@ -33,13 +33,28 @@ flags.mark_flags_as_required(["config", "workdir"])
 def run(config, workdir: str, mode: str):
   """Runs one mode; the library entry point behind the command line."""
   validate.validate(config, mode)
+  # pylint: disable=g-import-not-at-top
+  if config.data.name == "synthetic_linear":
+    from roar_jax.benchmark import synthetic_linear
+    out = synthetic_linear.run(config, workdir)
+    print(f"report: {os.path.join(workdir, 'report')}")
+    return out
   if mode == "train":
-    from roar_jax import training  # pylint: disable=g-import-not-at-top
+    from roar_jax import training
     result = training.train_and_evaluate(config, os.path.join(workdir, "base"))
     print(f"test accuracy: {result['test_accuracy']:.4f} "
           f"({result['num_test_examples']} images, {result['steps']} steps)")
     return result
-  raise NotImplementedError(f"--mode={mode}")
+  from roar_jax import benchmark
+  if mode == "explain":
+    return benchmark.explain.run(config, workdir)
+  if mode == "roar":
+    out = benchmark.roar.run(config, workdir)
+    print(f"report: {os.path.join(workdir, 'report')}")
+    return out
+  if mode == "report":
+    return benchmark.roar.report(config, workdir)
+  return benchmark.sanity.run(config, workdir)
 
 
 def _parse_flags(argv):

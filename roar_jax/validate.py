@@ -11,7 +11,9 @@ import jax
 from roar_jax import models
 
 DATASETS = ("toy", "cifar10", "fashion_mnist", "imagenet2012", "food101",
-            "birdsnap")
+            "birdsnap", "synthetic_linear")
+MODES = ("roar", "kar")
+FILLS = ("channel_mean", "noisy_linear")
 
 
 class ConfigError(ValueError):
@@ -33,13 +35,17 @@ def validate(config, mode: str = "train"):
   Raises:
     ConfigError: naming the first bad field or path.
   """
-  del mode  # Every stage trains or reads a trained model: all checks apply.
-  _require(config.model.name in models.MODELS,
-           f"config.model.name={config.model.name!r} is not a known model; "
-           f"known: {sorted(models.MODELS)}")
   _require(config.data.name in DATASETS,
            f"config.data.name={config.data.name!r} is not a known dataset; "
            f"known: {sorted(DATASETS)}")
+  if config.data.name == "synthetic_linear":
+    _require(mode in ("roar", "report"),
+             f"--mode={mode}: the synthetic_linear experiment runs with "
+             "--mode=roar (or report)")
+    return
+  _require(config.model.name in models.MODELS,
+           f"config.model.name={config.model.name!r} is not a known model; "
+           f"known: {sorted(models.MODELS)}")
   for field in ("path", "manual_dir"):
     path = config.data.get(field)
     _require(path is None or os.path.exists(os.path.expanduser(path)),
@@ -57,3 +63,51 @@ def validate(config, mode: str = "train"):
     models.get_model(config.model, 2)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if mode in ("explain", "roar", "report"):
+    _validate_benchmark(config, devices)
+
+
+def _validate_benchmark(config, devices: int):
+  """Checks `config.explain` and `config.roar`."""
+  from roar_jax import saliency  # pylint: disable=g-import-not-at-top
+  ec, rc = config.explain, config.roar
+  known = set(saliency.available_methods()) | {"oracle"}
+  for est in ec.estimators:
+    _require(est in known,
+             f"config.explain.estimators: unknown estimator {est!r}; known: "
+             f"{sorted(known)}")
+  _require("oracle" not in ec.estimators or config.data.name == "toy",
+           "config.explain.estimators: 'oracle' needs the toy data's "
+           "ground-truth masks (config.data.name='toy')")
+  _require(ec.granularity in ("pixel", "value"),
+           f"config.explain.granularity={ec.granularity!r}: expected 'pixel' "
+           "or 'value'")
+  _require(ec.transform in ("abs", "square", "signed"),
+           f"config.explain.transform={ec.transform!r}: expected 'abs', "
+           "'square' or 'signed'")
+  _require(ec.batch_size > 0 and ec.batch_size % devices == 0,
+           f"config.explain.batch_size={ec.batch_size} must be a positive "
+           f"multiple of the number of devices ({devices})")
+  for t in rc.thresholds:
+    _require(isinstance(t, (int, float)) and 0.0 <= t <= 1.0,
+             f"config.roar.thresholds: {t!r} is outside [0, 1] (thresholds "
+             "are fractions of the pixels)")
+  for m in rc.modes:
+    _require(m in MODES, f"config.roar.modes: unknown mode {m!r}; known: "
+             f"{list(MODES)}")
+  _require(rc.fill in FILLS, f"config.roar.fill={rc.fill!r}: expected one of "
+           f"{list(FILLS)}")
+  _require(rc.degrade in ("on_the_fly", "write"),
+           f"config.roar.degrade={rc.degrade!r}: expected 'on_the_fly' or "
+           "'write'")
+  _require(rc.num_seeds > 0, f"config.roar.num_seeds={rc.num_seeds} must be "
+           "> 0")
+  if rc.unit:
+    from roar_jax.benchmark import grid  # pylint: disable=g-import-not-at-top
+    try:
+      unit = grid.parse_unit(rc.unit)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    _require(unit.mode in MODES and 0.0 <= unit.threshold <= 1.0,
+             f"config.roar.unit={rc.unit!r}: mode must be one of "
+             f"{list(MODES)} and threshold in [0, 1]")

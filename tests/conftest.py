@@ -18,6 +18,16 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 FIXTURES = REPO / "tests" / "fixtures"
 
 
+def load_config(name: str):
+  """`get_config()` of configs/<name>.py, as --config=configs/<name>.py gives."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      f"configs_{name}", REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 @pytest.fixture(scope="session")
 def shared_data():
   """../shared/data, or a skip that says why the full-data test cannot run."""

@@ -250,20 +250,22 @@ def load_metrics(workdir: str) -> dict[str, Any] | None:
     return json.load(f)
 
 
-def load_model(config, workdir: str, *, source=None):
-  """The trained model of a workdir, for explaining or sanity checks.
+def load_state(config, workdir: str, *, source=None,
+               mesh: Mesh | None = None) -> steps.TrainState:
+  """The newest train state of a workdir, replicated over the mesh.
 
   Args:
     config: the config the model was trained with.
     workdir: the training workdir (holding checkpoints/).
     source: the data Source (for the number of classes and image shape);
       default `data.get_source(config.data)`.
+    mesh: the device mesh; default all devices.
 
   Returns:
-    (module, variables): the flax module and its trained variables.
+    The restored TrainState.
   """
   source = source or sources.get_source(config.data)
-  mesh = mesh_lib.create_mesh()
+  mesh = mesh or mesh_lib.create_mesh()
   state = create_state(config, source.info.num_classes,
                        _input_shape(config, source.info), mesh,
                        jax.random.key(config.seed))
@@ -274,6 +276,22 @@ def load_model(config, workdir: str, *, source=None):
     raise FileNotFoundError(
         f"no trained model in {os.path.join(workdir, 'checkpoints')}: run "
         "--mode=train with this --workdir first")
+  return state
+
+
+def load_model(config, workdir: str, *, source=None):
+  """The trained model of a workdir, for explaining or sanity checks.
+
+  Args:
+    config: the config the model was trained with.
+    workdir: the training workdir (holding checkpoints/).
+    source: the data Source; default `data.get_source(config.data)`.
+
+  Returns:
+    (module, variables): the flax module and its trained variables.
+  """
+  source = source or sources.get_source(config.data)
+  state = load_state(config, workdir, source=source)
   module, _ = _model_and_optimizer(_config_json(config.model),
                                    _config_json(config.train),
                                    source.info.num_classes)

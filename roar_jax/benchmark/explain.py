@@ -1,0 +1,192 @@
+"""The explain stage: saliency maps of every train and test image -> rank store.
+
+The trained base model explains every image of both splits with each
+configured estimator; each map becomes a removal order quantized to 100 levels
+(`saliency.rank`) and is stored per estimator and split in shards
+(`data.RankStore`). A shard is written atomically once all its images are
+ranked, so an interrupted stage resumes shard by shard. With several JAX
+processes, each process explains its own slice of a split and writes its own
+shards.
+
+The control `oracle` (toy data only) ranks the generator's ground-truth mask
+first, the other pixels after it in a random order: the best ranking there is.
+"""
+
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import tqdm
+from absl import logging
+
+from roar_jax import models
+from roar_jax import saliency
+from roar_jax import training
+from roar_jax.data import pipeline
+from roar_jax.data import rank_store as rank_store_lib
+from roar_jax.data import sources
+from roar_jax.data import synthetic
+
+ORACLE = "oracle"
+
+
+def explain_options(config) -> dict[str, Any]:
+  """The estimator options of `config.explain`, as `saliency.explain_all` takes them."""
+  ec = config.explain
+  options = {"num_samples": ec.num_samples, "noise_scale": ec.noise_scale,
+             "ig_steps": ec.ig_steps}
+  if ec.get("chunk_size"):
+    options["chunk_size"] = ec.chunk_size
+  return options
+
+
+def _oracle_maps(config, split: str, indices: np.ndarray, shape) -> np.ndarray:
+  """Ground-truth mask plus a small random score that orders the rest."""
+  masks = synthetic.toy_masks(config.data.toy, split)[indices]
+  # The noise of image i depends on (seed, split, i) alone, so the ranking does
+  # not change with the batch an image falls in.
+  noise = np.stack([
+      np.random.default_rng([config.seed, split == "train", int(i)]).random(
+          masks.shape[1:]) for i in indices]) if len(indices) else masks
+  maps = masks.astype(np.float32) + 0.5 * noise.astype(np.float32)
+  return np.broadcast_to(maps[..., None], shape)
+
+
+def _local_rows(array: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, in order."""
+  shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
+  rows, seen = [], set()
+  for s in shards:
+    start = s.index[0].start or 0
+    if start not in seen:  # Replicas of the same rows appear once.
+      seen.add(start)
+      rows.append(np.asarray(s.data))
+  return np.concatenate(rows)
+
+
+def run(config, workdir: str, *, source=None) -> dict[str, Any]:
+  """Ranks every image of both splits with every configured estimator.
+
+  Args:
+    config: the experiment config (`config.explain`).
+    workdir: the experiment workdir; the base model is read from `base/`, the
+      rank store written to `ranks/`, the figure to `report/saliency.png`.
+    source: the data Source (default: `config.data`).
+
+  Returns:
+    {'images_per_s': float, 'written_shards': int}.
+  """
+  ec = config.explain
+  source = source or sources.get_source(config.data)
+  module, variables = training.load_model(config, os.path.join(workdir, "base"),
+                                          source=source)
+  model = models.explainable(module, variables)
+  mesh = training.create_mesh()
+  store = rank_store_lib.RankStore(workdir)
+  estimators = tuple(ec.estimators)
+  model_estimators = tuple(e for e in estimators if e != ORACLE)
+  options = explain_options(config)
+  key = jax.random.fold_in(jax.random.key(config.seed), 7)
+  pid, nproc = jax.process_index(), jax.process_count()
+  local_batch = ec.batch_size // nproc
+  if ec.shard_size % local_batch:
+    raise ValueError(
+        f"config.explain.shard_size={ec.shard_size} must be a multiple of the "
+        f"per-process batch size {local_batch}, so that no batch straddles "
+        "two shards")
+  written, images_done, elapsed, visualized = 0, 0, 0.0, False
+  for split_id, split in enumerate(("test", "train")):
+    num = source.info.num_examples[split]
+    local = max(math.ceil(num / nproc), 1)
+    per_process = max(math.ceil(local / ec.shard_size), 1)
+    num_shards = per_process * nproc
+    todo = [s for s in range(pid * per_process, (pid + 1) * per_process)
+            if not all(store.has_shard(e, split, s, num_shards)
+                       for e in estimators)]
+    if not todo:
+      logging.info("explain %s: every shard already written", split)
+      continue
+    batches = pipeline.eval_iterator(
+        source, config.data, split, global_batch_size=ec.batch_size,
+        process_index=pid, process_count=nproc)
+    pending = {e: [] for e in estimators}
+    pending_idx = []
+    shard = pid * per_process
+    bar = tqdm.tqdm(total=local, desc=f"explain {split}", unit="img",
+                    disable=None)
+    split_key = jax.random.fold_in(key, split_id)
+    for batch in batches:
+      real = batch["mask"] > 0
+      if shard in todo and real.any():
+        start = time.time()
+        images = training.to_global({"image": batch["image"],
+                                     "index": batch["index"].astype(np.int32)},
+                                    mesh)
+        maps = saliency.explain_all(
+            model, images["image"], methods=model_estimators, key=split_key,
+            indices=images["index"], target=None, **options) if (
+                model_estimators) else {}
+        for e in model_estimators:
+          levels = saliency.rank(maps[e], granularity=ec.granularity,
+                                 transform=ec.transform)
+          pending[e].append(_local_rows(levels)[real])
+        if ORACLE in estimators:
+          oracle = _oracle_maps(config, split, batch["index"][real],
+                                batch["image"][real].shape)
+          pending[ORACLE].append(np.asarray(saliency.rank(
+              oracle, granularity=ec.granularity, transform="abs")))
+        elapsed += time.time() - start
+        images_done += int(real.sum())
+        if split == "test" and not visualized and model_estimators and (
+            pid == 0):
+          _visualize(config, workdir, batch, maps, real)
+          visualized = True
+      pending_idx.append(batch["index"][real])
+      bar.update(int(real.sum()))
+      if images_done:
+        bar.set_postfix(img_per_s=f"{images_done / max(elapsed, 1e-9):.1f}")
+      if sum(len(i) for i in pending_idx) >= ec.shard_size:
+        written += _flush(store, estimators, split, shard, num_shards, todo,
+                          pending, pending_idx, ec.shard_size)
+        shard += 1
+    while shard < (pid + 1) * per_process:
+      written += _flush(store, estimators, split, shard, num_shards, todo,
+                        pending, pending_idx, ec.shard_size)
+      shard += 1
+    bar.close()
+  rate = images_done / max(elapsed, 1e-9)
+  logging.info("explain: %d images ranked by %d estimators, %.1f images/s",
+               images_done, len(estimators), rate)
+  return {"images_per_s": rate, "written_shards": written}
+
+
+def _flush(store, estimators, split, shard, num_shards, todo, pending,
+           pending_idx, shard_size) -> int:
+  """Writes the first `shard_size` pending rows as `shard`; keeps the rest."""
+  idx = np.concatenate(pending_idx) if pending_idx else np.zeros(0, np.int64)
+  head_idx, rest_idx = idx[:shard_size], idx[shard_size:]
+  pending_idx[:] = [rest_idx] if len(rest_idx) else []
+  count = 0
+  for e in estimators:
+    rows = np.concatenate(pending[e]) if pending[e] else None
+    if shard in todo:
+      store.write_shard(e, split, shard, num_shards, head_idx,
+                        rows[:shard_size])
+      count += 1
+    pending[e] = [rows[shard_size:]] if rows is not None and len(
+        rows) > shard_size else []
+  return count
+
+
+def _visualize(config, workdir, batch, maps, real):
+  n = min(int(config.explain.get("num_visualize", 8)), int(real.sum()))
+  if n <= 0:
+    return
+  images = batch["image"][real][:n]
+  grid = {e: np.asarray(_local_rows(m))[real][:n] for e, m in maps.items()}
+  path = os.path.join(workdir, "report", "saliency.png")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  saliency.visualize.save_grid(path, images, grid)

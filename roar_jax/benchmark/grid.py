@@ -1,0 +1,192 @@
+"""The ROAR/KAR retraining grid: units, their data, and running one unit.
+
+A unit is one (estimator, mode, threshold, seed): a model trained from random
+initialization on the train split degraded by that estimator's ranking, and
+evaluated on the equally degraded test split. Units are independent: each has
+its own workdir (checkpoints, resumable) and leaves exactly one result record
+when it finishes, which is also its completion marker. Any machine can run any
+unit, so many machines can share one grid.
+"""
+
+import copy
+import dataclasses
+import os
+from typing import Any, Iterator
+
+import jax
+from absl import logging
+
+from roar_jax import training
+from roar_jax.benchmark import report as report_lib
+from roar_jax.benchmark import results as results_lib
+from roar_jax.data import degrade as degrade_lib
+from roar_jax.data import degraded as degraded_lib
+from roar_jax.data import preprocess
+from roar_jax.data import rank_store as rank_store_lib
+from roar_jax.data import writer as writer_lib
+
+MODES = ("roar", "kar")
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Unit:
+  estimator: str
+  mode: str
+  threshold: float
+  seed: int
+
+  @property
+  def name(self) -> str:
+    return results_lib.unit_name(self.estimator, self.mode, self.threshold,
+                                 self.seed)
+
+  @property
+  def dataset_name(self) -> str:
+    return results_lib.unit_name(self.estimator, self.mode, self.threshold)
+
+
+def parse_unit(text: str) -> Unit:
+  """Parses `estimator/mode/threshold/seed`, e.g. `gradient/roar/0.5/0`."""
+  parts = text.split("/")
+  if len(parts) != 4:
+    raise ValueError(f"config.roar.unit={text!r}: expected "
+                     "'estimator/mode/threshold/seed', e.g. 'gradient/roar/0.5/0'")
+  est, mode, thr, seed = parts
+  try:
+    return Unit(est, mode, float(thr), int(seed))
+  except ValueError:
+    raise ValueError(f"config.roar.unit={text!r}: threshold must be a number "
+                     "and seed an integer") from None
+
+
+def all_units(config) -> list[Unit]:
+  """Every unit of the grid `config.roar` describes, or the one it names."""
+  rc = config.roar
+  if rc.get("unit"):
+    return [parse_unit(rc.unit)]
+  return [Unit(e, m, float(t), s)
+          for e in config.explain.estimators for m in rc.modes
+          for t in rc.thresholds for s in range(rc.num_seeds)]
+
+
+def is_done(workdir: str, unit: Unit) -> bool:
+  return os.path.exists(results_lib.result_path(
+      workdir, unit.estimator, unit.mode, unit.threshold, unit.seed))
+
+
+def _degraded_image_config(config):
+  """The data config for training on degraded images.
+
+  The degraded images already have the model's input geometry (the maps were
+  computed on the eval-preprocessed image), so the eval resize is not applied
+  a second time; training augmentation still is.
+  """
+  data_config = copy.deepcopy(config.data)
+  with data_config.unlocked():
+    data_config.eval_resize = None
+  return data_config
+
+
+def degraded_source(config, workdir: str, base_source, estimator: str,
+                    mode: str, threshold: float, channel_mean):
+  """The degraded dataset of (estimator, mode, threshold).
+
+  `config.roar.degrade='on_the_fly'` masks images in the input pipeline from
+  the rank store; 'write' materializes the dataset once as TFRecord files
+  under `<workdir>/datasets/` (every process its own shards, metadata from
+  process 0) and reads it back. Both give identical images.
+  """
+  source = degraded_lib.DegradedSource(
+      base_source, rank_store_lib.RankStore(workdir), estimator=estimator,
+      mode=mode, threshold=threshold, fill=config.roar.fill,
+      channel_mean=channel_mean, seed=config.seed,
+      eval_geometry=lambda image: preprocess.eval_geometry(image, config.data))
+  if config.roar.degrade == "on_the_fly":
+    return source
+  if config.roar.degrade != "write":
+    raise ValueError(f"config.roar.degrade={config.roar.degrade!r}: expected "
+                     "'on_the_fly' or 'write'")
+  out = os.path.join(workdir, "datasets",
+                     results_lib.unit_name(estimator, mode, threshold))
+  writer_lib.write_dataset(source, out, process_index=jax.process_index(),
+                           process_count=jax.process_count())
+  return writer_lib.read_dataset(out)
+
+
+def unit_config(config, unit: Unit):
+  """The training config of one retrain: its own seed, geometry as stored."""
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    # Seed k of a grid never reuses the base model's seed.
+    c.seed = int(config.seed) * 1000 + unit.seed + 1
+    c.data = _degraded_image_config(config)
+  return c
+
+
+def run_unit(config, workdir: str, unit: Unit, base_source, channel_mean,
+             **train_kwargs) -> dict[str, Any]:
+  """Retrains one unit (resuming it if interrupted) and stores its result.
+
+  Args:
+    config: the experiment config.
+    workdir: the experiment workdir.
+    unit: what to run.
+    base_source: the undegraded dataset.
+    channel_mean: the fill of `fill='channel_mean'`, [C] in pixel units.
+    **train_kwargs: passed to `training.train_and_evaluate`.
+
+  Returns:
+    The result record.
+  """
+  source = degraded_source(config, workdir, base_source, unit.estimator,
+                           unit.mode, unit.threshold, channel_mean)
+  result = training.train_and_evaluate(
+      unit_config(config, unit), os.path.join(workdir, "retrain", unit.name),
+      source=source, **train_kwargs)
+  record = {**dataclasses.asdict(unit), **result,
+            "config_hash": results_lib.config_hash(config)}
+  if jax.process_index() == 0:
+    results_lib.write_result(workdir, record)
+  logging.info("unit %s: test accuracy %.4f", unit.name,
+               record["test_accuracy"])
+  return record
+
+
+def evaluate_no_retrain(config, workdir: str, base_state_fn, base_source,
+                        channel_mean, keys: Iterator[tuple[str, str, float]]):
+  """Scores the base model on each degraded test split (no retraining).
+
+  Args:
+    config: the experiment config.
+    workdir: the experiment workdir (no_retrain/ is written).
+    base_state_fn: returns the base model's train state (called lazily, once).
+    base_source: the undegraded dataset.
+    channel_mean: fill values.
+    keys: the (estimator, mode, threshold) triples to score.
+  """
+  state = None
+  mesh = training.create_mesh()
+  for est, mode, thr in keys:
+    path = report_lib.no_retrain_path(workdir, est, mode, thr)
+    if os.path.exists(path):
+      continue
+    state = state or base_state_fn()
+    source = degraded_source(config, workdir, base_source, est, mode, thr,
+                             channel_mean)
+    eval_config = copy.deepcopy(config)
+    with eval_config.unlocked():
+      eval_config.data = _degraded_image_config(config)
+    metrics = training.evaluate(state, source, eval_config, mesh, "test",
+                                desc=f"no-retrain {est} {mode} {thr:.2f}")
+    if jax.process_index() == 0:
+      results_lib.write_json_atomic(path, {
+          "estimator": est, "mode": mode, "threshold": thr,
+          "test_accuracy": metrics["accuracy"]})
+
+
+def channel_mean(config, workdir: str, base_source):
+  """The training split's per-channel mean (computed once, then read back),
+  or the constants `config.roar.fill_value` pins."""
+  if config.roar.get("fill_value"):
+    return tuple(float(v) for v in config.roar.fill_value)
+  return degrade_lib.load_or_compute_channel_mean(workdir, base_source)

@@ -1,0 +1,218 @@
+"""The ROAR/KAR report: results.csv, accuracy curves and a markdown summary.
+
+`build_report` can run at any time: it reads whatever results exist, so a
+partial grid gives a partial report, marked as such in summary.md.
+"""
+
+import csv
+import json
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
+
+from roar_jax.benchmark import results as results_lib  # noqa: E402
+
+_MODE_TITLES = {"roar": "ROAR: fraction of the most important pixels removed",
+                "kar": "KAR: fraction of the most important pixels kept"}
+
+
+def write_csv(path: str, rows: Sequence[Mapping[str, Any]]):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=results_lib.CSV_COLUMNS,
+                            extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v)
+                       for k, v in row.items()})
+  os.replace(tmp, path)
+
+
+def read_csv(path: str) -> list[dict[str, Any]]:
+  with open(path) as f:
+    rows = list(csv.DictReader(f))
+  for r in rows:
+    for k in ("threshold", "mean_accuracy", "std_accuracy",
+              "no_retrain_accuracy"):
+      r[k] = float(r[k])
+    r["num_seeds"] = int(r["num_seeds"])
+  return rows
+
+
+def _plot(path: str, rows, mode: str, value: str, title: str):
+  rows = [r for r in rows if r["mode"] == mode and not math.isnan(r[value])]
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  for est in sorted({r["estimator"] for r in rows}):
+    pts = sorted((r["threshold"], r[value], r["std_accuracy"])
+                 for r in rows if r["estimator"] == est)
+    xs, ys, es = zip(*pts)
+    if value == "mean_accuracy":
+      ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=est)
+    else:
+      ax.plot(xs, ys, marker="o", label=est)
+  ax.set_xlabel("fraction of pixels " + ("removed" if mode == "roar"
+                                          else "kept"))
+  ax.set_ylabel("test accuracy")
+  ax.set_title(title, fontsize=10)
+  ax.set_xlim(0, 1)
+  ax.grid(alpha=0.3)
+  if rows:
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  tmp = f"{path}.tmp-{os.getpid()}.png"
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def _no_retrain_plot(path: str, rows):
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+  for ax, mode in zip(axes, ("roar", "kar")):
+    sel = [r for r in rows if r["mode"] == mode
+           and not math.isnan(r["no_retrain_accuracy"])]
+    for est in sorted({r["estimator"] for r in sel}):
+      pts = sorted((r["threshold"], r["no_retrain_accuracy"]) for r in sel
+                   if r["estimator"] == est)
+      ax.plot(*zip(*pts), marker="o", label=est)
+    ax.set_title(f"{mode.upper()} without retraining (base model)",
+                 fontsize=10)
+    ax.set_xlabel("fraction " + ("removed" if mode == "roar" else "kept"))
+    ax.set_ylabel("test accuracy")
+    ax.set_xlim(0, 1)
+    ax.grid(alpha=0.3)
+    if sel:
+      ax.legend(fontsize=8)
+  fig.tight_layout()
+  tmp = f"{path}.tmp-{os.getpid()}.png"
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def rank_estimators(rows) -> dict[str, list[tuple[str, float]]]:
+  """Estimators ordered best first, per mode.
+
+  ROAR: a better estimator's removed pixels matter more, so the retrained
+  accuracy is LOWER (ordered by mean accuracy over thresholds, ascending).
+  KAR: a better estimator's kept pixels suffice, so accuracy is HIGHER.
+
+  Args:
+    rows: aggregated rows.
+
+  Returns:
+    mode -> [(estimator, mean accuracy over its thresholds)], best first.
+  """
+  ranked = {}
+  for mode, best_low in (("roar", True), ("kar", False)):
+    scores = {}
+    for est in {r["estimator"] for r in rows if r["mode"] == mode}:
+      accs = [r["mean_accuracy"] for r in rows if r["mode"] == mode
+              and r["estimator"] == est and not math.isnan(r["mean_accuracy"])]
+      if accs:
+        scores[est] = sum(accs) / len(accs)
+    ranked[mode] = sorted(scores.items(), key=lambda kv: kv[1],
+                          reverse=not best_low)
+  return ranked
+
+
+def build_report(workdir: str, *, config=None, expected_units: int | None = None,
+                 base_accuracy: float | None = None) -> dict[str, Any]:
+  """Writes `<workdir>/report/`: results.csv, roar.png, kar.png,
+  no_retrain.png and summary.md.
+
+  Args:
+    workdir: the experiment workdir (results/ and no_retrain/ are read).
+    config: the experiment config, quoted in the summary.
+    expected_units: how many retrains the full grid has; fewer results mark
+      the report partial.
+    base_accuracy: the unmodified base model's test accuracy.
+
+  Returns:
+    {'rows': aggregated rows, 'partial': bool, 'num_results': int}.
+  """
+  records = results_lib.load_results(workdir)
+  no_retrain = load_no_retrain(workdir)
+  rows = results_lib.aggregate(records, no_retrain)
+  out = os.path.join(workdir, "report")
+  os.makedirs(out, exist_ok=True)
+  write_csv(os.path.join(out, "results.csv"), rows)
+  for mode in ("roar", "kar"):
+    _plot(os.path.join(out, f"{mode}.png"), rows, mode, "mean_accuracy",
+          _MODE_TITLES[mode] + ", retrained")
+  _no_retrain_plot(os.path.join(out, "no_retrain.png"), rows)
+  partial = expected_units is not None and len(records) < expected_units
+  _write_summary(os.path.join(out, "summary.md"), rows, config=config,
+                 partial=partial, num_results=len(records),
+                 expected_units=expected_units, base_accuracy=base_accuracy)
+  return {"rows": rows, "partial": partial, "num_results": len(records)}
+
+
+def no_retrain_path(workdir: str, estimator: str, mode: str,
+                    threshold: float) -> str:
+  return os.path.join(workdir, "no_retrain", results_lib.unit_name(
+      estimator, mode, threshold) + ".json")
+
+
+def load_no_retrain(workdir: str) -> dict[tuple[str, str, float], float]:
+  out = {}
+  folder = os.path.join(workdir, "no_retrain")
+  if not os.path.isdir(folder):
+    return out
+  for name in sorted(os.listdir(folder)):
+    if name.endswith(".json"):
+      with open(os.path.join(folder, name)) as f:
+        r = json.load(f)
+      out[(r["estimator"], r["mode"], float(r["threshold"]))] = float(
+          r["test_accuracy"])
+  return out
+
+
+def _fmt(v: float) -> str:
+  return "–" if math.isnan(v) else f"{100 * v:.2f}"
+
+
+def _write_summary(path, rows, *, config, partial, num_results,
+                   expected_units, base_accuracy):
+  lines = ["# ROAR / KAR report", ""]
+  if partial:
+    lines += [f"**Partial report:** {num_results} of {expected_units} "
+              "retrains have finished; rerun the grid to complete it.", ""]
+  else:
+    lines += [f"{num_results} retrains.", ""]
+  if base_accuracy is not None:
+    lines += [f"Base model (unmodified data) test accuracy: "
+              f"{100 * base_accuracy:.2f}%.", ""]
+  lines += ["Accuracies in %, mean ± std over seeds; 'no retrain' is the base "
+            "model on the same degraded test split.", "",
+            "| estimator | mode | fraction | seeds | accuracy | no retrain |",
+            "|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(
+        f"| {r['estimator']} | {r['mode']} | {r['threshold']:.2f} | "
+        f"{r['num_seeds']} | {_fmt(r['mean_accuracy'])} ± "
+        f"{_fmt(r['std_accuracy'])} | {_fmt(r['no_retrain_accuracy'])} |")
+  ranked = rank_estimators(rows)
+  lines += ["", "## Estimators ranked", "",
+            "ROAR (best first: lowest accuracy after removing its most "
+            "important pixels):", ""]
+  lines += [f"{i + 1}. {e} ({_fmt(a)})" for i, (e, a) in
+            enumerate(ranked["roar"])]
+  lines += ["", "KAR (best first: highest accuracy keeping only its most "
+            "important pixels):", ""]
+  lines += [f"{i + 1}. {e} ({_fmt(a)})" for i, (e, a) in
+            enumerate(ranked["kar"])]
+  lines += ["", "An estimator is informative only where it beats `random`.",
+            "", "Plots: roar.png, kar.png, no_retrain.png.", ""]
+  if config is not None:
+    lines += ["## Config", "", f"config hash `{results_lib.config_hash(config)}`",
+              "", "```", str(config), "```", ""]
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write("\n".join(lines))
+  os.replace(tmp, path)

@@ -1,0 +1,125 @@
+"""The results store: one JSON record per finished retrain, and their aggregation.
+
+Every finished (estimator, mode, threshold, seed) unit writes one record to
+`<workdir>/results/`. A record is written once, atomically, after its model is
+evaluated, so an interrupted grid never holds half a result and a rerun never
+counts one twice: the file name is the unit's identity.
+"""
+
+import collections
+import glob
+import hashlib
+import json
+import math
+import os
+from typing import Any, Iterable, Mapping
+
+REQUIRED_KEYS = ("estimator", "mode", "threshold", "seed", "test_accuracy",
+                 "steps", "wall_time_s", "config_hash")
+
+CSV_COLUMNS = ("estimator", "mode", "threshold", "num_seeds", "mean_accuracy",
+               "std_accuracy", "no_retrain_accuracy")
+
+
+def unit_name(estimator: str, mode: str, threshold: float,
+              seed: int | None = None) -> str:
+  """A unit's file-system name, e.g. `var.gradient__roar__t050__seed1`."""
+  name = f"{estimator}__{mode}__t{round(threshold * 100):03d}"
+  return name if seed is None else f"{name}__seed{seed}"
+
+
+def config_hash(config) -> str:
+  """A short hash of the config fields that change what a unit computes.
+
+  `roar.unit` (which unit to run) and `roar.executor` (where it runs) do not
+  change results, so they are left out: units run on different machines of one
+  grid share a hash.
+  """
+  d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  roar = dict(d.get("roar", {}))
+  for key in ("unit", "executor", "ray_address"):
+    roar.pop(key, None)
+  d["roar"] = roar
+  blob = json.dumps(d, sort_keys=True, default=str).encode()
+  return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def write_json_atomic(path: str, obj: Any):
+  """Writes JSON to a temporary name, then renames it into place."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def result_path(workdir: str, estimator: str, mode: str, threshold: float,
+                seed: int) -> str:
+  return os.path.join(workdir, "results",
+                      unit_name(estimator, mode, threshold, seed) + ".json")
+
+
+def write_result(workdir: str, record: Mapping[str, Any]) -> str:
+  """Stores one finished retrain's record; returns its path.
+
+  Args:
+    workdir: the experiment workdir.
+    record: at least the keys of REQUIRED_KEYS.
+
+  Returns:
+    The path written.
+  """
+  missing = [k for k in REQUIRED_KEYS if k not in record]
+  if missing:
+    raise ValueError(f"result record lacks keys {missing}")
+  path = result_path(workdir, record["estimator"], record["mode"],
+                     record["threshold"], record["seed"])
+  write_json_atomic(path, dict(record))
+  return path
+
+
+def load_results(workdir: str) -> list[dict[str, Any]]:
+  """Every result record under `<workdir>/results/`, sorted by unit."""
+  records = []
+  for path in sorted(glob.glob(os.path.join(workdir, "results", "*.json"))):
+    with open(path) as f:
+      records.append(json.load(f))
+  return records
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+  mean = sum(values) / len(values)
+  # Sample standard deviation over seeds (0 for a single seed).
+  var = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+         if len(values) > 1 else 0.0)
+  return mean, math.sqrt(var)
+
+
+def aggregate(records: Iterable[Mapping[str, Any]],
+              no_retrain: Mapping[tuple[str, str, float], float] | None = None
+              ) -> list[dict[str, Any]]:
+  """One row per (estimator, mode, threshold): mean and std over seeds.
+
+  Args:
+    records: result records.
+    no_retrain: (estimator, mode, threshold) -> accuracy of the base model on
+      that degraded test split, without retraining.
+
+  Returns:
+    Rows with the CSV_COLUMNS keys, sorted by estimator, mode, threshold.
+  """
+  groups = collections.defaultdict(list)
+  for r in records:
+    groups[(r["estimator"], r["mode"], round(float(r["threshold"]), 4))].append(
+        float(r["test_accuracy"]))
+  no_retrain = {(e, m, round(float(t), 4)): a
+                for (e, m, t), a in (no_retrain or {}).items()}
+  rows = []
+  for key in sorted(set(groups) | set(no_retrain)):
+    accs = groups.get(key, [])
+    mean, std = _mean_std(accs) if accs else (float("nan"), float("nan"))
+    rows.append({"estimator": key[0], "mode": key[1], "threshold": key[2],
+                 "num_seeds": len(accs), "mean_accuracy": mean,
+                 "std_accuracy": std,
+                 "no_retrain_accuracy": no_retrain.get(key, float("nan"))})
+  return rows

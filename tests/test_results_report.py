@@ -1,0 +1,80 @@
+"""Results store and report: aggregation values, the CSV contract, ranking."""
+
+import csv
+import math
+import os
+
+import pytest
+
+from roar_jax.benchmark import report, results
+
+
+def _record(est, mode, thr, seed, acc):
+  return {"estimator": est, "mode": mode, "threshold": thr, "seed": seed,
+          "test_accuracy": acc, "steps": 10, "wall_time_s": 1.0,
+          "config_hash": "abc"}
+
+
+def test_aggregate_mean_and_sample_std():
+  rows = results.aggregate(
+      [_record("gradient", "roar", 0.5, s, a)
+       for s, a in enumerate([0.5, 0.6, 0.7])],
+      {("gradient", "roar", 0.5): 0.2})
+  (row,) = rows
+  assert row["num_seeds"] == 3
+  assert row["mean_accuracy"] == pytest.approx(0.6)
+  assert row["std_accuracy"] == pytest.approx(0.1)  # Sample std (n - 1).
+  assert row["no_retrain_accuracy"] == 0.2
+
+
+def test_records_are_written_once_per_unit(tmp_path):
+  w = str(tmp_path)
+  results.write_result(w, _record("gradient", "roar", 0.3, 0, 0.5))
+  results.write_result(w, _record("gradient", "roar", 0.3, 0, 0.55))  # Rerun.
+  results.write_result(w, _record("gradient", "kar", 0.3, 0, 0.7))
+  recs = results.load_results(w)
+  assert len(recs) == 2
+  assert {r["test_accuracy"] for r in recs} == {0.55, 0.7}
+  assert not [f for f in os.listdir(tmp_path / "results") if ".tmp" in f]
+  with pytest.raises(ValueError, match="test_accuracy"):
+    bad = _record("gradient", "kar", 0.3, 1, 0.7)
+    del bad["test_accuracy"]
+    results.write_result(w, bad)
+
+
+def test_unit_names_are_distinct_for_distinct_thresholds():
+  names = {results.unit_name("e", "roar", k / 16) for k in range(17)}
+  assert len(names) == 17
+  assert results.unit_name("var.gradient", "kar", 0.5, 2) == (
+      "var.gradient__kar__t050__seed2")
+
+
+def test_report_files_csv_contract_and_ranking(tmp_path):
+  w = str(tmp_path)
+  # A good estimator: low accuracy when its pixels are removed (ROAR), high
+  # when only its pixels are kept (KAR); random is in between on both.
+  accs = {("good", "roar"): 0.3, ("random", "roar"): 0.6,
+          ("good", "kar"): 0.9, ("random", "kar"): 0.5}
+  for (est, mode), acc in accs.items():
+    for thr in (0.1, 0.5):
+      for seed in range(2):
+        results.write_result(w, _record(est, mode, thr, seed, acc + seed / 100))
+  out = report.build_report(w, expected_units=20, base_accuracy=0.95)
+  assert out["partial"] and out["num_results"] == 16
+  folder = tmp_path / "report"
+  for name in ("results.csv", "roar.png", "kar.png", "no_retrain.png",
+               "summary.md"):
+    assert (folder / name).stat().st_size > 0
+  with open(folder / "results.csv") as f:
+    header = next(csv.reader(f))
+  assert tuple(header) == results.CSV_COLUMNS
+  rows = report.read_csv(str(folder / "results.csv"))
+  good = [r for r in rows if r["estimator"] == "good" and r["mode"] == "roar"]
+  assert [r["mean_accuracy"] for r in good] == pytest.approx([0.305, 0.305])
+  assert math.isnan(good[0]["no_retrain_accuracy"])
+  ranked = report.rank_estimators(rows)
+  assert [e for e, _ in ranked["roar"]] == ["good", "random"]
+  assert [e for e, _ in ranked["kar"]] == ["good", "random"]
+  summary = (folder / "summary.md").read_text()
+  assert "Partial report" in summary and "16 of 20" in summary
+  assert "1. good" in summary
