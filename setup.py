@@ -22,11 +22,15 @@ setuptools.setup(
         "absl-py>=2.1.0",
         "tensorflow-cpu>=2.16.1",
         "tensorflow-datasets>=4.9.6",
+        # tensorflow-datasets imports it for its built-in builders without
+        # declaring it.
+        "importlib_resources>=6.0",
         "numpy>=1.26",
         "scipy>=1.11",
         "matplotlib>=3.8",
         "scikit-image>=0.22",
         "tqdm>=4.66",
+        "tensorboardX>=2.6",
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5"],

@@ -9,6 +9,7 @@ sanity (the sanity checks). Every mode reads and writes under --workdir and can
 be interrupted and rerun: finished work is skipped.
 """
 
+import logging as pylogging
 import os
 import sys
 
@@ -27,7 +28,41 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for all outputs.")
 _MODE = flags.DEFINE_enum(
     "mode", "train", ["train", "explain", "roar", "report", "sanity"],
     "Which stage to run.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False,
+    "Call jax.distributed.initialize() with auto-detected arguments (Cloud "
+    "TPU VMs, SLURM, Kubernetes).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "host:port of process 0, for several processes without auto-detection "
+    "(GPU hosts, or several processes on one CPU machine).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Number of JAX processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "This process's id in [0, num_processes).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_distributed():
+  """Joins the JAX processes of a multi-host run (no-op for one process)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if _COORDINATOR.value:
+    if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
+      sys.exit("flag error: --coordinator_address needs --num_processes and "
+               "--process_id")
+    if jax.config.jax_platforms in ("cpu",) or os.environ.get(
+        "JAX_PLATFORMS") == "cpu":
+      # CPU processes exchange collectives over gloo.
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  elif _MULTIHOST.value:
+    jax.distributed.initialize()
+  if jax.process_count() > 1:
+    logging.info("process %d of %d, %d local / %d global devices",
+                 jax.process_index(), jax.process_count(),
+                 jax.local_device_count(), jax.device_count())
 
 
 def run(config, workdir: str, mode: str):
@@ -74,10 +109,20 @@ def _parse_flags(argv):
     sys.exit(f"config error: {e}")
 
 
+def _quiet_libraries(record) -> bool:
+  """Keeps INFO lines of the project; libraries (orbax logs every checkpoint
+  step in detail) speak only at WARNING and above."""
+  return record.levelno >= pylogging.WARNING or "roar_jax" in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
+  for handler in (*pylogging.getLogger().handlers,
+                  logging.get_absl_handler().python_handler):
+    handler.addFilter(_quiet_libraries)
+  initialize_distributed()
   try:
     run(_CONFIG.value, _WORKDIR.value, _MODE.value)
   except validate.ConfigError as e:

@@ -1,5 +1,6 @@
 """The trainer: accuracy on toy data, sharded == one device, resume, errors."""
 
+import contextlib
 import copy
 import subprocess
 import sys
@@ -21,6 +22,16 @@ def _toy(**train):
     for k, v in train.items():
       config.train[k] = v
   return config
+
+
+@contextlib.contextmanager
+def _config_flag(name, value):
+  old = jax.config.values[name]
+  jax.config.update(name, value)
+  try:
+    yield
+  finally:
+    jax.config.update(name, old)
 
 
 def _losses(config, workdir, mesh=None):
@@ -118,7 +129,12 @@ def test_resnet50_configs_run_two_steps(tmp_path, name, num_classes):
                                 {"train": 24, "test": 24})
   src = source_lib.ArraySource(info, {"train": (images, labels),
                                       "test": (images, labels)})
-  result = training.train_and_evaluate(config, str(tmp_path), source=src)
+  # One device and XLA's quick compile mode: this checks that the config runs,
+  # not how fast.
+  one = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+  with _config_flag("jax_disable_most_optimizations", True):
+    result = training.train_and_evaluate(config, str(tmp_path), source=src,
+                                         mesh=one)
   assert result["steps"] == 2 and np.isfinite(result["train_loss"])
   assert result["num_test_examples"] == 24
 
@@ -126,7 +142,8 @@ def test_resnet50_configs_run_two_steps(tmp_path, name, num_classes):
 def test_weight_decay_skips_batchnorm():
   module = training.trainer.models.get_model(
       {"name": "resnet18", "resnet18": {"width": 4}}, 3)
-  params = module.init(jax.random.key(0), np.zeros((1, 16, 16, 3)))["params"]
+  params = jax.jit(module.init)(jax.random.key(0),
+                                np.zeros((1, 16, 16, 3)))["params"]
   # The decay term alone (rate 1): it adds w to the gradient of every decayed
   # parameter and nothing to BatchNorm scales and offsets.
   decay = optax.add_decayed_weights(1.0, mask=optimizers._decay_mask)  # pylint: disable=protected-access

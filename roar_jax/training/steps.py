@@ -46,12 +46,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
   mutable = ["batch_stats"] if state.batch_stats is not None else []
 
   def loss_fn(params):
-    variables = {"params": params}
     if mutable:
-      variables["batch_stats"] = state.batch_stats
-    out = state.apply_fn(variables, batch["image"], train=True,
-                         mutable=mutable, rngs={"dropout": rng})
-    logits, updates = out if mutable else (out, {})
+      logits, updates = state.apply_fn(
+          {"params": params, "batch_stats": state.batch_stats},
+          batch["image"], train=True, mutable=mutable, rngs={"dropout": rng})
+    else:
+      logits, updates = state.apply_fn({"params": params}, batch["image"],
+                                       train=True, rngs={"dropout": rng}), {}
     loss = _loss(logits, batch["label"], logits.shape[-1],
                  label_smoothing).mean()
     return loss, (logits, updates)

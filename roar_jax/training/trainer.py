@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
+import tensorboardX
 import tqdm
 from absl import logging
 from jax.sharding import Mesh
@@ -167,7 +168,7 @@ def train_and_evaluate(config, workdir: str, *, source=None,
 
   train_fn, _ = _compiled_steps(mesh, float(tc.get("label_smoothing", 0.0)))
   step_rng = jax.random.fold_in(rng, 1)
-  writer = (tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+  writer = (tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
             if jax.process_index() == 0 else None)
   window, last = [], {}
   if start_step < num_steps:
@@ -205,9 +206,8 @@ def train_and_evaluate(config, workdir: str, *, source=None,
                      step, num_steps, last["loss"], last["accuracy"],
                      last["images_per_s"])
         if writer is not None:
-          with writer.as_default(step=step):
-            for k, v in last.items():
-              tf.summary.scalar(f"train/{k}", v)
+          for k, v in last.items():
+            writer.add_scalar(f"train/{k}", v, step)
         if step_callback is not None:
           step_callback(step, last)
       if step % ckpt_every == 0 or step == num_steps:
@@ -230,9 +230,8 @@ def train_and_evaluate(config, workdir: str, *, source=None,
     for key in ("train_loss", "train_accuracy"):
       result[key] = previous.get(key)
   if writer is not None:
-    with writer.as_default(step=num_steps):
-      tf.summary.scalar("test/accuracy", result["test_accuracy"])
-    writer.flush()
+    writer.add_scalar("test/accuracy", result["test_accuracy"], num_steps)
+    writer.close()
   if jax.process_index() == 0:
     _write_json(os.path.join(workdir, METRICS_FILE), result)
   logging.info("%s: test accuracy %.4f over %d images after %d steps", workdir,
