@@ -39,6 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_train = ml_collections.FieldReference(None, field_type=int)
   c.data.num_test = ml_collections.FieldReference(None, field_type=int)
   c.data.shuffle_buffer = 10_000
+  c.data.crop_padding = "reflect"  # Of 'crop_flip': 'reflect' or 'zero'.
+  # Keep the decoded training split in memory: None decides by its size.
+  c.data.cache = ml_collections.FieldReference(None, field_type=bool)
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128

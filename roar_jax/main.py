@@ -80,16 +80,17 @@ def run(config, workdir: str, mode: str):
     print(f"test accuracy: {result['test_accuracy']:.4f} "
           f"({result['num_test_examples']} images, {result['steps']} steps)")
     return result
-  from roar_jax import benchmark
+  if mode == "sanity":
+    from roar_jax.benchmark import sanity
+    return sanity.run(config, workdir)
+  from roar_jax.benchmark import explain, roar
   if mode == "explain":
-    return benchmark.explain.run(config, workdir)
-  if mode == "roar":
-    out = benchmark.roar.run(config, workdir)
-    print(f"report: {os.path.join(workdir, 'report')}")
-    return out
+    return explain.run(config, workdir)
   if mode == "report":
-    return benchmark.roar.report(config, workdir)
-  return benchmark.sanity.run(config, workdir)
+    return roar.report(config, workdir)
+  out = roar.run(config, workdir)
+  print(f"report: {os.path.join(workdir, 'report')}")
+  return out
 
 
 def _parse_flags(argv):

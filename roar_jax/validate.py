@@ -9,9 +9,11 @@ import os
 import jax
 
 from roar_jax import models
+from roar_jax.data import preprocess
+from roar_jax.data import sources
 
-DATASETS = ("toy", "cifar10", "fashion_mnist", "imagenet2012", "food101",
-            "birdsnap", "synthetic_linear")
+# The image datasets, and the 16-feature experiment of the ROAR paper.
+DATASETS = sources.KNOWN_DATASETS + ("synthetic_linear",)
 MODES = ("roar", "kar")
 FILLS = ("channel_mean", "noisy_linear")
 
@@ -46,6 +48,9 @@ def validate(config, mode: str = "train"):
   _require(config.model.name in models.MODELS,
            f"config.model.name={config.model.name!r} is not a known model; "
            f"known: {sorted(models.MODELS)}")
+  _require(config.data.augment in preprocess.AUGMENTATIONS,
+           f"config.data.augment={config.data.augment!r}: expected one of "
+           f"{list(preprocess.AUGMENTATIONS)}")
   for field in ("path", "manual_dir"):
     path = config.data.get(field)
     _require(path is None or os.path.exists(os.path.expanduser(path)),

@@ -1,0 +1,383 @@
+"""Degradation: remove (ROAR) or keep (KAR) the ranked positions of images.
+
+One numpy function, `degrade`, serves both the input pipeline that degrades
+on the fly (`degraded.DegradedSource`, through `tf.numpy_function`) and the
+writer that materializes degraded datasets, so the two produce identical
+images by construction.
+
+Rankings arrive quantized (see the rank store): `levels[..., p] = q` when
+position p's rank lies in [q%, (q+1)%) of all positions, level 0 holding the
+most important ones. For a threshold t, with k = round(100 t):
+
+- ROAR removes the positions with level < k (the top-t fraction);
+- KAR keeps those and removes the rest.
+
+Levels of shape [H, W] rank pixels (the same positions are removed in every
+channel); levels of shape [H, W, C] rank every value on its own.
+
+Removed values are filled with
+- 'channel_mean': the per-channel mean of the training split (Hooker et al.),
+  rounded to uint8 so every path stores the very same bytes; or
+- 'noisy_linear': ROAD's noisy linear imputation (Rong et al. 2022): every
+  removed pixel is the weighted mean of its 8 neighbours (1/6 direct, 1/12
+  diagonal, renormalized where a neighbour lies outside the image), solved
+  jointly for all removed pixels as one sparse linear system, plus Gaussian
+  noise of std 0.01 in [0, 1] pixel units. A constant fill marks the removed
+  positions, and the mask's shape alone tells the class; the imputation hides
+  the mask.
+"""
+
+import json
+import os
+from typing import Any
+
+from absl import logging
+import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
+import tensorflow as tf
+
+MODES = ("roar", "kar")
+FILLS = ("channel_mean", "noisy_linear")
+NUM_LEVELS = 100
+# ROAD's noise: std 0.01 on the [0, 1] pixel scale (the released code's
+# default, `NoisyLinearImputer(noise=0.01)`).
+NOISY_LINEAR_STD = 0.01
+# (row offset, column offset, weight) of the 8 neighbours; the weights sum to 1.
+_NEIGHBOURS = ((-1, 0, 1 / 6), (1, 0, 1 / 6), (0, -1, 1 / 6), (0, 1, 1 / 6),
+               (-1, -1, 1 / 12), (-1, 1, 1 / 12), (1, -1, 1 / 12),
+               (1, 1, 1 / 12))
+CHANNEL_MEAN_FILE = "channel_mean.json"
+
+
+def threshold_level(threshold: float) -> int:
+  """k = round(100 t): the number of levels a threshold t covers.
+
+  Args:
+    threshold: fraction t in [0, 1].
+
+  Returns:
+    k in [0, 100]; ROAR removes the levels below k.
+  """
+  try:
+    t = float(threshold)
+  except (TypeError, ValueError):
+    raise ValueError(f"threshold={threshold!r} must be a number in [0, 1]"
+                     ) from None
+  if not 0.0 <= t <= 1.0:  # Also rejects NaN.
+    raise ValueError(f"threshold={threshold!r} must lie in [0, 1]")
+  # Round half up (not half to even): 0.125 -> 13 like a person would round.
+  return int(np.floor(NUM_LEVELS * t + 0.5))
+
+
+def check_mode(mode: str) -> str:
+  """`mode`, if it is 'roar' or 'kar'; else a ValueError naming it."""
+  if mode not in MODES:
+    raise ValueError(f"mode={mode!r} must be one of {MODES}")
+  return mode
+
+
+def check_fill(fill: str) -> str:
+  """`fill`, if it is a known fill; else a ValueError naming it."""
+  if fill not in FILLS:
+    raise ValueError(f"fill={fill!r} must be one of {FILLS}")
+  return fill
+
+
+def removal_mask(levels: np.ndarray, *, threshold: float,
+                 mode: str) -> np.ndarray:
+  """Which positions a threshold removes.
+
+  Args:
+    levels: integer array of quantized ranks in [0, 100), any shape.
+    threshold: fraction t in [0, 1].
+    mode: 'roar' (remove the top-t fraction) or 'kar' (keep it, remove the
+      rest).
+
+  Returns:
+    bool array shaped like `levels`, True where the value is removed.
+  """
+  k = threshold_level(threshold)
+  check_mode(mode)
+  levels = np.asarray(levels)
+  top = levels < k
+  return top if mode == "roar" else ~top
+
+
+def _check_levels(levels, images: np.ndarray, batched: bool) -> np.ndarray:
+  levels = np.asarray(levels)
+  if not np.issubdtype(levels.dtype, np.integer):
+    raise ValueError(f"levels must be an integer (uint8) array, got "
+                     f"{levels.dtype}")
+  lead = images.shape[:3] if batched else images.shape[:2]
+  expected = (f"{tuple(lead)} (pixel) or {tuple(images.shape)} (value)")
+  if levels.shape != tuple(lead) and levels.shape != images.shape:
+    raise ValueError(f"levels has shape {levels.shape}; for images of shape "
+                     f"{images.shape} it must be {expected}")
+  if levels.size and (levels.min() < 0 or levels.max() >= NUM_LEVELS):
+    raise ValueError(f"levels must lie in [0, {NUM_LEVELS}), got "
+                     f"[{levels.min()}, {levels.max()}]")
+  return levels
+
+
+def fill_value(channel_mean, channels: int) -> np.ndarray:
+  """The uint8 [C] value of the 'channel_mean' fill (rounded half up).
+
+  Args:
+    channel_mean: float [C] in [0, 255] pixel units.
+    channels: C, the images' channel count.
+
+  Returns:
+    uint8 [C].
+  """
+  if channel_mean is None:
+    raise ValueError("fill='channel_mean' needs channel_mean (the training "
+                     "split's per-channel mean in [0, 255] pixel units)")
+  mean = np.asarray(channel_mean, dtype=np.float64).reshape(-1)
+  if mean.shape != (channels,):
+    raise ValueError(f"channel_mean has {mean.size} values; the images have "
+                     f"{channels} channels")
+  if not np.all(np.isfinite(mean)) or mean.min() < 0 or mean.max() > 255:
+    raise ValueError(f"channel_mean={mean.tolist()} must lie in [0, 255] "
+                     "(pixel units, not [0, 1])")
+  return np.floor(mean + 0.5).astype(np.uint8)
+
+
+def degrade(images, levels, *, threshold: float, mode: str, fill: str,
+            channel_mean=None, indices=None, seed: int = 0) -> np.ndarray:
+  """Removes (ROAR) or keeps (KAR) the top-ranked positions of images.
+
+  Args:
+    images: uint8 [B, H, W, C], or one image [H, W, C].
+    levels: quantized ranks in [0, 100), level 0 the most important: [B, H, W]
+      (pixel granularity: the same positions removed in every channel) or
+      [B, H, W, C] (value granularity); without the B for one image.
+    threshold: fraction t in [0, 1]; k = round(100 t) levels are "the top".
+    mode: 'roar' removes the levels below k; 'kar' keeps them and removes the
+      rest.
+    fill: 'channel_mean' or 'noisy_linear' (ROAD).
+    channel_mean: for fill='channel_mean': the training split's per-channel
+      mean, float [C] in [0, 255] pixel units (rounded to uint8 here).
+    indices: for fill='noisy_linear': each image's global index in its split
+      (int [B], or an int for one image), which seeds its noise together with
+      `seed`, so an image gets the same fill in every batch, epoch and run.
+      Default: the position in the batch.
+    seed: the run's seed for the noise of 'noisy_linear'.
+
+  Returns:
+    uint8 images shaped like `images`.
+
+  Raises:
+    ValueError: a bad argument (the message names it), or 'noisy_linear'
+      asked to remove every pixel of an image (or channel), which leaves
+      nothing to interpolate from.
+  """
+  images = np.asarray(images)
+  if images.dtype != np.uint8 or images.ndim not in (3, 4):
+    raise ValueError(f"images must be uint8 [B, H, W, C] or [H, W, C], got "
+                     f"{images.dtype} {images.shape}")
+  batched = images.ndim == 4
+  levels = _check_levels(levels, images, batched)
+  check_fill(fill)
+  removed = removal_mask(levels, threshold=threshold, mode=mode)
+  if not batched:
+    images, removed = images[None], removed[None]
+  if removed.ndim == 3:  # Pixel granularity: every channel alike.
+    removed = removed[..., None]
+  batch, channels = images.shape[0], images.shape[-1]
+
+  if fill == "channel_mean":
+    value = fill_value(channel_mean, channels)
+    out = np.where(removed, value, images)
+  else:
+    if indices is None:
+      indices = np.arange(batch)
+    indices = np.asarray(indices).reshape(-1)
+    if not np.issubdtype(indices.dtype, np.integer):
+      raise ValueError(f"indices must be integers, got {indices.dtype}")
+    if indices.shape != (batch,):
+      raise ValueError(f"indices has {indices.size} entries for {batch} "
+                       "images")
+    out = np.empty_like(images)
+    for i in range(batch):
+      out[i] = noisy_linear_fill(images[i], removed[i],
+                                 seed=seed, index=int(indices[i]))
+  return out if batched else out[0]
+
+
+def noise_rng(seed: int, index: int) -> np.random.Generator:
+  """The generator of one image's noise, a pure function of (seed, index)."""
+  if seed < 0 or index < 0:
+    raise ValueError(f"seed={seed} and index={index} must be non-negative")
+  return np.random.default_rng([int(seed), int(index)])
+
+
+def noisy_linear_fill(image: np.ndarray, removed: np.ndarray, *, seed: int,
+                      index: int, noise_std: float = NOISY_LINEAR_STD
+                      ) -> np.ndarray:
+  """ROAD's noisy linear imputation of one image.
+
+  Args:
+    image: uint8 [H, W, C].
+    removed: bool [H, W, 1] (pixel granularity) or [H, W, C] (each channel
+      its own mask), True where the value is replaced.
+    seed: run seed; with `index` it fixes the noise.
+    index: the image's global index in its split.
+    noise_std: std of the Gaussian noise, in [0, 1] pixel units.
+
+  Returns:
+    uint8 [H, W, C]: kept values unchanged, removed ones imputed.
+  """
+  height, width, channels = image.shape
+  # The noise is drawn for every value, used only where removed: a position
+  # gets the same noise whatever else is removed (every threshold, ROAR and
+  # KAR), and the draw does not depend on the mask.
+  noise = noise_rng(seed, index).normal(0.0, noise_std,
+                                        size=(height, width, channels))
+  x = image.astype(np.float64) / 255.0
+  out = image.copy()
+  if removed.shape[-1] == 1:
+    groups = [(removed[..., 0], slice(None))]
+  else:
+    groups = [(removed[..., c], slice(c, c + 1)) for c in range(channels)]
+  for mask, chans in groups:
+    if not mask.any():
+      continue
+    if mask.all():
+      where = ("" if removed.shape[-1] == 1 else
+               f" (channel {chans.start})")
+      raise ValueError(
+          f"fill='noisy_linear' cannot remove every pixel of image {index}"
+          f"{where}: nothing is left to interpolate from. Use a ROAR "
+          "threshold below 1, a KAR threshold above 0, or fill='channel_mean'")
+    values = _harmonic_fill(x[:, :, chans], mask)
+    rows, cols = np.nonzero(mask)
+    values = values + noise[rows, cols][:, chans]
+    out[rows, cols, chans] = np.floor(
+        np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+  return out
+
+
+def _harmonic_fill(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """Solves for the removed values: each equals its neighbours' weighted mean.
+
+  For removed pixel i with in-image neighbours N(i):
+    (sum_{j in N(i)} w_ij) x_i - sum_{j in N(i), removed} w_ij x_j
+        = sum_{j in N(i), kept} w_ij x_j,
+  one equation per removed pixel, one right-hand side per channel. Leaving
+  out-of-image neighbours out of the diagonal renormalizes the weights at the
+  border. Every 8-connected region of removed pixels that is not the whole
+  image touches a kept pixel, so the system is non-singular.
+
+  Args:
+    x: float64 [H, W, K] image in [0, 1].
+    mask: bool [H, W], True where removed (not all True).
+
+  Returns:
+    float64 [N, K]: the values of the removed pixels, in row-major order.
+  """
+  height, width, k = x.shape
+  rows, cols = np.nonzero(mask)
+  n = rows.size
+  unknown_id = np.full(height * width, -1, dtype=np.int64)
+  unknown_id[rows * width + cols] = np.arange(n)
+  flat = x.reshape(-1, k)
+  diag = np.zeros(n)
+  rhs = np.zeros((n, k))
+  a_rows, a_cols, a_vals = [], [], []
+  for dy, dx, w in _NEIGHBOURS:
+    nr, nc = rows + dy, cols + dx
+    inside = (nr >= 0) & (nr < height) & (nc >= 0) & (nc < width)
+    diag[inside] += w
+    eq = np.nonzero(inside)[0]
+    nflat = nr[inside] * width + nc[inside]
+    nid = unknown_id[nflat]
+    var = nid >= 0
+    a_rows.append(eq[var])
+    a_cols.append(nid[var])
+    a_vals.append(np.full(var.sum(), -w))
+    # One equation gets at most one neighbour per offset: no repeated index.
+    rhs[eq[~var]] += w * flat[nflat[~var]]
+  a_rows.append(np.arange(n))
+  a_cols.append(np.arange(n))
+  a_vals.append(diag)
+  matrix = scipy.sparse.csc_matrix(
+      (np.concatenate(a_vals),
+       (np.concatenate(a_rows), np.concatenate(a_cols))), shape=(n, n))
+  solution = scipy.sparse.linalg.spsolve(matrix, rhs)
+  return np.asarray(solution, dtype=np.float64).reshape(n, k)
+
+
+def channel_mean(source, split: str = "train") -> np.ndarray:
+  """Per-channel mean of a split, in [0, 255] pixel units.
+
+  Streams over the split in batches and sums exactly in int64, so memory does
+  not grow with the split and the result does not depend on the batching.
+
+  Args:
+    source: a Source (`source.py`).
+    split: the split to average over.
+
+  Returns:
+    float64 [C].
+  """
+  channels = int(source.info.image_shape[-1])
+  total = np.zeros(channels, dtype=np.int64)
+  count = 0
+  ds = source.load(split).map(lambda ex: ex["image"]).batch(256)
+  for images in ds.as_numpy_iterator():
+    total += images.reshape(-1, channels).sum(0, dtype=np.int64)
+    count += images.size // channels
+  if count == 0:
+    raise ValueError(f"split {split!r} of dataset {source.info.name!r} is "
+                     "empty: no channel mean")
+  return total / count
+
+
+def _write_json_atomic(path: str, payload: Any) -> None:
+  """Writes JSON under a temporary name, then renames it into place."""
+  directory = os.path.dirname(path)
+  if directory:
+    tf.io.gfile.makedirs(directory)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with tf.io.gfile.GFile(tmp, "w") as f:
+    f.write(json.dumps(payload, indent=2))
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def load_or_compute_channel_mean(workdir: str, source,
+                                 split: str = "train") -> np.ndarray:
+  """The split's channel mean, computed once and stored in the workdir.
+
+  Stored as `<workdir>/channel_mean.json` (written atomically; processes that
+  race write identical content). A stored file that belongs to a different
+  dataset (name, size or channels) is an error rather than silently reused.
+
+  Args:
+    workdir: the experiment's working directory.
+    source: the base dataset's Source.
+    split: the split to average over.
+
+  Returns:
+    float64 [C] in [0, 255] pixel units.
+  """
+  path = os.path.join(workdir, CHANNEL_MEAN_FILE)
+  identity = {"dataset": source.info.name, "split": split,
+              "num_examples": int(source.info.num_examples[split]),
+              "channels": int(source.info.image_shape[-1])}
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      stored = json.load(f)
+    for key, value in identity.items():
+      if stored.get(key) != value:
+        raise ValueError(
+            f"{path} holds the channel mean of {key}={stored.get(key)!r}, but "
+            f"this run's dataset has {key}={value!r}; remove the file or use "
+            "another workdir")
+    return np.asarray(stored["channel_mean"], dtype=np.float64)
+  mean = channel_mean(source, split)
+  _write_json_atomic(path, {**identity, "units": "pixel [0, 255]",
+                            "channel_mean": [float(v) for v in mean]})
+  logging.info("Channel mean of %s/%s: %s (stored in %s)", source.info.name,
+               split, np.round(mean, 3).tolist(), path)
+  return mean
