@@ -19,7 +19,7 @@ from absl import logging
 from roar_jax import training
 from roar_jax.benchmark import report as report_lib
 from roar_jax.benchmark import results as results_lib
-from roar_jax.data import degrade as degrade_lib
+from roar_jax.data import degradation as degrade_lib
 from roar_jax.data import degraded as degraded_lib
 from roar_jax.data import preprocess
 from roar_jax.data import rank_store as rank_store_lib

@@ -1,0 +1,127 @@
+"""ROAR/KAR end to end on the toy data: the oracle beats random, interrupted
+grids resume with every result exactly once, written == on-the-fly datasets."""
+
+import copy
+import os
+
+import numpy as np
+import pytest
+
+from conftest import load_config
+from roar_jax.benchmark import grid, report, results, roar
+from roar_jax.data import pipeline
+
+
+def _config():
+  config = load_config("toy")
+  with config.unlocked():
+    config.explain.estimators = ("oracle", "random")
+    config.roar.thresholds = (0.5,)
+    config.roar.num_seeds = 1
+    config.train.num_steps = 200
+    config.train.checkpoint_every = 100
+  return config
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """A grid interrupted inside its second unit, then rerun to the end."""
+  workdir = str(tmp_path_factory.mktemp("roar"))
+  config = _config()
+  calls = []
+
+  def interrupting_unit(config, workdir, unit, source, fill):
+    calls.append(unit)
+
+    def crash(step, metrics):
+      del metrics
+      if len(calls) == 2 and step == 150:
+        raise KeyboardInterrupt  # As Ctrl-C inside the unit's training.
+
+    return grid.run_unit(config, workdir, unit, source, fill,
+                         step_callback=crash)
+
+  with pytest.raises(KeyboardInterrupt):
+    roar.run(config, workdir, run_unit=interrupting_unit)
+  assert len(results.load_results(workdir)) == 1
+  interrupted = calls[1]
+  resumed = []
+  out = roar.run(config, workdir, run_unit=lambda *a: resumed.append(a[2]) or
+                 grid.run_unit(*a))
+  return config, workdir, out, interrupted, resumed
+
+
+def test_oracle_beats_random_under_roar_and_kar(finished):
+  _, workdir, out, _, _ = finished
+  assert out["base"]["test_accuracy"] > 0.9
+  rows = {(r["estimator"], r["mode"]): r for r in report.read_csv(
+      os.path.join(workdir, "report", "results.csv"))}
+  assert len(rows) == 4
+  # Removing the ground-truth pixels (oracle) leaves nothing to learn: near
+  # chance (0.25); removing half the pixels at random leaves the pattern
+  # partly visible.
+  assert rows[("oracle", "roar")]["mean_accuracy"] < 0.35
+  assert (rows[("oracle", "roar")]["mean_accuracy"]
+          < rows[("random", "roar")]["mean_accuracy"] - 0.1)
+  # Keeping only the oracle's half keeps every informative pixel.
+  assert rows[("oracle", "kar")]["mean_accuracy"] > 0.9
+  assert (rows[("oracle", "kar")]["mean_accuracy"]
+          > rows[("random", "kar")]["mean_accuracy"] + 0.1)
+  # Without retraining the base model fails on any heavily degraded test set.
+  assert rows[("oracle", "roar")]["no_retrain_accuracy"] < 0.35
+  ranked = report.rank_estimators(list(rows.values()))
+  assert ranked["roar"][0][0] == "oracle" and ranked["kar"][0][0] == "oracle"
+
+
+def test_interrupted_grid_gives_each_result_exactly_once(finished):
+  config, workdir, _, interrupted, resumed = finished
+  records = results.load_results(workdir)
+  units = {(r["estimator"], r["mode"], r["threshold"], r["seed"])
+           for r in records}
+  assert len(records) == len(units) == len(grid.all_units(config)) == 4
+  # The rerun ran only the units without a result, the interrupted one first,
+  # resuming from its step-100 checkpoint.
+  assert resumed[0] == interrupted and len(resumed) == 3
+  for r in records:
+    assert r["steps"] == 200 and 0.0 <= r["test_accuracy"] <= 1.0
+    assert r["config_hash"] == results.config_hash(config)
+  # A third run finds nothing to do.
+  again = roar.run(config, workdir, run_unit=lambda *a: pytest.fail("rerun"))
+  assert again["units"] == 0
+  summary = open(os.path.join(workdir, "report", "summary.md")).read()
+  assert "Partial" not in summary and "4 retrains" in summary
+  for name in ("roar.png", "kar.png", "no_retrain.png", "saliency.png"):
+    assert os.path.getsize(os.path.join(workdir, "report", name)) > 0
+
+
+def test_one_unit_runs_alone(finished):
+  config, workdir, _, _, _ = finished
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.roar.unit = "random/roar/0.5/0"
+  (unit,) = grid.all_units(config)
+  assert unit == grid.Unit("random", "roar", 0.5, 0)
+  assert grid.is_done(workdir, unit)
+  with pytest.raises(ValueError, match="config.roar.unit"):
+    grid.parse_unit("random/roar/0.5")
+
+
+def test_written_dataset_equals_on_the_fly(finished):
+  config, workdir, _, _, _ = finished
+  source = roar.sources.get_source(config.data)
+  fill = grid.channel_mean(config, workdir, source)  # Stored by the grid.
+  images = source.arrays("train")[0]
+  np.testing.assert_allclose(fill, images.mean(axis=(0, 1, 2)), rtol=1e-9)
+  written_config = copy.deepcopy(config)
+  with written_config.unlocked():
+    written_config.roar.degrade = "write"
+  a = grid.degraded_source(config, workdir, source, "oracle", "kar", 0.5, fill)
+  b = grid.degraded_source(written_config, workdir, source, "oracle", "kar",
+                           0.5, fill)
+  assert os.path.isdir(os.path.join(workdir, "datasets",
+                                    "oracle__kar__t050"))
+  for split in ("train", "test"):
+    xa, xb = pipeline.as_numpy(a.load(split)), pipeline.as_numpy(b.load(split))
+    np.testing.assert_array_equal(xa["index"], xb["index"])
+    np.testing.assert_array_equal(xa["label"], xb["label"])
+    np.testing.assert_array_equal(xa["image"], xb["image"])
