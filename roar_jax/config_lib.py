@@ -6,6 +6,7 @@ derived values (learning rate from batch size, steps from epochs) are computed
 by the helpers below so that each config states only what it changes.
 """
 
+import importlib.util
 import os
 
 import ml_collections
@@ -83,8 +84,43 @@ def base_config() -> ml_collections.ConfigDict:
   c.roar.fill_value = ()  # Pinned fill in [0, 255] pixel units, else computed.
   c.roar.degrade = "on_the_fly"  # or 'write': TFRecord datasets first.
   c.roar.unit = ""  # 'estimator/mode/threshold/seed': run that unit alone.
+  # 'sequential' runs the units one after the other in this process; 'ray'
+  # submits each as a task to a Ray cluster (benchmark/ray_executor.py).
   c.roar.executor = "sequential"
+  # The Ray cluster: '' means 'auto' (RAY_ADDRESS, or the cluster `ray start`
+  # runs on this machine); or 'ray://head:10001'.
+  c.roar.ray_address = ""
+  # What one unit's task asks of the cluster: CPUs, GPUs, and custom resources
+  # such as one TPU host, e.g. --config.roar.ray_resources="{'TPU': 4}".
+  c.roar.ray_num_cpus = 1.0
+  c.roar.ray_num_gpus = 0.0
+  c.roar.ray_resources = ml_collections.ConfigDict()
+  # A failed task (an exception, or a lost worker) runs again this many times;
+  # it resumes its unit from the unit's checkpoints.
+  c.roar.ray_max_retries = 3
+  # Environment variables of every task (e.g. XLA_PYTHON_CLIENT_MEM_FRACTION).
+  c.roar.ray_env_vars = ml_collections.ConfigDict()
   return c
+
+
+def load(name_or_path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file, as `--config=` loads it.
+
+  Args:
+    name_or_path: a path to a config file, or the name of one in configs/
+      (e.g. 'toy').
+
+  Returns:
+    The ConfigDict.
+  """
+  path = name_or_path
+  if not path.endswith(".py"):
+    path = os.path.join(REPO_ROOT, "configs", f"{name_or_path}.py")
+  spec = importlib.util.spec_from_file_location(
+      "config_" + os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def shared_path(*parts: str) -> str | None:

@@ -20,12 +20,8 @@ FIXTURES = REPO / "tests" / "fixtures"
 
 def load_config(name: str):
   """`get_config()` of configs/<name>.py, as --config=configs/<name>.py gives."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      f"configs_{name}", REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  from roar_jax import config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.load(name)
 
 
 @pytest.fixture(scope="session")

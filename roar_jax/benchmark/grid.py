@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 import jax
 from absl import logging
+from jax.experimental import multihost_utils
 
 from roar_jax import training
 from roar_jax.benchmark import report as report_lib
@@ -108,8 +109,17 @@ def degraded_source(config, workdir: str, base_source, estimator: str,
                      "'on_the_fly' or 'write'")
   out = os.path.join(workdir, "datasets",
                      results_lib.unit_name(estimator, mode, threshold))
-  writer_lib.write_dataset(source, out, process_index=jax.process_index(),
-                           process_count=jax.process_count())
+  if jax.process_count() == 1:
+    writer_lib.write_dataset(source, out)
+  elif not writer_lib.is_complete(out):
+    # Every process writes its own shards; process 0 writes the metadata once
+    # all of them exist.
+    writer_lib.write_dataset(source, out, process_index=jax.process_index(),
+                             process_count=jax.process_count())
+    multihost_utils.sync_global_devices(f"write {out}")
+    if jax.process_index() == 0:
+      writer_lib.write_metadata(out)
+    multihost_utils.sync_global_devices(f"metadata {out}")
   return writer_lib.read_dataset(out)
 
 
@@ -189,4 +199,9 @@ def channel_mean(config, workdir: str, base_source):
   or the constants `config.roar.fill_value` pins."""
   if config.roar.get("fill_value"):
     return tuple(float(v) for v in config.roar.fill_value)
+  if jax.process_count() > 1:
+    # One process computes and stores it; the others read it back.
+    if jax.process_index() == 0:
+      degrade_lib.load_or_compute_channel_mean(workdir, base_source)
+    multihost_utils.sync_global_devices("channel mean")
   return degrade_lib.load_or_compute_channel_mean(workdir, base_source)

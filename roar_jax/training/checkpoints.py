@@ -12,10 +12,15 @@ def manager(directory: str, *, max_to_keep: int = 2) -> ocp.CheckpointManager:
   Orbax writes each step to a temporary folder and renames it when complete,
   so an interrupted save never leaves a checkpoint that restore would read.
   """
+  # Several CPU processes run their collectives over gloo, which pairs them
+  # by issue order: a background save thread issuing its own would interleave
+  # with the training step's and deadlock. Save synchronously there.
+  async_ok = jax.process_count() == 1 or jax.default_backend() != "cpu"
   return ocp.CheckpointManager(
       os.path.abspath(directory),
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                           create=True))
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep, create=True,
+          enable_async_checkpointing=async_ok))
 
 
 def restore_latest(mngr: ocp.CheckpointManager, state):
