@@ -60,4 +60,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 256
   c.train.checkpoint_every = 1000
   c.train.log_every = 100
+  config_lib.paper_grid(c, pin_imagenet_fill=True)
   return c

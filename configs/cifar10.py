@@ -46,4 +46,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.warmup_steps = num_train // c.train.batch_size
   c.train.checkpoint_every = 1000
   c.train.log_every = 100
+
+  # The paper's estimators on CIFAR-10 (per-pixel ranking, the training
+  # split's channel mean as fill).
+  c.explain.estimators = config_lib.PAPER_ESTIMATORS
+  c.explain.batch_size = 128
+  c.explain.shard_size = 5120
   return c

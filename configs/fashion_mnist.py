@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.std = (0.3530,)
 
   c.train.batch_size = 128
-  c.train.eval_batch_size = 500
+  c.train.eval_batch_size = 512
   c.train.num_steps = 3000
   c.train.optimizer = "adam"
   c.train.learning_rate = 1e-3

@@ -12,7 +12,22 @@ TFDS `imagenet2012` needs the ILSVRC2012 tar files in a manual_dir:
       --config.data.manual_dir=/data/imagenet --workdir=gs://bucket/imagenet \
       --mode=train
 
-On a TPU v3-32 (or 8 x A100) one training run takes roughly 6-8 hours.
+With `--mode=roar` it runs the paper's grid (`config_lib.paper_grid`: the 14
+estimators of Table 2, per-value ranking, ImageNet-mean fill, thresholds
+10-90%, ROAR and KAR, 5 seeds). Expected (paper, Table 2, mean of 5 retrains,
+%), fraction of pixels removed (ROAR) or kept (KAR):
+
+  estimator    ROAR 10  ROAR 50  ROAR 90  KAR 10  KAR 50  KAR 90
+  Random        72.65    69.13    63.53   63.60   69.18   72.69
+  GRAD          72.94    70.97    66.75   67.63   72.02   73.46
+  IG            73.17    72.03    68.20   70.38   72.66   73.32
+  SG-SQ-GRAD    69.35    41.55    11.09   63.25   72.20   73.96
+  VAR-GRAD      69.24    39.23    10.41   53.38   72.15   73.92
+
+Cost (derived in launch/README.md from published throughput): one training run
+is 32k x 4096 = 131M images, about 18 TPU-v3-chip-hours (15 A100-hours); the
+full grid (701 runs) about 12,600 v3-chip-hours, plus about 53 for explaining
+every image with the 12 model-based estimators.
 """
 
 import ml_collections
@@ -38,4 +53,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 1024
   c.train.checkpoint_every = 1000
   c.train.log_every = 100
+  config_lib.paper_grid(c, pin_imagenet_fill=True)
   return c
