@@ -11,9 +11,13 @@ be interrupted and rerun: finished work is skipped.
 
 import logging as pylogging
 import os
+import re
 import sys
 
+# TensorFlow serves only tf.data here: keep its C++ start-up notices (oneDNN,
+# CPU features) off the console, so that errors stay one line.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -100,12 +104,17 @@ def _parse_flags(argv):
   except flags.Error as e:
     sys.exit(f"flag error: {e}")
   except (AttributeError, KeyError) as e:
-    # ml_collections reports an unknown field from deep inside ConfigDict;
-    # name the field instead of showing its stack.
-    field = str(e).strip("\"'")
+    # ml_collections reports an unknown field from deep inside ConfigDict,
+    # quoted and escaped; name the field and the override instead.
+    text = str(e.args[0] if e.args else e)
+    text = text.replace("\\'", "'").replace("\\n", " ").replace("\n", " ")
+    match = re.search(r"'(\w+)'", text)
+    field = match.group(1) if match else text
+    hint = (text[text.index("Did you mean"):].rstrip("'\\\"")
+            if "Did you mean" in text else "")
     bad = [a for a in argv[1:] if a.startswith("--config.") and field in a]
     sys.exit(f"config error: {' '.join(bad) or field}: the config has no "
-             f"field {field!r}")
+             f"field {field!r}. {hint}".rstrip())
   except (TypeError, ValueError) as e:
     sys.exit(f"config error: {e}")
 
