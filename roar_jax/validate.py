@@ -70,6 +70,12 @@ def validate(config, mode: str = "train"):
     raise ConfigError(str(e)) from None
   if mode in ("explain", "roar", "report"):
     _validate_benchmark(config, devices)
+  if mode == "sanity":
+    from roar_jax.benchmark import sanity  # pylint: disable=g-import-not-at-top
+    try:
+      sanity.validate_config(config)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
 
 
 def _validate_benchmark(config, devices: int):

@@ -36,7 +36,8 @@ def _command(workdir, *extra):
 
 def _env(devices):
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
+                      "--xla_cpu_collective_call_terminate_timeout_seconds=900")
   env["JAX_PLATFORMS"] = "cpu"
   return env
 

@@ -26,6 +26,7 @@ from roar_jax import models
 from roar_jax import saliency
 from roar_jax import training
 from roar_jax.data import pipeline
+from roar_jax.data import preprocess
 from roar_jax.data import rank_store as rank_store_lib
 from roar_jax.data import sources
 from roar_jax.data import synthetic
@@ -40,6 +41,11 @@ def explain_options(config) -> dict[str, Any]:
              "ig_steps": ec.ig_steps}
   if ec.get("chunk_size"):
     options["chunk_size"] = ec.chunk_size
+  # Integrated gradients start from a black image (0 in pixel space), which
+  # is -mean/std per channel in the model's input space.
+  mean, std = preprocess.mean_std(config.data, len(config.data.mean))
+  options["baseline"] = ((0.0 - np.asarray(mean)) / np.asarray(std)).astype(
+      np.float32)
   return options
 
 

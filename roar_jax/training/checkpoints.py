@@ -28,7 +28,8 @@ def restore_latest(mngr: ocp.CheckpointManager, state):
 
   Args:
     mngr: the run's manager.
-    state: a train state whose arrays have the target shapes and shardings.
+    state: a train state whose arrays (or jax.ShapeDtypeStructs) have the
+      target shapes and shardings.
 
   Returns:
     (state, step): the restored state and its step, or (`state`, 0) when the
@@ -37,7 +38,9 @@ def restore_latest(mngr: ocp.CheckpointManager, state):
   step = mngr.latest_step()
   if step is None:
     return state, 0
-  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  target = jax.tree.map(
+      lambda x: x if isinstance(x, jax.ShapeDtypeStruct)
+      else ocp.utils.to_shape_dtype_struct(x), state)
   restored = mngr.restore(step, args=ocp.args.StandardRestore(target))
   return restored, int(step)
 

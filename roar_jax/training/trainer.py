@@ -44,7 +44,10 @@ def _model_and_optimizer(model_json: str, train_json: str, num_classes: int):
   run with the same configuration (a ROAR grid retrains one model many times)
   reuse the compiled steps.
   """
-  module = models.get_model(json.loads(model_json), num_classes)
+  # JSON turns tuples into lists; module fields must stay hashable.
+  model_config = json.loads(model_json, object_hook=lambda d: {
+      k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+  module = models.get_model(model_config, num_classes)
   tx = optimizers.create_optimizer(json.loads(train_json))
   return module, tx
 
@@ -253,6 +256,9 @@ def load_state(config, workdir: str, *, source=None,
                mesh: Mesh | None = None) -> steps.TrainState:
   """The newest train state of a workdir, replicated over the mesh.
 
+  The checkpoint is restored into an abstract state (`jax.eval_shape`): no
+  initializer is compiled and run only to be overwritten.
+
   Args:
     config: the config the model was trained with.
     workdir: the training workdir (holding checkpoints/).
@@ -265,11 +271,16 @@ def load_state(config, workdir: str, *, source=None,
   """
   source = source or sources.get_source(config.data)
   mesh = mesh or mesh_lib.create_mesh()
-  state = create_state(config, source.info.num_classes,
-                       _input_shape(config, source.info), mesh,
-                       jax.random.key(config.seed))
+  replicated = mesh_lib.replicated(mesh)
+  abstract = jax.eval_shape(
+      lambda key: create_state(config, source.info.num_classes,
+                               _input_shape(config, source.info), mesh, key),
+      jax.random.key(0))
+  abstract = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+      abstract)
   mngr = checkpoints.manager(os.path.join(workdir, "checkpoints"))
-  state, step = checkpoints.restore_latest(mngr, state)
+  state, step = checkpoints.restore_latest(mngr, abstract)
   mngr.close()
   if step == 0:
     raise FileNotFoundError(
@@ -278,19 +289,20 @@ def load_state(config, workdir: str, *, source=None,
   return state
 
 
-def load_model(config, workdir: str, *, source=None):
+def load_model(config, workdir: str, *, source=None, mesh: Mesh | None = None):
   """The trained model of a workdir, for explaining or sanity checks.
 
   Args:
     config: the config the model was trained with.
     workdir: the training workdir (holding checkpoints/).
     source: the data Source; default `data.get_source(config.data)`.
+    mesh: the device mesh; default all devices.
 
   Returns:
     (module, variables): the flax module and its trained variables.
   """
   source = source or sources.get_source(config.data)
-  state = load_state(config, workdir, source=source)
+  state = load_state(config, workdir, source=source, mesh=mesh)
   module, _ = _model_and_optimizer(_config_json(config.model),
                                    _config_json(config.train),
                                    source.info.num_classes)
