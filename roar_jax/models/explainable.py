@@ -1,0 +1,77 @@
+"""Wraps a project model and its weights as a `saliency.Model`.
+
+The project's models follow one contract (see `small_cnn.py`): a field `act`
+(the activation), `__call__(x, train=False) -> logits` and, for the
+convolutional ones, `features(x, train=False)` and `head(f, train=False)`.
+From it `explainable` builds:
+- logits: `module.apply(variables, x)` in eval mode;
+- guided_logits: the same module with `act=guided_relu` and the same weights;
+- features / head: the split at the last convolutional block (None for a model
+  without `features`, e.g. the MLP).
+
+Each function is a `jax.tree_util.Partial` over the variables, so the jitted
+estimators take the weights as arguments: new weights of the same shapes reuse
+the compiled code.
+"""
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+
+from roar_jax.saliency import model as saliency_model
+
+
+@dataclasses.dataclass(frozen=True)
+class _Apply:
+  """variables, x -> module.apply(variables, x, train=False, method=method).
+
+  A frozen dataclass, so two wrappers of equal modules compare (and hash)
+  equal: the compilation cache sees the same function.
+  """
+  module: nn.Module
+  method: Optional[str] = None
+
+  def __call__(self, variables, x):
+    return self.module.apply(variables, x, train=False,
+                             method=self.method or "__call__")
+
+
+def _relu_act(module: nn.Module) -> bool:
+  """Whether the module's swappable activation is a ReLU (Guided Backprop
+  is defined for ReLU networks: another activation has no guided form)."""
+  fields = {f.name for f in dataclasses.fields(module)}
+  return "act" in fields and module.act in (nn.relu, jax.nn.relu,
+                                            saliency_model.guided_relu)
+
+
+def explainable(module: nn.Module, variables: Any) -> saliency_model.Model:
+  """The `saliency.Model` of a project model with the given weights.
+
+  Args:
+    module: a flax.linen Module following the project's model contract.
+    variables: its variables ({'params': ..., 'batch_stats': ...}).
+
+  Returns:
+    A saliency.Model; guided_logits is None unless the module has an `act`
+    field set to ReLU; features/head are None when it has no
+    `features`/`head` methods.
+  """
+  if not isinstance(module, nn.Module):
+    raise ValueError(f"module must be a flax.linen Module, got "
+                     f"{type(module).__name__}")
+  if not isinstance(variables, dict) or "params" not in variables:
+    raise ValueError("variables must be a dict with 'params' (and "
+                     "'batch_stats' for models with BatchNorm)")
+  part = lambda m, method=None: jax.tree_util.Partial(_Apply(m, method),
+                                                       variables)
+  guided = None
+  if _relu_act(module):
+    guided = part(module.clone(act=saliency_model.guided_relu))
+  features = head = None
+  if callable(getattr(type(module), "features", None)) and callable(
+      getattr(type(module), "head", None)):
+    features, head = part(module, "features"), part(module, "head")
+  return saliency_model.Model(logits=part(module), guided_logits=guided,
+                              features=features, head=head)
