@@ -33,7 +33,8 @@ setuptools.setup(
         "tensorboardX>=2.6",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
+        # Ray: tests/test_ray_executor.py runs the grid on a local cluster.
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "ray[default]>=2.9"],
         "bench": ["torch", "captum"],
         "ray": ["ray[default]>=2.9"],
     },

@@ -6,6 +6,7 @@ from roar_jax.benchmark import grid
 from roar_jax.benchmark import report
 from roar_jax.benchmark import results
 from roar_jax.benchmark import randomization
+from roar_jax.benchmark import ray_executor
 from roar_jax.benchmark import roar
 from roar_jax.benchmark import sanity
 from roar_jax.benchmark import sanity_report

@@ -62,8 +62,17 @@ def run(config, workdir: str, *, run_unit: UnitRunner = grid.run_unit
   todo = [u for u in units if not grid.is_done(workdir, u)]
   logging.info("grid: %d units, %d finished, %d to run", len(units),
                len(units) - len(todo), len(todo))
-  for unit in tqdm.tqdm(todo, desc="retrain units", disable=None):
-    run_unit(config, workdir, unit, source, fill)
+  executor = config.roar.get("executor", "sequential")
+  if executor == "ray":
+    # pylint: disable-next=g-import-not-at-top
+    from roar_jax.benchmark import ray_executor
+    ray_executor.run_units(config, workdir, todo, run_unit=run_unit)
+  elif executor == "sequential":
+    for unit in tqdm.tqdm(todo, desc="retrain units", disable=None):
+      run_unit(config, workdir, unit, source, fill)
+  else:
+    raise ValueError(f"config.roar.executor={executor!r}: expected "
+                     "'sequential' or 'ray'")
   summary = None
   if jax.process_index() == 0:
     summary = report(config, workdir, base_accuracy=base["test_accuracy"])
