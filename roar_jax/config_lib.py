@@ -68,7 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.explain.num_samples = 15  # J of SmoothGrad / SG-SQ / VarGrad (the paper).
   c.explain.noise_scale = 0.15
   c.explain.ig_steps = 25
-  c.explain.chunk_size = 0  # Images per jitted chunk; 0 = the whole batch.
+  # Images per vectorized step; 0 = automatic (bounded by the number of model
+  # evaluations one step may hold).
+  c.explain.chunk_size = 0
   c.explain.granularity = "pixel"  # 'value' = the original code's ranking.
   c.explain.transform = "abs"
   c.explain.batch_size = 256

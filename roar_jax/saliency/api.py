@@ -31,7 +31,7 @@ How a batch is computed:
 import dataclasses
 import functools
 import math
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
