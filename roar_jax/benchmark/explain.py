@@ -34,18 +34,22 @@ from roar_jax.data import synthetic
 ORACLE = "oracle"
 
 
-def explain_options(config) -> dict[str, Any]:
-  """The estimator options of `config.explain`, as `saliency.explain_all` takes them."""
+def black_image(config) -> np.ndarray:
+  """The black (0) pixel in the model's input space, per channel: -mean/std."""
+  mean, std = preprocess.mean_std(config.data, len(config.data.mean))
+  return (-np.asarray(mean) / np.asarray(std)).astype(np.float32)
+
+
+def explain_options(config, *, baseline: bool = True) -> dict[str, Any]:
+  """The estimator options of `config.explain`, as `saliency.explain_all`
+  takes them; integrated gradients start from the black image."""
   ec = config.explain
   options = {"num_samples": ec.num_samples, "noise_scale": ec.noise_scale,
              "ig_steps": ec.ig_steps}
   if ec.get("chunk_size"):
     options["chunk_size"] = ec.chunk_size
-  # Integrated gradients start from a black image (0 in pixel space), which
-  # is -mean/std per channel in the model's input space.
-  mean, std = preprocess.mean_std(config.data, len(config.data.mean))
-  options["baseline"] = ((0.0 - np.asarray(mean)) / np.asarray(std)).astype(
-      np.float32)
+  if baseline:
+    options["baseline"] = black_image(config)
   return options
 
 

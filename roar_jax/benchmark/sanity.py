@@ -60,6 +60,7 @@ from absl import logging
 
 from roar_jax import models
 from roar_jax import training
+from roar_jax.benchmark import explain as explain_stage
 from roar_jax.benchmark import randomization
 from roar_jax.benchmark import sanity_report
 from roar_jax.benchmark import similarity
@@ -392,20 +393,11 @@ def estimators_for(model: saliency_model.Model, names: Sequence[str]
 
 
 def _estimator_options(config) -> dict[str, Any]:
-  """Options of `config.explain`; IG's baseline is the black image."""
-  ec = config.explain
-  options = {"num_samples": ec.num_samples, "noise_scale": ec.noise_scale,
-             "ig_steps": ec.ig_steps}
-  if ec.get("chunk_size"):
-    options["chunk_size"] = ec.chunk_size
-  return options
+  """Options of `config.explain` (IG's baseline is passed separately)."""
+  return explain_stage.explain_options(config, baseline=False)
 
 
-def black_image(config) -> np.ndarray:
-  """The black (0) pixel in the model's input space, per channel: -mean/std."""
-  mean = np.asarray(config.data.mean, np.float32)
-  std = np.asarray(config.data.std, np.float32)
-  return -mean / std
+black_image = explain_stage.black_image
 
 
 def explain(config, module, variables, images: dict[str, np.ndarray],
