@@ -15,7 +15,7 @@ from roar_jax.data import pipeline
 def _config():
   config = load_config("toy")
   with config.unlocked():
-    config.explain.estimators = ("oracle", "random")
+    config.explain.estimators = ("oracle", "random", "gradient")
     config.roar.thresholds = (0.5,)
     config.roar.num_seeds = 1
     config.train.num_steps = 200
@@ -56,7 +56,7 @@ def test_oracle_beats_random_under_roar_and_kar(finished):
   assert out["base"]["test_accuracy"] > 0.9
   rows = {(r["estimator"], r["mode"]): r for r in report.read_csv(
       os.path.join(workdir, "report", "results.csv"))}
-  assert len(rows) == 4
+  assert len(rows) == 6
   # Removing the ground-truth pixels (oracle) leaves nothing to learn: near
   # chance (0.25); removing half the pixels at random leaves the pattern
   # partly visible.
@@ -78,10 +78,10 @@ def test_interrupted_grid_gives_each_result_exactly_once(finished):
   records = results.load_results(workdir)
   units = {(r["estimator"], r["mode"], r["threshold"], r["seed"])
            for r in records}
-  assert len(records) == len(units) == len(grid.all_units(config)) == 4
+  assert len(records) == len(units) == len(grid.all_units(config)) == 6
   # The rerun ran only the units without a result, the interrupted one first,
   # resuming from its step-100 checkpoint.
-  assert resumed[0] == interrupted and len(resumed) == 3
+  assert resumed[0] == interrupted and len(resumed) == 5
   for r in records:
     assert r["steps"] == 200 and 0.0 <= r["test_accuracy"] <= 1.0
     assert r["config_hash"] == results.config_hash(config)
@@ -89,7 +89,7 @@ def test_interrupted_grid_gives_each_result_exactly_once(finished):
   again = roar.run(config, workdir, run_unit=lambda *a: pytest.fail("rerun"))
   assert again["units"] == 0
   summary = open(os.path.join(workdir, "report", "summary.md")).read()
-  assert "Partial" not in summary and "4 retrains" in summary
+  assert "Partial" not in summary and "6 retrains" in summary
   for name in ("roar.png", "kar.png", "no_retrain.png", "saliency.png"):
     assert os.path.getsize(os.path.join(workdir, "report", name)) > 0
 

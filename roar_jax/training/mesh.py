@@ -12,8 +12,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
 def create_mesh() -> Mesh:
-  """A 1-D mesh over every device of every process."""
-  return jax.make_mesh((jax.device_count(),), ("data",))
+  """A 1-D mesh over every device of every process.
+
+  The axis is 'Auto' (shardings propagate through jit as in the pjit style),
+  not 'Explicit': with explicit axes every reshape of a sharded array must
+  name its output sharding, which model and saliency code need not know.
+  """
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:
