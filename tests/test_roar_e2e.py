@@ -70,7 +70,9 @@ def test_oracle_beats_random_under_roar_and_kar(finished):
   # Without retraining the base model fails on any heavily degraded test set.
   assert rows[("oracle", "roar")]["no_retrain_accuracy"] < 0.35
   ranked = report.rank_estimators(list(rows.values()))
-  assert ranked["roar"][0][0] == "oracle" and ranked["kar"][0][0] == "oracle"
+  assert ranked["roar"][0][0] == "oracle"
+  # KAR: the oracle is at the top (the gradient may tie it at 100%).
+  assert dict(ranked["kar"])["oracle"] == ranked["kar"][0][1]
 
 
 def test_interrupted_grid_gives_each_result_exactly_once(finished):
