@@ -47,6 +47,33 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _local_cpu_device_count() -> int:
+  """Local CPU devices the JAX CPU client will create (before it exists)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.config.jax_num_cpu_devices > 0:
+    return int(jax.config.jax_num_cpu_devices)
+  match = re.search(r"--xla_force_host_platform_device_count=(\d+)",
+                    os.environ.get("XLA_FLAGS", ""))
+  return int(match.group(1)) if match else 1
+
+
+def _reserve_cpu_threads():
+  """Sizes the CPU client's thread pools for gloo collectives.
+
+  The client runs each local device's share of a program on a pool of
+  max(cores, local devices) threads, and a device blocked in a gloo
+  collective holds its thread until every process arrives. With asynchronous
+  dispatch, step k+1 is launched while step k still runs, so on a machine
+  with fewer cores than devices every thread can end up waiting for one that
+  has no thread to run on: both processes hang in their first train steps.
+  Four threads per local device leave room for two overlapping launches and
+  their completion callbacks. `PJRT_NPROC`, read when the client is created,
+  sets the pool size; a value the user set is kept.
+  """
+  threads = max(os.cpu_count() or 1, 4 * _local_cpu_device_count())
+  os.environ.setdefault("PJRT_NPROC", str(threads))
+
+
 def initialize_distributed():
   """Joins the JAX processes of a multi-host run (no-op for one process)."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -58,6 +85,7 @@ def initialize_distributed():
         "JAX_PLATFORMS") == "cpu":
       # CPU processes exchange collectives over gloo.
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
+      _reserve_cpu_threads()
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
@@ -89,11 +117,16 @@ def run(config, workdir: str, mode: str):
     return sanity.run(config, workdir)
   from roar_jax.benchmark import explain, roar
   if mode == "explain":
-    return explain.run(config, workdir)
+    out = explain.run(config, workdir)
+    print(f"gradient passes per image: {out['gradient_passes']:,} "
+          f"({out['gradient_passes_alone']:,} if each estimator were computed "
+          "alone)")
+    return out
   if mode == "report":
     return roar.report(config, workdir)
   out = roar.run(config, workdir)
-  print(f"report: {os.path.join(workdir, 'report')}")
+  if out["report"] is not None:  # Process 0 writes the report.
+    print(f"report: {os.path.join(workdir, 'report')}")
   return out
 
 

@@ -87,6 +87,9 @@ def _validate_benchmark(config, devices: int):
     _require(est in known,
              f"config.explain.estimators: unknown estimator {est!r}; known: "
              f"{sorted(known)}")
+  twice = sorted({e for e in ec.estimators if list(ec.estimators).count(e) > 1})
+  _require(not twice, f"config.explain.estimators: {twice} named more than "
+           "once")
   _require("oracle" not in ec.estimators or config.data.name == "toy",
            "config.explain.estimators: 'oracle' needs the toy data's "
            "ground-truth masks (config.data.name='toy')")

@@ -41,6 +41,8 @@ def test_paper_configs(name, batch, base_lr, steps):
     ("roar.fill", "zeros", "config.roar.fill"),
     ("roar.unit", "gradient/roar/half/0", "config.roar.unit"),
     ("explain.estimators", ("oracle",), "oracle"),
+    ("explain.estimators", ("random", "gradient", "random"),
+     r"\['random'\] named more than once"),
 ])
 def test_bad_benchmark_fields_are_named(field, value, message):
   config = load_config("cifar10")
@@ -56,3 +58,24 @@ def test_synthetic_linear_runs_only_as_roar():
   validate.validate(config, "roar")
   with pytest.raises(validate.ConfigError, match="--mode=roar"):
     validate.validate(config, "train")
+
+
+def test_paper_grid_explains_in_432_gradient_passes():
+  """The paper configs' explain stage, counted as `--mode=explain` counts it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from roar_jax import models, saliency  # pylint: disable=g-import-not-at-top
+  from roar_jax.benchmark import explain  # pylint: disable=g-import-not-at-top
+  c = load_config("imagenet_resnet50")
+  # The count depends on the estimators and options, not on the network:
+  # a small CNN on 8x8 images stands in for ResNet-50 at 224.
+  module = models.SmallCNN(4)
+  model = models.explainable(module, module.init(
+      jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
+  options = {**explain.explain_options(c), "baseline": 0.0}
+  methods = [e for e in c.explain.estimators if e not in ("random", "sobel")]
+  shared = saliency.gradient_passes(model, c.explain.estimators, (8, 8, 3),
+                                    **options)
+  alone = sum(saliency.gradient_passes(model, (e,), (8, 8, 3), **options)
+              for e in methods)
+  assert (len(methods), shared, alone) == (12, 432, 1242)

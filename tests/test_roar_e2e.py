@@ -127,3 +127,14 @@ def test_written_dataset_equals_on_the_fly(finished):
     np.testing.assert_array_equal(xa["index"], xb["index"])
     np.testing.assert_array_equal(xa["label"], xb["label"])
     np.testing.assert_array_equal(xa["image"], xb["image"])
+
+
+def test_explain_mode_prints_its_gradient_passes(finished, capsys):
+  config, workdir, *_ = finished
+  from roar_jax import main  # pylint: disable=g-import-not-at-top
+  out = main.run(config, workdir, "explain")  # Every shard is written.
+  assert out["written_shards"] == 0
+  # gradient: one pass; oracle and random: none.
+  assert (out["gradient_passes"], out["gradient_passes_alone"]) == (1, 1)
+  assert ("gradient passes per image: 1 (1 if each estimator were computed "
+          "alone)") in capsys.readouterr().out

@@ -333,6 +333,35 @@ def test_explain_all_equals_separate_calls(cnn):
                              rtol=1e-6)
 
 
+@pytest.mark.parametrize("j,m", [(15, 25), (3, 4)])
+def test_gradient_passes_of_the_paper_estimators(cnn, j, m):
+  model, x, _ = cnn
+  bases = ("gradient", "integrated_gradients", "guided_backprop")
+  twelve = [f"{p}{b}" for b in bases for p in ("", "sg.", "sg_sq.", "var.")]
+  count = lambda methods: api.gradient_passes(
+      model, methods, x.shape[1:], num_samples=j, ig_steps=m)
+  # Bases: GRAD 1 + IG m + GB 1; each base's three ensembles share J noisy
+  # evaluations in one call, but draw them three times when computed alone.
+  assert count(twelve) == (2 + m) * (1 + j)
+  assert sum(count((e,)) for e in twelve) == (2 + m) * (1 + 3 * j)
+  if (j, m) == (15, 25):
+    assert (count(twelve), sum(count((e,)) for e in twelve)) == (432, 1242)
+
+
+def test_gradient_passes_count_shared_work_once(cnn):
+  model, x, _ = cnn
+  count = lambda *methods: api.gradient_passes(model, methods, x.shape[1:],
+                                               num_samples=4, ig_steps=5)
+  assert count("gradient", "gradient_x_input") == 1
+  assert count("random", "sobel") == 0
+  assert count("sg.gradient", "var.gradient") == 4
+  assert count("sg.gradient", "sg.gradient_x_input") == 4
+  assert count("var.integrated_gradients") == 20
+  # GradCAM differentiates the head only: one (partial) pass; Guided GradCAM
+  # adds the guided pass and reuses GradCAM's.
+  assert count("gradcam", "guided_gradcam") == 2
+
+
 def test_noise_sample_groups_merge_exactly(cnn):
   # A budget of 2 model passes per step splits each image's 3 noise samples
   # into groups of one; the merged statistics equal the one-group ones.

@@ -87,7 +87,9 @@ def run(config, workdir: str, *, source=None) -> dict[str, Any]:
     source: the data Source (default: `config.data`).
 
   Returns:
-    {'images_per_s': float, 'written_shards': int}.
+    {'images_per_s': float, 'written_shards': int, 'gradient_passes': per
+     image, all estimators together, 'gradient_passes_alone': per image, each
+     estimator computed on its own}.
   """
   ec = config.explain
   source = source or sources.get_source(config.data)
@@ -107,6 +109,8 @@ def run(config, workdir: str, *, source=None) -> dict[str, Any]:
         f"config.explain.shard_size={ec.shard_size} must be a multiple of the "
         f"per-process batch size {local_batch}, so that no batch straddles "
         "two shards")
+  passes = _log_gradient_passes(config, model, model_estimators, source,
+                                options)
   written, images_done, elapsed, visualized = 0, 0, 0.0, False
   for split_id, split in enumerate(("test", "train")):
     num = source.info.num_examples[split]
@@ -170,7 +174,23 @@ def run(config, workdir: str, *, source=None) -> dict[str, Any]:
   rate = images_done / max(elapsed, 1e-9)
   logging.info("explain: %d images ranked by %d estimators, %.1f images/s",
                images_done, len(estimators), rate)
-  return {"images_per_s": rate, "written_shards": written}
+  return {"images_per_s": rate, "written_shards": written, **passes}
+
+
+def _log_gradient_passes(config, model, estimators, source, options
+                         ) -> dict[str, int]:
+  """The explain stage's cost in gradient passes per image, shared work
+  counted once, and what computing each estimator alone would cost."""
+  if not estimators:
+    return {"gradient_passes": 0, "gradient_passes_alone": 0}
+  shape = (preprocess.image_size_of(config.data),) * 2 + (
+      int(source.info.image_shape[-1]),)
+  shared = saliency.gradient_passes(model, estimators, shape, **options)
+  alone = sum(saliency.gradient_passes(model, (e,), shape, **options)
+              for e in estimators)
+  logging.info("explain: %d gradient passes per image for %d estimators (%d "
+               "if each were computed alone)", shared, len(estimators), alone)
+  return {"gradient_passes": shared, "gradient_passes_alone": alone}
 
 
 def _flush(store, estimators, split, shard, num_shards, todo, pending,

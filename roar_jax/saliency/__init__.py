@@ -5,6 +5,7 @@ Depends on JAX only: never on roar_jax.data or roar_jax.training.
 
 from roar_jax.saliency import visualize
 from roar_jax.saliency.api import available_methods, explain, explain_all
+from roar_jax.saliency.api import gradient_passes
 from roar_jax.saliency.inputs import Inputs
 from roar_jax.saliency.lowering import fast_pooling
 from roar_jax.saliency.model import Model, guided_relu

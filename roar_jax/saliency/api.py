@@ -489,6 +489,44 @@ def explain_all(model: model_lib.Model, images, *, methods: Sequence[str],
   return {m: assemble([c[m] for c in chunks]) for m in methods}
 
 
+def gradient_passes(model: model_lib.Model, methods: Sequence[str],
+                    image_shape: Sequence[int], **options) -> int:
+  """Gradient passes per image that `explain_all(methods=...)` runs.
+
+  Counted, not declared: one image's computations are traced (nothing runs)
+  and every gradient they take is counted, so work that methods share counts
+  once: the sg./sg_sq./var. ensembles of one base draw the same J noisy
+  evaluations, `gradient_x_input` reuses `gradient`. The forward pass that
+  predicts the explained class is not a gradient pass.
+
+  Args:
+    model: a `saliency.Model`.
+    methods: method names, as `explain_all` takes them.
+    image_shape: (H, W, C) of one image in the model's input space.
+    **options: as `explain_all` (num_samples, ig_steps, ...).
+
+  Returns:
+    Passes (forward + backward over one image) per explained image.
+  """
+  if isinstance(methods, str):
+    methods = (methods,)
+  opts, _ = options_lib.from_kwargs(options)
+  plan = _make_plan(tuple(dict.fromkeys(methods)), opts, True, model)
+  image = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+  row = jax.ShapeDtypeStruct((1,), jnp.int32)
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # A raw key: impl None.
+  baseline = jax.ShapeDtypeStruct(tuple(image_shape), jnp.float32)
+  with inputs_lib.counting_passes() as plain:
+    jax.eval_shape(functools.partial(_plain_rows, plan, None, model), image,
+                   row, row, key, baseline)
+  with inputs_lib.counting_passes() as noisy:
+    if plan.ensembles:  # One noise sample; every sample costs the same.
+      jax.eval_shape(functools.partial(_noisy_rows, plan, None, 1, True, model),
+                     image, row, row, key, baseline,
+                     jax.ShapeDtypeStruct((), jnp.int32))
+  return plain[0] + opts.num_samples * noisy[0]
+
+
 def explain(model: model_lib.Model, images, *, method: str, key: Array,
             target=None, indices=None, **options) -> Array:
   """Maps of one method: `explain_all(..., methods=(method,))[method]`.

@@ -6,7 +6,8 @@ Estimators run inside one jitted call. Several of them need the same gradient
 value to every estimator that asks.
 """
 
-from typing import Callable, Optional
+import contextlib
+from typing import Callable, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,27 @@ def select(logits: Array, targets: Array) -> Array:
                              axis=1)[:, 0]
 
 
+# Open `counting_passes` counters; every traced `target_gradient` adds its
+# rows to each of them.
+_PASS_COUNTERS: list[list[int]] = []
+
+
+@contextlib.contextmanager
+def counting_passes() -> Iterator[list[int]]:
+  """Counts the gradient passes (rows differentiated) traced inside the block.
+
+  Yields:
+    A one-element list whose item is the count so far. Counting happens when
+    a function is traced, so trace fresh (e.g. `jax.eval_shape`) inside.
+  """
+  counter = [0]
+  _PASS_COUNTERS.append(counter)
+  try:
+    yield counter
+  finally:
+    _PASS_COUNTERS.remove(counter)
+
+
 def target_gradient(fn: Callable[[Array], Array], images: Array,
                     targets: Array) -> Array:
   """d fn(images)[n, targets[n]] / d images[n], for every n at once.
@@ -30,6 +52,8 @@ def target_gradient(fn: Callable[[Array], Array], images: Array,
   One backward pass of the summed selected outputs gives every per-image
   gradient, because the model treats images independently (eval mode).
   """
+  for counter in _PASS_COUNTERS:
+    counter[0] += int(images.shape[0])
   return jax.grad(lambda x: jnp.sum(select(fn(x), targets)))(images)
 
 
