@@ -39,26 +39,11 @@ from roar_jax import config_lib
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = config_lib.base_config()
-  c.model.name = "resnet50"
-  c.model.resnet50 = ml_collections.ConfigDict({"stem": "imagenet"})
-
-  c.data.name = "birdsnap"
-  c.data.image_size = 224
-  c.data.augment = "inception"
-  c.data.eval_resize = 256
-  # The original code normalizes every dataset with the ImageNet statistics.
-  c.data.mean = config_lib.IMAGENET_MEAN
-  c.data.std = config_lib.IMAGENET_STD
+  # Epochs (warm-up, decays) are counted in the paper's 47,386 train images.
+  c = config_lib.paper_resnet50("birdsnap", num_train=47_386, base_lr=1.0,
+                                batch_size=256, num_steps=20_000,
+                                eval_batch_size=256)
   # Largest fraction of a split's listed images that may be absent (dead
   # URLs); see roar_jax.data.birdsnap.
   c.data.max_missing_fraction = 0.1
-
-  # Epochs (warm-up, decays) are counted in the paper's 47,386 train images.
-  config_lib.paper_schedule(c, num_train=47_386, base_lr=1.0, batch_size=256,
-                            num_steps=20_000)
-  c.train.eval_batch_size = 256
-  c.train.checkpoint_every = 1000
-  c.train.log_every = 100
-  config_lib.paper_grid(c, pin_imagenet_fill=True)
   return c

@@ -29,21 +29,6 @@ from roar_jax import config_lib
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = config_lib.base_config()
-  c.model.name = "resnet50"
-  c.model.resnet50 = ml_collections.ConfigDict({"stem": "imagenet"})
-
-  c.data.name = "food101"
-  c.data.image_size = 224
-  c.data.augment = "inception"
-  c.data.eval_resize = 256
-  c.data.mean = config_lib.IMAGENET_MEAN
-  c.data.std = config_lib.IMAGENET_STD
-
-  config_lib.paper_schedule(c, num_train=75_750, base_lr=0.7, batch_size=256,
-                            num_steps=20_000)
-  c.train.eval_batch_size = 256
-  c.train.checkpoint_every = 1000
-  c.train.log_every = 100
-  config_lib.paper_grid(c, pin_imagenet_fill=True)
-  return c
+  return config_lib.paper_resnet50("food101", num_train=75_750, base_lr=0.7,
+                                   batch_size=256, num_steps=20_000,
+                                   eval_batch_size=256)

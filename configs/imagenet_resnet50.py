@@ -36,22 +36,6 @@ from roar_jax import config_lib
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = config_lib.base_config()
-  c.model.name = "resnet50"
-  c.model.resnet50 = ml_collections.ConfigDict({"stem": "imagenet"})
-
-  c.data.name = "imagenet2012"
-  c.data.image_size = 224
-  c.data.augment = "inception"
-  c.data.eval_resize = 256
-  # The original code normalizes every dataset with the ImageNet statistics.
-  c.data.mean = config_lib.IMAGENET_MEAN
-  c.data.std = config_lib.IMAGENET_STD
-
-  config_lib.paper_schedule(c, num_train=1_281_167, base_lr=0.1,
-                            batch_size=4096, num_steps=32_000)
-  c.train.eval_batch_size = 1024
-  c.train.checkpoint_every = 1000
-  c.train.log_every = 100
-  config_lib.paper_grid(c, pin_imagenet_fill=True)
-  return c
+  return config_lib.paper_resnet50("imagenet2012", num_train=1_281_167,
+                                   base_lr=0.1, batch_size=4096,
+                                   num_steps=32_000, eval_batch_size=1024)

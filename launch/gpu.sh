@@ -47,56 +47,8 @@ Examples:
 EOF
 }
 
-die() {
-  echo "${PROG}: error: $*" >&2
-  echo "Run '${PROG} --help' for usage." >&2
-  exit 2
-}
-
-# Prints one argument quoted for a POSIX shell; safe words stay unquoted, and
-# so does the `--flag=` prefix of a flag whose value needs quotes.
-quote() {
-  local arg=$1 prefix=""
-  if [[ ${arg} =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s' "${arg}"
-    return
-  fi
-  if [[ ${arg} =~ ^--[A-Za-z0-9_.-]+= ]]; then
-    prefix=${BASH_REMATCH[0]}
-    arg=${arg#"${prefix}"}
-  fi
-  printf "%s'%s'" "${prefix}" "${arg//\'/\'\\\'\'}"
-}
-
-# Prints all arguments quoted and joined by spaces: one shell command line.
-quote_all() {
-  local out="" arg
-  for arg in "$@"; do
-    out+="${out:+ }$(quote "${arg}")"
-  done
-  printf '%s' "${out}"
-}
-
-# Runs a command given as separate arguments; --dry_run only prints it.
-run() {
-  if [[ ${DRY_RUN} == 1 ]]; then
-    quote_all "$@"
-    echo
-  else
-    echo "+ $(quote_all "$@")" >&2
-    "$@"
-  fi
-}
-
-# Runs a shell command line (a pipeline); --dry_run only prints it.
-run_line() {
-  if [[ ${DRY_RUN} == 1 ]]; then
-    echo "$1"
-  else
-    echo "+ $1" >&2
-    bash -c "$1"
-  fi
-}
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 HOSTS="" PORT=8476 SOURCE_DIR="" REPO_URL="" BRANCH="" REMOTE_DIR="roar_jax"
 PYTHON="python3" JAX_EXTRA="cuda12" SKIP_INSTALL=0 DRY_RUN=0 SAW_SEPARATOR=0

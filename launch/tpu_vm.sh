@@ -57,56 +57,8 @@ Example:
 EOF
 }
 
-die() {
-  echo "${PROG}: error: $*" >&2
-  echo "Run '${PROG} --help' for usage." >&2
-  exit 2
-}
-
-# Prints one argument quoted for a POSIX shell; safe words stay unquoted, and
-# so does the `--flag=` prefix of a flag whose value needs quotes.
-quote() {
-  local arg=$1 prefix=""
-  if [[ ${arg} =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s' "${arg}"
-    return
-  fi
-  if [[ ${arg} =~ ^--[A-Za-z0-9_.-]+= ]]; then
-    prefix=${BASH_REMATCH[0]}
-    arg=${arg#"${prefix}"}
-  fi
-  printf "%s'%s'" "${prefix}" "${arg//\'/\'\\\'\'}"
-}
-
-# Prints all arguments quoted and joined by spaces: one shell command line.
-quote_all() {
-  local out="" arg
-  for arg in "$@"; do
-    out+="${out:+ }$(quote "${arg}")"
-  done
-  printf '%s' "${out}"
-}
-
-# Runs a command given as separate arguments; --dry_run only prints it.
-run() {
-  if [[ ${DRY_RUN} == 1 ]]; then
-    quote_all "$@"
-    echo
-  else
-    echo "+ $(quote_all "$@")" >&2
-    "$@"
-  fi
-}
-
-# Runs a shell command line (a pipeline); --dry_run only prints it.
-run_line() {
-  if [[ ${DRY_RUN} == 1 ]]; then
-    echo "$1"
-  else
-    echo "+ $1" >&2
-    bash -c "$1"
-  fi
-}
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # Workers (hosts) of a slice. v2-v4 and v5p count TensorCores (8 per host);
 # v5e and v6e count chips: up to 8 on one host, 4 per host in larger slices.

@@ -198,3 +198,42 @@ def paper_schedule(c: ml_collections.ConfigDict, *, num_train: int,
   t.warmup_steps = int(round(5 * steps_per_epoch))
   t.decay_steps = tuple(int(round(e * steps_per_epoch)) for e in (30, 60, 80))
   t.decay_factor = 0.1
+
+
+def paper_resnet50(dataset: str, *, num_train: int, base_lr: float,
+                   batch_size: int, num_steps: int, eval_batch_size: int
+                   ) -> ml_collections.ConfigDict:
+  """A paper experiment: ResNet-50 v1.5 at 224 on `dataset`, the paper's
+  recipe (`paper_schedule`) and grid (`paper_grid`, ImageNet-mean fill).
+
+  Inception-style crops for training, resize to 256 and center-crop 224 for
+  evaluation; every dataset is normalized with the ImageNet statistics, as
+  the original code does.
+
+  Args:
+    dataset: `config.data.name` (a TFDS name, or 'birdsnap').
+    num_train: training examples (to turn epochs into steps).
+    base_lr: learning rate per 256 images.
+    batch_size: global batch size.
+    num_steps: training steps.
+    eval_batch_size: global evaluation batch size.
+
+  Returns:
+    The config.
+  """
+  c = base_config()
+  c.model.name = "resnet50"
+  c.model.resnet50 = ml_collections.ConfigDict({"stem": "imagenet"})
+  c.data.name = dataset
+  c.data.image_size = 224
+  c.data.augment = "inception"
+  c.data.eval_resize = 256
+  c.data.mean = IMAGENET_MEAN
+  c.data.std = IMAGENET_STD
+  paper_schedule(c, num_train=num_train, base_lr=base_lr,
+                 batch_size=batch_size, num_steps=num_steps)
+  c.train.eval_batch_size = eval_batch_size
+  c.train.checkpoint_every = 1000
+  c.train.log_every = 100
+  paper_grid(c, pin_imagenet_fill=True)
+  return c

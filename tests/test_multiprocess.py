@@ -1,6 +1,8 @@
 """A REAL multi-process run: 2 JAX processes x 4 CPU devices (local coordinator,
 gloo collectives) run the toy `--mode=roar` end to end, against the same
-command in one process with 8 devices.
+command in one process with 8 devices. The 2-process run writes its degraded
+datasets (`--config.roar.degrade=write`: per-process TFRecord shards, metadata
+from process 0), the 1-process run degrades on the fly.
 
 Rankings: the data- and seed-determined ones (oracle, random) must be
 identical, whichever process ranked an image; the gradient comes from each
@@ -31,6 +33,7 @@ from conftest import REPO
 from roar_jax.benchmark import report as report_lib
 from roar_jax.benchmark import results as results_lib
 from roar_jax.data import rank_store
+from roar_jax.data import writer as writer_lib
 
 OVERRIDES = [
     "--config.explain.estimators=('gradient', 'oracle', 'random')",
@@ -67,7 +70,8 @@ def _run_two_processes(workdir) -> list[str]:
   logs = [open(os.path.join(workdir, f"process{i}.log"), "w+")
           for i in range(2)]
   procs = [subprocess.Popen(
-      _command(workdir, f"--coordinator_address=127.0.0.1:{port}",
+      _command(workdir, "--config.roar.degrade=write",
+               f"--coordinator_address=127.0.0.1:{port}",
                "--num_processes=2", f"--process_id={i}"),
       cwd=REPO, env=_env(4), stdout=logs[i], stderr=subprocess.STDOUT)
            for i in range(2)]
@@ -108,6 +112,23 @@ def test_both_processes_joined_one_run(runs):
   assert "process 1 of 2, 4 local / 8 global devices" in logs[1]
   # Process 0 alone writes and announces the report.
   assert "report:" in logs[0] and "report:" not in logs[1]
+
+
+def test_each_process_wrote_its_shards(runs):
+  two, one, _ = runs
+  datasets = sorted(os.listdir(os.path.join(two, "datasets")))
+  assert len(datasets) == 6
+  for name in datasets:
+    folder = os.path.join(two, "datasets", name)
+    assert writer_lib.is_complete(folder), name
+    files = os.listdir(folder)
+    for split in ("train", "test"):
+      shards = sorted(f.split(".tfrecord-")[1] for f in files
+                      if f"-{split}.tfrecord-" in f)
+      assert shards == ["00000-of-00002", "00001-of-00002"], files
+    source = writer_lib.read_dataset(folder)
+    assert source.info.num_examples == {"train": 4000, "test": 1000}
+  assert not os.path.exists(os.path.join(one, "datasets"))
 
 
 def test_base_models_agree(runs):

@@ -45,30 +45,38 @@ def read_csv(path: str) -> list[dict[str, Any]]:
   return rows
 
 
-def _plot(path: str, rows, mode: str, value: str, title: str):
-  rows = [r for r in rows if r["mode"] == mode and not math.isnan(r[value])]
-  fig, ax = plt.subplots(figsize=(6.5, 4.5))
-  for est in sorted({r["estimator"] for r in rows}):
-    pts = sorted((r["threshold"], r[value], r["std_accuracy"])
-                 for r in rows if r["estimator"] == est)
-    xs, ys, es = zip(*pts)
-    if value == "mean_accuracy":
-      ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=est)
-    else:
-      ax.plot(xs, ys, marker="o", label=est)
+def _finish_axes(ax, mode: str, title: str, legend: bool):
   ax.set_xlabel("fraction of pixels " + ("removed" if mode == "roar"
                                           else "kept"))
   ax.set_ylabel("test accuracy")
   ax.set_title(title, fontsize=10)
   ax.set_xlim(0, 1)
   ax.grid(alpha=0.3)
-  if rows:
+  if legend:
     ax.legend(fontsize=8)
+
+
+def _save_figure(fig, path: str):
+  """Writes the figure atomically: a reader never sees a half-written PNG."""
   fig.tight_layout()
   tmp = f"{path}.tmp-{os.getpid()}.png"
   fig.savefig(tmp, dpi=110)
   plt.close(fig)
   os.replace(tmp, path)
+
+
+def _retrained_plot(path: str, rows, mode: str, title: str):
+  """Mean retrained accuracy per estimator vs threshold, std over seeds."""
+  rows = [r for r in rows
+          if r["mode"] == mode and not math.isnan(r["mean_accuracy"])]
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  for est in sorted({r["estimator"] for r in rows}):
+    pts = sorted((r["threshold"], r["mean_accuracy"], r["std_accuracy"])
+                 for r in rows if r["estimator"] == est)
+    xs, ys, es = zip(*pts)
+    ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=est)
+  _finish_axes(ax, mode, title, legend=bool(rows))
+  _save_figure(fig, path)
 
 
 def _no_retrain_plot(path: str, rows):
@@ -80,19 +88,9 @@ def _no_retrain_plot(path: str, rows):
       pts = sorted((r["threshold"], r["no_retrain_accuracy"]) for r in sel
                    if r["estimator"] == est)
       ax.plot(*zip(*pts), marker="o", label=est)
-    ax.set_title(f"{mode.upper()} without retraining (base model)",
-                 fontsize=10)
-    ax.set_xlabel("fraction " + ("removed" if mode == "roar" else "kept"))
-    ax.set_ylabel("test accuracy")
-    ax.set_xlim(0, 1)
-    ax.grid(alpha=0.3)
-    if sel:
-      ax.legend(fontsize=8)
-  fig.tight_layout()
-  tmp = f"{path}.tmp-{os.getpid()}.png"
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
+    _finish_axes(ax, mode, f"{mode.upper()} without retraining (base model)",
+                 legend=bool(sel))
+  _save_figure(fig, path)
 
 
 def rank_estimators(rows) -> dict[str, list[tuple[str, float]]]:
@@ -143,8 +141,8 @@ def build_report(workdir: str, *, config=None, expected_units: int | None = None
   os.makedirs(out, exist_ok=True)
   write_csv(os.path.join(out, "results.csv"), rows)
   for mode in ("roar", "kar"):
-    _plot(os.path.join(out, f"{mode}.png"), rows, mode, "mean_accuracy",
-          _MODE_TITLES[mode] + ", retrained")
+    _retrained_plot(os.path.join(out, f"{mode}.png"), rows, mode,
+                    _MODE_TITLES[mode] + ", retrained")
   _no_retrain_plot(os.path.join(out, "no_retrain.png"), rows)
   partial = expected_units is not None and len(records) < expected_units
   _write_summary(os.path.join(out, "summary.md"), rows, config=config,
