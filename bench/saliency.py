@@ -253,9 +253,6 @@ def run_model(name: str, args, have_torch: bool) -> dict:
       "ours: plain gradient (batch 32, one call)": (batch, lambda: ready(
           api.explain(model, x, method="gradient", key=key, target=targets,
                       chunk_size=batch))),
-      "ours: plain gradient, XLA max-pool gradient": (batch, lambda: ready(
-          api.explain(model, x, method="gradient", key=key, target=targets,
-                      chunk_size=batch, fast_pooling=False))),
       "ours: sg.gradient alone": (batch, lambda: ready(api.explain_all(
           model, x, methods=ENSEMBLES[:1], key=key, **opts))),
       "ours: sg + sg_sq + var (one call)": (batch, lambda: ready(
@@ -345,8 +342,6 @@ def ratios(rate: dict) -> dict:
             get("captum: IntegratedGradients"),
         "raw: one batched input gradient, JAX / torch":
             get("ours: plain gradient (") / get("captum: Saliency"),
-        "raw: same, XLA's own max-pool gradient, JAX / torch":
-            get("ours: plain gradient, XLA") / get("captum: Saliency"),
     })
   return out
 

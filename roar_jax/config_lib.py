@@ -86,22 +86,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.roar.fill_value = ()  # Pinned fill in [0, 255] pixel units, else computed.
   c.roar.degrade = "on_the_fly"  # or 'write': TFRecord datasets first.
   c.roar.unit = ""  # 'estimator/mode/threshold/seed': run that unit alone.
-  # 'sequential' runs the units one after the other in this process; 'ray'
-  # submits each as a task to a Ray cluster (benchmark/ray_executor.py).
-  c.roar.executor = "sequential"
+
+  # Where the retraining units run. 'sequential': one after the other in this
+  # process; 'ray': each as a task on a Ray cluster (benchmark/ray_executor.py).
+  # None of these fields changes a result (not part of the config hash).
+  c.grid = ml_collections.ConfigDict()
+  c.grid.executor = "sequential"
   # The Ray cluster: '' means 'auto' (RAY_ADDRESS, or the cluster `ray start`
   # runs on this machine); or 'ray://head:10001'.
-  c.roar.ray_address = ""
+  c.grid.ray_address = ""
   # What one unit's task asks of the cluster: CPUs, GPUs, and custom resources
-  # such as one TPU host, e.g. --config.roar.ray_resources="{'TPU': 4}".
-  c.roar.ray_num_cpus = 1.0
-  c.roar.ray_num_gpus = 0.0
-  c.roar.ray_resources = ml_collections.ConfigDict()
+  # such as one TPU host, e.g. --config.grid.ray_resources="{'TPU': 4}".
+  c.grid.ray_num_cpus = 1.0
+  c.grid.ray_num_gpus = 0.0
+  c.grid.ray_resources = ml_collections.ConfigDict()
   # A failed task (an exception, or a lost worker) runs again this many times;
   # it resumes its unit from the unit's checkpoints.
-  c.roar.ray_max_retries = 3
+  c.grid.ray_max_retries = 3
   # Environment variables of every task (e.g. XLA_PYTHON_CLIENT_MEM_FRACTION).
-  c.roar.ray_env_vars = ml_collections.ConfigDict()
+  c.grid.ray_env_vars = ml_collections.ConfigDict()
   return c
 
 

@@ -114,13 +114,14 @@ def _validate_benchmark(config, devices: int):
   _require(rc.degrade in ("on_the_fly", "write"),
            f"config.roar.degrade={rc.degrade!r}: expected 'on_the_fly' or "
            "'write'")
-  _require(rc.executor in ("sequential", "ray"),
-           f"config.roar.executor={rc.executor!r}: expected 'sequential' or "
+  executor = config.grid.executor
+  _require(executor in ("sequential", "ray"),
+           f"config.grid.executor={executor!r}: expected 'sequential' or "
            "'ray'")
-  if rc.executor == "ray":
+  if executor == "ray":
     import importlib.util  # pylint: disable=g-import-not-at-top
     _require(importlib.util.find_spec("ray") is not None,
-             "config.roar.executor='ray' needs Ray: pip install -e \".[ray]\"")
+             "config.grid.executor='ray' needs Ray: pip install -e \".[ray]\"")
   _require(rc.num_seeds > 0, f"config.roar.num_seeds={rc.num_seeds} must be "
            "> 0")
   if rc.unit:

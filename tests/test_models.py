@@ -1,6 +1,7 @@
 """Models: known parameter counts, the features/head split, names, activations."""
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,3 +88,17 @@ def test_unknown_model_and_option_are_named():
     models.get_model({"name": "vgg"}, 10)
   with pytest.raises(ValueError, match="config.model.resnet18"):
     models.get_model({"name": "resnet18", "resnet18": {"depth": 3}}, 10)
+
+
+def test_max_pool_2x2_equals_flax_max_pool():
+  from roar_jax.models import small_cnn  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(3).normal(size=(2, 7, 9, 3)).astype(np.float32)
+  flax_pool = lambda x: nn.max_pool(x, (2, 2), (2, 2))
+  np.testing.assert_array_equal(small_cnn.max_pool_2x2(x), flax_pool(x))
+  grad = lambda pool: jax.grad(lambda x: jnp.sum(jnp.sin(pool(x))))(x)
+  np.testing.assert_allclose(grad(small_cnn.max_pool_2x2), grad(flax_pool),
+                             rtol=1e-6)
+  # A tie: the gradient is split among the tied inputs (a subgradient too).
+  tie = jnp.ones((1, 2, 2, 1))
+  g = jax.grad(lambda x: jnp.sum(small_cnn.max_pool_2x2(x)))(tie)
+  np.testing.assert_allclose(g, np.full((1, 2, 2, 1), 0.25))

@@ -124,7 +124,7 @@ def test_ray_grid_matches_sequential_and_retries(ray_cluster, sequential,
       "results", "retrain", "report", "datasets"))
   ray_config = copy.deepcopy(config)
   with ray_config.unlocked():
-    ray_config.roar.executor = "ray"  # Default: 3 retries.
+    ray_config.grid.executor = "ray"  # Default: 3 retries.
   units = grid.all_units(config)
   flaky = units[-1].name
   out = roar.run(ray_config, workdir,
@@ -168,8 +168,8 @@ def test_ray_grid_matches_sequential_and_retries(ray_cluster, sequential,
   assert again["units"] == 0
   # An executor of another name is an error that names the field.
   with ray_config.unlocked():
-    ray_config.roar.executor = "dask"
-  with pytest.raises(ValueError, match="config.roar.executor='dask'"):
+    ray_config.grid.executor = "dask"
+  with pytest.raises(ValueError, match="config.grid.executor='dask'"):
     roar.run(ray_config, workdir, run_unit=lambda *a: pytest.fail("ran"))
 
 
@@ -179,7 +179,7 @@ def test_units_failing_every_attempt_are_named(ray_cluster, tmp_path):
   workdir = str(tmp_path)
   config = _config()
   with config.unlocked():
-    config.roar.ray_max_retries = 2
+    config.grid.ray_max_retries = 2
   done = grid.Unit("oracle", "kar", 0.5, 0)
   stored = {"estimator": "oracle", "mode": "kar", "threshold": 0.5, "seed": 0,
             "test_accuracy": 0.875, "steps": 60, "wall_time_s": 1.0,
@@ -220,9 +220,9 @@ def test_task_options_from_config():
       "XLA_FLAGS"]
   assert options["num_gpus"] == 0.0 and "max_calls" not in options
   with config.unlocked():
-    config.roar.ray_num_gpus = 1.0
-    config.roar.ray_max_retries = 5
-    config.roar.ray_env_vars = {"XLA_PYTHON_CLIENT_MEM_FRACTION": ".9"}
+    config.grid.ray_num_gpus = 1.0
+    config.grid.ray_max_retries = 5
+    config.grid.ray_env_vars = {"XLA_PYTHON_CLIENT_MEM_FRACTION": ".9"}
   # GPU tasks keep their node's own devices; explicit variables are added.
   assert ray_executor.worker_env_vars(config, env) == {
       "XLA_PYTHON_CLIENT_MEM_FRACTION": ".9"}
@@ -233,19 +233,19 @@ def test_task_options_from_config():
   # An accelerator task's worker exits after its unit, freeing the devices.
   assert options["max_calls"] == 1
   with config.unlocked():
-    config.roar.ray_num_gpus = 0.0
-    config.roar.ray_resources = {"TPU": 4}
+    config.grid.ray_num_gpus = 0.0
+    config.grid.ray_resources = {"TPU": 4}
   options = ray_executor.task_options(config)
   assert options["resources"] == {"TPU": 4.0} and options["max_calls"] == 1
   assert ray_executor.uses_accelerator(config)
   with config.unlocked():
-    config.roar.ray_resources = {"TPU": 0}
-  with pytest.raises(ValueError, match=r"config.roar.ray_resources\['TPU'\]"):
+    config.grid.ray_resources = {"TPU": 0}
+  with pytest.raises(ValueError, match=r"config.grid.ray_resources\['TPU'\]"):
     ray_executor.task_options(config)
   with config.unlocked():
-    config.roar.ray_resources = {}
-    config.roar.ray_max_retries = -1
-  with pytest.raises(ValueError, match="config.roar.ray_max_retries"):
+    config.grid.ray_resources = {}
+    config.grid.ray_max_retries = -1
+  with pytest.raises(ValueError, match="config.grid.ray_max_retries"):
     ray_executor.task_options(config)
 
 
@@ -254,8 +254,8 @@ def test_ray_accepts_the_task_options():
   config = _config()
   for gpus, resources in ((0.0, {}), (1.0, {}), (0.0, {"TPU": 4})):
     with config.unlocked():
-      config.roar.ray_num_gpus = gpus
-      config.roar.ray_resources = resources
+      config.grid.ray_num_gpus = gpus
+      config.grid.ray_resources = resources
     task, options = ray_executor.remote_task(ray, ray_executor.task_options(
         config))
     assert "max_calls" not in options
@@ -284,5 +284,5 @@ def test_no_cluster_names_the_address_field():
 
   config = _config()
   with pytest.raises(ConnectionError,
-                     match=r"config.roar.ray_address='auto'.*ray start"):
+                     match=r"config.grid.ray_address='auto'.*ray start"):
     ray_executor._connect(NoCluster, config)  # pylint: disable=protected-access

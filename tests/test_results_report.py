@@ -78,3 +78,17 @@ def test_report_files_csv_contract_and_ranking(tmp_path):
   summary = (folder / "summary.md").read_text()
   assert "Partial report" in summary and "16 of 20" in summary
   assert "1. good" in summary
+
+
+def test_config_hash_ignores_where_units_run():
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  config = load_config("toy")
+  base = results.config_hash(config)
+  with config.unlocked():
+    config.roar.unit = "gradient/roar/0.5/0"
+    config.grid.executor = "ray"
+    config.grid.ray_num_gpus = 1.0
+  assert results.config_hash(config) == base
+  with config.unlocked():
+    config.roar.thresholds = (0.5,)
+  assert results.config_hash(config) != base

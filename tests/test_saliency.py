@@ -256,6 +256,16 @@ class _TinyCNN(nn.Module):
     return nn.Dense(self.num_classes, name="logits")(jnp.mean(f, axis=(1, 2)))
 
 
+class _PoolCNN(_TinyCNN):
+  """_TinyCNN with Flax's (reduce_window) overlapping max pooling."""
+
+  @nn.compact
+  def features(self, x, train=False):
+    del train
+    x = self.act(nn.Conv(4, (3, 3), name="conv")(x))
+    return nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
+
+
 ALL = tuple(m for m in api.available_methods())
 OPTS = dict(num_samples=3, ig_steps=4)
 INDICES = np.arange(10, 18, dtype=np.int32)
@@ -426,7 +436,7 @@ def test_fast_pooling_same_values_and_gradients():
     grad = lambda g: jax.jit(jax.grad(lambda x: jnp.sum(jnp.cos(g(x)))))(x)
     np.testing.assert_allclose(grad(fast), grad(f), rtol=1e-6, atol=1e-7)
   # The explain path: a pooling model explained with and without it.
-  module = models.SmallCNN(3, width=2)
+  module = _PoolCNN(3)
   xs = x[:, :, :8][:, :4].repeat(2, axis=1)  # 8 x 8 images.
   model = explainable(module, _init(module, xs, scale=0.3))
   fast, slow = (api.explain(model, xs, method="guided_backprop", key=KEY,

@@ -1,8 +1,8 @@
 """The ROAR/KAR retraining grid on a Ray cluster: one task per unit.
 
-`--config.roar.executor=ray` sends every unfinished (estimator, mode,
+`--config.grid.executor=ray` sends every unfinished (estimator, mode,
 threshold, seed) unit to a running Ray cluster (KubeRay on GKE, Ray on Cloud
-TPU VMs or GPU hosts) as one task that asks for `config.roar.ray_num_gpus`
+TPU VMs or GPU hosts) as one task that asks for `config.grid.ray_num_gpus`
 GPUs, `ray_num_cpus` CPUs and the custom resources of `ray_resources` (one TPU
 host: `{'TPU': 4}`). Each task rebuilds the dataset from the config, reads the
 stored fill, and runs `grid.run_unit`, which resumes the unit from its own
@@ -18,7 +18,7 @@ Every node needs roar_jax installed (the cluster's image), like the driver:
   pip install -e ".[ray]"
   ray start --head                      # or a KubeRay cluster
   python -m roar_jax.main --config=configs/cifar10.py --workdir=/shared/run \
-      --mode=roar --config.roar.executor=ray --config.roar.ray_num_gpus=1
+      --mode=roar --config.grid.executor=ray --config.grid.ray_num_gpus=1
 """
 
 import json
@@ -47,7 +47,7 @@ def import_ray():
     import ray  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise ImportError(
-        "config.roar.executor='ray' needs Ray, which is not installed: "
+        "config.grid.executor='ray' needs Ray, which is not installed: "
         "pip install -e \".[ray]\"") from None
   return ray
 
@@ -60,9 +60,9 @@ def _as_dict(value) -> dict[str, Any]:
 
 def uses_accelerator(config) -> bool:
   """Whether a unit's task asks for a GPU or a custom (e.g. TPU) resource."""
-  rc = config.roar
-  return (float(rc.get("ray_num_gpus", 0) or 0) > 0
-          or bool(_as_dict(rc.get("ray_resources"))))
+  gc = config.grid
+  return (float(gc.get("ray_num_gpus", 0) or 0) > 0
+          or bool(_as_dict(gc.get("ray_resources"))))
 
 
 def worker_env_vars(config, environ: Mapping[str, str] | None = None
@@ -86,13 +86,13 @@ def worker_env_vars(config, environ: Mapping[str, str] | None = None
   env = {}
   if not uses_accelerator(config):
     env = {k: environ[k] for k in CPU_ENV_VARS if k in environ}
-  extra = _as_dict(config.roar.get("ray_env_vars"))
+  extra = _as_dict(config.grid.get("ray_env_vars"))
   env.update({str(k): str(v) for k, v in extra.items()})
   return env
 
 
 def task_options(config) -> dict[str, Any]:
-  """The Ray options of one unit's task, from `config.roar.ray_*`.
+  """The Ray options of one unit's task, from `config.grid.ray_*`.
 
   Args:
     config: the experiment config.
@@ -101,22 +101,22 @@ def task_options(config) -> dict[str, Any]:
     Keyword arguments of `.options()` of a remote function, plus `max_calls`
     (which `ray.remote` takes) for tasks on accelerators.
   """
-  rc = config.roar
-  num_cpus = float(rc.get("ray_num_cpus", 1))
-  num_gpus = float(rc.get("ray_num_gpus", 0) or 0)
-  max_retries = int(rc.get("ray_max_retries", 3))
+  gc = config.grid
+  num_cpus = float(gc.get("ray_num_cpus", 1))
+  num_gpus = float(gc.get("ray_num_gpus", 0) or 0)
+  max_retries = int(gc.get("ray_max_retries", 3))
   resources = {str(k): float(v)
-               for k, v in _as_dict(rc.get("ray_resources")).items()}
+               for k, v in _as_dict(gc.get("ray_resources")).items()}
   if num_cpus < 0:
-    raise ValueError(f"config.roar.ray_num_cpus={num_cpus} must be >= 0")
+    raise ValueError(f"config.grid.ray_num_cpus={num_cpus} must be >= 0")
   if num_gpus < 0:
-    raise ValueError(f"config.roar.ray_num_gpus={num_gpus} must be >= 0")
+    raise ValueError(f"config.grid.ray_num_gpus={num_gpus} must be >= 0")
   if max_retries < 0:
-    raise ValueError(f"config.roar.ray_max_retries={max_retries} must be "
+    raise ValueError(f"config.grid.ray_max_retries={max_retries} must be "
                      ">= 0")
   for name, amount in resources.items():
     if amount <= 0:
-      raise ValueError(f"config.roar.ray_resources[{name!r}]={amount} must be "
+      raise ValueError(f"config.grid.ray_resources[{name!r}]={amount} must be "
                        "> 0")
   options = {"num_cpus": num_cpus, "num_gpus": num_gpus,
              "max_retries": max_retries, "retry_exceptions": True}
@@ -204,14 +204,14 @@ def _connect(ray, config) -> bool:
   """Connects to the cluster unless already connected; True if it connected."""
   if ray.is_initialized():
     return False
-  address = config.roar.get("ray_address") or "auto"
+  address = config.grid.get("ray_address") or "auto"
   try:
     ray.init(address=address)
   except ConnectionError as e:
     raise ConnectionError(
-        f"config.roar.ray_address={address!r}: no Ray cluster found there "
+        f"config.grid.ray_address={address!r}: no Ray cluster found there "
         f"({e}). Start one (`ray start --head`, or a KubeRay cluster) or set "
-        "config.roar.ray_address") from None
+        "config.grid.ray_address") from None
   return True
 
 
@@ -237,14 +237,14 @@ def run_units(config, workdir: str, units: Sequence[grid.Unit], *,
               run_unit: UnitRunner = grid.run_unit) -> list[dict[str, Any]]:
   """Runs the units as Ray tasks and waits for all of them.
 
-  Connects to `config.roar.ray_address` (or the cluster `ray.init('auto')`
+  Connects to `config.grid.ray_address` (or the cluster `ray.init('auto')`
   finds) unless Ray is already initialized in this process, submits one task
   per unit, and shows progress as tasks finish. A unit whose task fails on
   every attempt does not stop the others; once all have ended, the failed
   ones are reported together.
 
   Args:
-    config: the experiment config (`config.roar.ray_*` set the task options).
+    config: the experiment config (`config.grid.ray_*` set the task options).
     workdir: the experiment workdir, on storage every node shares.
     units: the units to run (normally those without a result yet).
     run_unit: what each task runs for its unit (must be picklable).
@@ -259,7 +259,7 @@ def run_units(config, workdir: str, units: Sequence[grid.Unit], *,
   ray = import_ray()
   if jax.process_count() > 1:
     raise ValueError(
-        "config.roar.executor='ray' drives the grid from one process; run the "
+        "config.grid.executor='ray' drives the grid from one process; run the "
         "driver without --multihost (the Ray tasks get their own devices)")
   if not units:
     return []

@@ -62,7 +62,7 @@ def run(config, workdir: str, *, run_unit: UnitRunner = grid.run_unit
   todo = [u for u in units if not grid.is_done(workdir, u)]
   logging.info("grid: %d units, %d finished, %d to run", len(units),
                len(units) - len(todo), len(todo))
-  executor = config.roar.get("executor", "sequential")
+  executor = config.grid.get("executor", "sequential")
   if executor == "ray":
     # pylint: disable-next=g-import-not-at-top
     from roar_jax.benchmark import ray_executor
@@ -71,7 +71,7 @@ def run(config, workdir: str, *, run_unit: UnitRunner = grid.run_unit
     for unit in tqdm.tqdm(todo, desc="retrain units", disable=None):
       run_unit(config, workdir, unit, source, fill)
   else:
-    raise ValueError(f"config.roar.executor={executor!r}: expected "
+    raise ValueError(f"config.grid.executor={executor!r}: expected "
                      "'sequential' or 'ray'")
   summary = None
   if jax.process_index() == 0:

@@ -18,6 +18,26 @@ import jax.numpy as jnp
 Activation = Callable[[jnp.ndarray], jnp.ndarray]
 
 
+def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
+  """2x2 max pooling with stride 2 (VALID), as a reshape and a max.
+
+  The same values as `nn.max_pool(x, (2, 2), (2, 2))`. Its gradient is an
+  elementwise select that XLA fuses, where nn.max_pool's select_and_scatter
+  runs slowly on CPU: the toy train step takes 2.6x less time this way. At an
+  exact tie inside a window the gradient is split among the tied inputs
+  instead of all going to the first; both are valid subgradients.
+
+  Args:
+    x: [B, H, W, C]; an odd last row or column is dropped, as VALID does.
+
+  Returns:
+    [B, H // 2, W // 2, C].
+  """
+  b, h, w, c = x.shape
+  x = x[:, : h // 2 * 2, : w // 2 * 2]
+  return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
 class SmallCNN(nn.Module):
   """conv3x3(w)-act-pool, conv3x3(2w)-act-pool, conv3x3(4w)-act-pool, GAP, dense.
 
@@ -41,13 +61,13 @@ class SmallCNN(nn.Module):
 
   def features(self, x, train: bool = False):
     del train  # No dropout or BatchNorm: train and eval behave alike.
-    x = nn.max_pool(self.act(self.conv1(x)), (2, 2), (2, 2))
-    x = nn.max_pool(self.act(self.conv2(x)), (2, 2), (2, 2))
+    x = max_pool_2x2(self.act(self.conv1(x)))
+    x = max_pool_2x2(self.act(self.conv2(x)))
     return self.act(self.conv3(x))
 
   def head(self, f, train: bool = False):
     del train
-    f = nn.max_pool(f, (2, 2), (2, 2))
+    f = max_pool_2x2(f)
     return self.logits(jnp.mean(f, axis=(1, 2))).astype(jnp.float32)
 
   def __call__(self, x, train: bool = False):
@@ -76,12 +96,12 @@ class SanityCNN(nn.Module):
 
   def features(self, x, train: bool = False):
     del train
-    x = nn.max_pool(self.act(self.conv1(x)), (2, 2), (2, 2))
+    x = max_pool_2x2(self.act(self.conv1(x)))
     return self.act(self.conv2(x))
 
   def head(self, f, train: bool = False):
     del train
-    f = nn.max_pool(f, (2, 2), (2, 2))
+    f = max_pool_2x2(f)
     f = self.act(self.fc1(f.reshape(f.shape[0], -1)))
     return self.logits(f).astype(jnp.float32)
 
