@@ -23,9 +23,10 @@ def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
 
   The same values as `nn.max_pool(x, (2, 2), (2, 2))`. Its gradient is an
   elementwise select that XLA fuses, where nn.max_pool's select_and_scatter
-  runs slowly on CPU: the toy train step takes 2.4-2.6x less time this way.
-  At an exact tie inside a window the gradient is split among the tied
-  inputs instead of all going to the first; both are valid subgradients.
+  runs slowly on CPU: the toy train step takes 2.2-2.4x less time this way
+  (bench/pooling.py). At an exact tie inside a window the gradient is split
+  among the tied inputs instead of all going to the first; both are valid
+  subgradients.
 
   Args:
     x: [B, H, W, C]; an odd last row or column is dropped, as VALID does.
