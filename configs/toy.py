@@ -1,6 +1,6 @@
 """Toy experiment: synthetic images with known class evidence, a small CNN.
 
-Trains on a laptop CPU in under a minute (15 s on 2 cores):
+Trains on a laptop CPU in under a minute (15-20 s on 2 cores):
 
   python -m roar_jax.main --config=configs/toy.py --workdir=/tmp/roar_toy --mode=train
 
