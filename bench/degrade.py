@@ -22,7 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from roar_jax import config_lib, data, training  # noqa: E402
+from roar_jax import data, training  # noqa: E402
+from roar_jax.config import defaults as config_lib  # noqa: E402
 from roar_jax.saliency import rank  # noqa: E402
 
 

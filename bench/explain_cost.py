@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from roar_jax import config_lib
+from roar_jax.config import defaults as config_lib
 from roar_jax import models
 from roar_jax import saliency
 # pylint: enable=g-import-not-at-top,wrong-import-position

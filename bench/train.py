@@ -45,7 +45,7 @@ from jax.sharding import Mesh
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top
-from roar_jax import config_lib
+from roar_jax.config import defaults as config_lib
 from roar_jax import models
 from roar_jax.training import mesh as mesh_lib
 from roar_jax.training import steps

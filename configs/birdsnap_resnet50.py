@@ -35,12 +35,12 @@ model-based estimators about 2 more.
 
 import ml_collections
 
-from roar_jax import config_lib
+from roar_jax.config import defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
   # Epochs (warm-up, decays) are counted in the paper's 47,386 train images.
-  c = config_lib.paper_resnet50("birdsnap", num_train=47_386, base_lr=1.0,
+  c = defaults.paper_resnet50("birdsnap", num_train=47_386, base_lr=1.0,
                                 batch_size=256, num_steps=20_000,
                                 eval_batch_size=256)
   # Largest fraction of a split's listed images that may be absent (dead

@@ -15,14 +15,14 @@ original CIFAR-10; a CPU does about 60 images/s of it, so use an accelerator.
 
 import ml_collections
 
-from roar_jax import config_lib
+from roar_jax.config import defaults
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = config_lib.base_config()
+  c = defaults.base_config()
   c.model.name = "resnet18"
   c.model.resnet18 = ml_collections.ConfigDict({"stem": "cifar"})
   c.model.small_cnn = ml_collections.ConfigDict({"width": 32})
@@ -49,7 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # The paper's estimators on CIFAR-10 (per-pixel ranking, the training
   # split's channel mean as fill).
-  c.explain.estimators = config_lib.PAPER_ESTIMATORS
+  c.explain.estimators = defaults.PAPER_ESTIMATORS
   c.explain.batch_size = 128
   c.explain.shard_size = 5120
   return c

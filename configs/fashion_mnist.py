@@ -13,11 +13,11 @@ on a CPU). `config.model.name='sanity_mlp'` gives the paper's MLP.
 
 import ml_collections
 
-from roar_jax import config_lib
+from roar_jax.config import defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = config_lib.base_config()
+  c = defaults.base_config()
   c.model.name = "sanity_cnn"
   c.data.name = "fashion_mnist"
   c.data.image_size = 28

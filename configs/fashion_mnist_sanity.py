@@ -30,7 +30,7 @@ import os
 
 import ml_collections
 
-from roar_jax import config_lib
+from roar_jax.config import defaults
 
 
 def _base():
@@ -45,7 +45,7 @@ def _base():
 
 def get_config() -> ml_collections.ConfigDict:
   c = _base()
-  c.data.path = config_lib.shared_path("fashion-mnist")
+  c.data.path = defaults.shared_path("fashion-mnist")
 
   # True-label training, shared by both models (reduced; see the docstring).
   c.train.batch_size = 64

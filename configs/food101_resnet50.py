@@ -8,7 +8,7 @@ imagenet_resnet50.py). The paper's unmodified top-1 is 84.54%. TFDS `food101`
   python -m roar_jax.main --config=configs/food101_resnet50.py \
       --workdir=/tmp/food101 --mode=train
 
-With `--mode=roar` it runs the paper's grid (`config_lib.paper_grid`).
+With `--mode=roar` it runs the paper's grid (`defaults.paper_grid`).
 Expected (paper, Table 2, mean of 5 retrains, %):
 
   estimator    ROAR 10  ROAR 50  ROAR 90  KAR 10  KAR 50  KAR 90
@@ -25,10 +25,10 @@ runs) about 494 v3-chip-hours.
 
 import ml_collections
 
-from roar_jax import config_lib
+from roar_jax.config import defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
-  return config_lib.paper_resnet50("food101", num_train=75_750, base_lr=0.7,
+  return defaults.paper_resnet50("food101", num_train=75_750, base_lr=0.7,
                                    batch_size=256, num_steps=20_000,
                                    eval_batch_size=256)

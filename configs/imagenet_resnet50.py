@@ -12,7 +12,7 @@ TFDS `imagenet2012` needs the ILSVRC2012 tar files in a manual_dir:
       --config.data.manual_dir=/data/imagenet --workdir=gs://bucket/imagenet \
       --mode=train
 
-With `--mode=roar` it runs the paper's grid (`config_lib.paper_grid`: the 14
+With `--mode=roar` it runs the paper's grid (`defaults.paper_grid`: the 14
 estimators of Table 2, per-value ranking, ImageNet-mean fill, thresholds
 10-90%, ROAR and KAR, 5 seeds). Expected (paper, Table 2, mean of 5 retrains,
 %), fraction of pixels removed (ROAR) or kept (KAR):
@@ -32,10 +32,10 @@ every image with the 12 model-based estimators.
 
 import ml_collections
 
-from roar_jax import config_lib
+from roar_jax.config import defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
-  return config_lib.paper_resnet50("imagenet2012", num_train=1_281_167,
+  return defaults.paper_resnet50("imagenet2012", num_train=1_281_167,
                                    base_lr=0.1, batch_size=4096,
                                    num_steps=32_000, eval_batch_size=1024)

@@ -15,11 +15,11 @@ informative features start to go.
 
 import ml_collections
 
-from roar_jax import config_lib
+from roar_jax.config import defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = config_lib.base_config()
+  c = defaults.base_config()
   c.data.name = "synthetic_linear"
   c.linear = ml_collections.ConfigDict({
       "num_train": 5000,

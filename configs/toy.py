@@ -18,11 +18,11 @@ small CNN reaches well over 90% test accuracy (4 classes, chance 25%).
 
 import ml_collections
 
-from roar_jax import config_lib
+from roar_jax.config import defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = config_lib.base_config()
+  c = defaults.base_config()
   c.model.name = "small_cnn"
   c.model.small_cnn = ml_collections.ConfigDict({"width": 16})
 

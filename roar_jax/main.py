@@ -24,7 +24,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from roar_jax import validate  # noqa: E402
+from roar_jax import config as config_pkg  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py).", lock_config=True)
@@ -99,10 +99,10 @@ def initialize_distributed():
 
 def run(config, workdir: str, mode: str):
   """Runs one mode; the library entry point behind the command line."""
-  validate.validate(config, mode)
+  config_pkg.validate(config, mode)
   # pylint: disable=g-import-not-at-top
   if config.data.name == "synthetic_linear":
-    from roar_jax.benchmark import synthetic_linear
+    from roar_jax.benchmark.roar import synthetic_linear
     out = synthetic_linear.run(config, workdir)
     print(f"report: {os.path.join(workdir, 'report')}")
     return out
@@ -113,9 +113,10 @@ def run(config, workdir: str, mode: str):
           f"({result['num_test_examples']} images, {result['steps']} steps)")
     return result
   if mode == "sanity":
-    from roar_jax.benchmark import sanity
+    from roar_jax.benchmark.sanity import checks as sanity
     return sanity.run(config, workdir)
-  from roar_jax.benchmark import explain, roar
+  from roar_jax.benchmark.roar import explain
+  from roar_jax.benchmark.roar import pipeline as roar
   if mode == "explain":
     out = explain.run(config, workdir)
     print(f"gradient passes per image: {out['gradient_passes']:,} "
@@ -168,7 +169,7 @@ def main(argv):
   initialize_distributed()
   try:
     run(_CONFIG.value, _WORKDIR.value, _MODE.value)
-  except validate.ConfigError as e:
+  except config_pkg.ConfigError as e:
     sys.exit(f"config error: {e}")
 
 

@@ -3,7 +3,8 @@
 import pytest
 
 from conftest import load_config
-from roar_jax import config_lib, validate
+from roar_jax.config import defaults as config_lib
+from roar_jax.config import validation as validate
 
 CONFIGS = ("toy", "cifar10", "fashion_mnist", "imagenet_resnet50",
            "food101_resnet50", "birdsnap_resnet50", "fashion_mnist_sanity")
@@ -65,12 +66,12 @@ def test_paper_grid_explains_in_432_gradient_passes():
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from roar_jax import models, saliency  # pylint: disable=g-import-not-at-top
-  from roar_jax.benchmark import explain  # pylint: disable=g-import-not-at-top
+  from roar_jax.benchmark.roar import explain  # pylint: disable=g-import-not-at-top
   c = load_config("imagenet_resnet50")
   # The count depends on the estimators and options, not on the network:
   # a small CNN on 8x8 images stands in for ResNet-50 at 224.
   module = models.SmallCNN(4)
-  model = models.explainable(module, module.init(
+  model = saliency.explainable(module, module.init(
       jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
   options = {**explain.explain_options(c), "baseline": 0.0}
   methods = [e for e in c.explain.estimators if e not in ("random", "sobel")]

@@ -30,8 +30,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from roar_jax.benchmark import report as report_lib
-from roar_jax.benchmark import results as results_lib
+from roar_jax.benchmark.roar import report as report_lib
+from roar_jax.benchmark.roar import results as results_lib
 from roar_jax.data import rank_store
 from roar_jax.data import writer as writer_lib
 

@@ -15,9 +15,10 @@ import sys
 import pytest
 
 from conftest import load_config
-from roar_jax.benchmark import grid, results, roar
+from roar_jax.benchmark.roar import grid, results
+from roar_jax.benchmark.roar import pipeline as roar
 
-from roar_jax.benchmark import ray_executor
+from roar_jax.benchmark.roar import ray_executor
 
 try:
   import ray

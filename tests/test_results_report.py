@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from roar_jax.benchmark import report, results
+from roar_jax.benchmark.roar import report, results
 
 
 def _record(est, mode, thr, seed, acc):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from roar_jax.benchmark import grid, report, results, roar
+from roar_jax.benchmark.roar import grid, report, results
+from roar_jax.benchmark.roar import pipeline as roar
 from roar_jax.data import pipeline
 
 

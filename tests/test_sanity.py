@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from roar_jax.benchmark import randomization
-from roar_jax.benchmark import similarity
+from roar_jax.benchmark.sanity import randomization
+from roar_jax.benchmark.sanity import similarity
 
 ALL_METRICS = similarity.METRICS + similarity.FOREGROUND_METRICS
 

@@ -19,8 +19,8 @@ import pytest
 from conftest import load_config
 from jax.sharding import Mesh
 
-from roar_jax.benchmark import sanity
-from roar_jax.benchmark import sanity_report
+from roar_jax.benchmark.sanity import checks as sanity
+from roar_jax.benchmark.sanity import report as sanity_report
 
 ESTIMATORS = ("gradient", "gradcam", "sg.gradient")
 # The models train on one device: the sanity checks shard nothing themselves

@@ -3,8 +3,8 @@
 import pytest
 
 from conftest import load_config
-from roar_jax.benchmark import report
-from roar_jax.benchmark import synthetic_linear as sl
+from roar_jax.benchmark.roar import report
+from roar_jax.benchmark.roar import synthetic_linear as sl
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ import optax
 import pytest
 
 from conftest import REPO, load_config
-from roar_jax import training, validate
-from roar_jax.data import source as source_lib
+from roar_jax import training
+from roar_jax.config import validation as validate
+from roar_jax.data import source_protocol as source_lib
 from roar_jax.training import optimizers
 
 

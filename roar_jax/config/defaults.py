@@ -11,7 +11,8 @@ import os
 
 import ml_collections
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
 
 # The original ROAR code normalizes every dataset with these ImageNet
@@ -88,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.roar.unit = ""  # 'estimator/mode/threshold/seed': run that unit alone.
 
   # Where the retraining units run. 'sequential': one after the other in this
-  # process; 'ray': each as a task on a Ray cluster (benchmark/ray_executor.py).
+  # process; 'ray': each as a task on a Ray cluster (benchmark/roar/ray_executor.py).
   # None of these fields changes a result (not part of the config hash).
   c.grid = ml_collections.ConfigDict()
   c.grid.executor = "sequential"

@@ -71,7 +71,7 @@ def validate(config, mode: str = "train"):
   if mode in ("explain", "roar", "report"):
     _validate_benchmark(config, devices)
   if mode == "sanity":
-    from roar_jax.benchmark import sanity  # pylint: disable=g-import-not-at-top
+    from roar_jax.benchmark.sanity import checks as sanity  # pylint: disable=g-import-not-at-top
     try:
       sanity.validate_config(config)
     except ValueError as e:
@@ -125,7 +125,7 @@ def _validate_benchmark(config, devices: int):
   _require(rc.num_seeds > 0, f"config.roar.num_seeds={rc.num_seeds} must be "
            "> 0")
   if rc.unit:
-    from roar_jax.benchmark import grid  # pylint: disable=g-import-not-at-top
+    from roar_jax.benchmark.roar import grid  # pylint: disable=g-import-not-at-top
     try:
       unit = grid.parse_unit(rc.unit)
     except ValueError as e:

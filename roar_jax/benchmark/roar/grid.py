@@ -18,8 +18,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from roar_jax import training
-from roar_jax.benchmark import report as report_lib
-from roar_jax.benchmark import results as results_lib
+from roar_jax.benchmark.roar import report as report_lib
+from roar_jax.benchmark.roar import results as results_lib
 from roar_jax.data import degradation as degrade_lib
 from roar_jax.data import degraded as degraded_lib
 from roar_jax.data import preprocess

@@ -14,9 +14,9 @@ import tqdm
 from absl import logging
 
 from roar_jax import training
-from roar_jax.benchmark import explain
-from roar_jax.benchmark import grid
-from roar_jax.benchmark import report as report_lib
+from roar_jax.benchmark.roar import explain
+from roar_jax.benchmark.roar import grid
+from roar_jax.benchmark.roar import report as report_lib
 from roar_jax.data import sources
 
 UnitRunner = Callable[..., dict[str, Any]]
@@ -65,7 +65,7 @@ def run(config, workdir: str, *, run_unit: UnitRunner = grid.run_unit
   executor = config.grid.get("executor", "sequential")
   if executor == "ray":
     # pylint: disable-next=g-import-not-at-top
-    from roar_jax.benchmark import ray_executor
+    from roar_jax.benchmark.roar import ray_executor
     ray_executor.run_units(config, workdir, todo, run_unit=run_unit)
   elif executor == "sequential":
     for unit in tqdm.tqdm(todo, desc="retrain units", disable=None):

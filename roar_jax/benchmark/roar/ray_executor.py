@@ -28,8 +28,8 @@ from typing import Any, Callable, Mapping, Sequence
 import tqdm
 from absl import logging
 
-from roar_jax.benchmark import grid
-from roar_jax.benchmark import results as results_lib
+from roar_jax.benchmark.roar import grid
+from roar_jax.benchmark.roar import results as results_lib
 from roar_jax.data import sources
 
 UnitRunner = Callable[..., dict[str, Any]]

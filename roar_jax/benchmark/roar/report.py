@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
 
-from roar_jax.benchmark import results as results_lib  # noqa: E402
+from roar_jax.benchmark.roar import results as results_lib  # noqa: E402
 
 _MODE_TITLES = {"roar": "ROAR: fraction of the most important pixels removed",
                 "kar": "KAR: fraction of the most important pixels kept"}

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from roar_jax.benchmark import report as report_lib
-from roar_jax.benchmark import results as results_lib
+from roar_jax.benchmark.roar import report as report_lib
+from roar_jax.benchmark.roar import results as results_lib
 from roar_jax.data import synthetic
 
 NUM_FEATURES = 16

@@ -60,15 +60,15 @@ from absl import logging
 
 from roar_jax import models
 from roar_jax import training
-from roar_jax.benchmark import explain as explain_stage
-from roar_jax.benchmark import randomization
-from roar_jax.benchmark import sanity_report
-from roar_jax.benchmark import similarity
+from roar_jax.benchmark.roar import explain as explain_stage
+from roar_jax.benchmark.sanity import randomization
+from roar_jax.benchmark.sanity import report as sanity_report
+from roar_jax.benchmark.sanity import similarity
 from roar_jax.data import pipeline
-from roar_jax.data import source as source_lib
+from roar_jax.data import source_protocol as source_lib
 from roar_jax.data import sources
-from roar_jax.models.explainable import explainable
-from roar_jax.saliency import api as saliency_api
+from roar_jax.saliency import explainable
+from roar_jax.saliency import explaining as saliency_api
 from roar_jax.saliency import model as saliency_model
 from roar_jax.saliency import registry as saliency_registry
 

@@ -33,7 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
 import numpy as np  # noqa: E402
 
-from roar_jax.benchmark import similarity  # noqa: E402
+from roar_jax.benchmark.sanity import similarity  # noqa: E402
 
 CSV_COLUMNS = ("test", "model", "estimator", "step", "step_name", "layers",
                "metric", "mean", "std", "n", "floor_mean", "floor_std",
