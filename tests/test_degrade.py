@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from roar_jax.data import degradation as degrade_lib
-from roar_jax.data import source as source_lib
+from roar_jax.data import source_protocol as source_lib
 
 THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
 # ROAD's weights: 1/6 for the 4 direct neighbours, 1/12 for the 4 diagonal.

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from roar_jax.data import degradation as degrade_lib
 from roar_jax.data import rank_store as rank_store_lib
-from roar_jax.data import source as source_lib
+from roar_jax.data import source_protocol as source_lib
 
 
 class DegradedSource:

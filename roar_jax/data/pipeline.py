@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from roar_jax.data import preprocess
-from roar_jax.data import source as source_lib
+from roar_jax.data import source_protocol as source_lib
 
 # Below this many bytes of decoded images per process, the training split is
 # cached in memory after its first pass (CIFAR-10: 150 MB).

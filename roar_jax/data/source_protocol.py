@@ -1,4 +1,8 @@
-"""Dataset sources: what every stage reads examples from.
+"""The Source protocol: what every stage reads examples from.
+
+This module holds the protocol, the `DatasetInfo` every Source carries, the
+process-slice arithmetic, and `ArraySource`, the Source over in-memory arrays.
+The Sources of the configured datasets are built by `sources.get_source`.
 
 A `Source` hands out the raw examples of one split as a `tf.data.Dataset` of dicts
 `{'image': uint8 [H, W, C], 'label': int64 [], 'index': int64 []}` in a fixed,

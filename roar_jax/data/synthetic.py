@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from roar_jax.data import source as source_lib
+from roar_jax.data import source_protocol as source_lib
 
 TOY_DEFAULTS = {
     "num_train": 4000,

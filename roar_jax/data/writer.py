@@ -38,7 +38,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from roar_jax.data import rank_store as rank_store_lib
-from roar_jax.data import source as source_lib
+from roar_jax.data import source_protocol as source_lib
 from roar_jax.data import sources as sources_lib
 
 COMPLETE_FILE = "COMPLETE.json"

@@ -1,0 +1,134 @@
+"""What the offline TFDS builders share: the base class and prepare-once.
+
+A prepared dataset lives under `<data_dir>/<builder>/<config name>/<version>/`.
+The config name is a readable stem plus a hash of the input's CONTENT: the
+resolved path and the listing of the input (every file's relative name, size
+and modification time for a directory; size and modification time for a
+file). The same input is prepared once and found again; a folder that gained,
+lost or changed a file is prepared again under a new name (the old copy stays,
+unused).
+"""
+
+import hashlib
+import json
+import os
+import re
+from typing import Any
+
+import tensorflow_datasets as tfds
+from absl import logging
+
+from roar_jax.data.errors import DataError, first_line
+
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+# TFDS keys are 128-bit; with shuffling disabled the writer sorts by key and
+# buckets by the key's leading bits, so spreading the keys over the whole range
+# keeps both the order and the memory of the 1000 on-disk buckets bounded.
+_KEY_RANGE = 2**128
+
+
+def order_key(index: int, num_examples: int) -> int:
+  """The TFDS key that stores example `index` of `num_examples` in order."""
+  return index * (_KEY_RANGE // max(num_examples, 1))
+
+
+def input_fingerprint(*parts: Any) -> str:
+  """Short hash of the inputs that define a prepared dataset."""
+  return hashlib.sha1(json.dumps(parts, sort_keys=True,
+                                 default=str).encode()).hexdigest()[:12]
+
+
+def content_fingerprint(path: str) -> str:
+  """Hash of a file's or a directory tree's listing (names, sizes, mtimes).
+
+  Hidden files (.DS_Store and the like) are left out: they change without the
+  data changing.
+
+  Raises:
+    DataError: the path does not exist or cannot be listed.
+  """
+  real = os.path.realpath(os.path.expanduser(path))
+  digest = hashlib.sha1(real.encode())
+  try:
+    if not os.path.isdir(real):
+      st = os.stat(real)
+      digest.update(f"\0{st.st_size}\0{st.st_mtime_ns}".encode())
+      return digest.hexdigest()[:12]
+    for root, dirs, files in os.walk(real, onerror=_raise):
+      dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+      for name in sorted(f for f in files if not f.startswith(".")):
+        full = os.path.join(root, name)
+        st = os.stat(full)
+        rel = os.path.relpath(full, real)
+        digest.update(f"\n{rel}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+  except OSError as e:
+    raise DataError(f"{e.filename or path}: cannot list the dataset input "
+                    f"({e.strerror or first_line(e)})") from None
+  return digest.hexdigest()[:12]
+
+
+def _raise(error: OSError):
+  raise error
+
+
+def config_name(path: str, *extra: Any) -> str:
+  """`<stem>_<hash of the content and extra>` of a local input."""
+  stem = os.path.basename(os.path.normpath(path)).lower()
+  for suffix in TAR_SUFFIXES:
+    stem = stem.removesuffix(suffix)
+  stem = re.sub(r"[^a-z0-9]+", "_", stem).strip("_")[:40] or "data"
+  return f"{stem}_{input_fingerprint(content_fingerprint(path), *extra)}"
+
+
+def is_tar(path: str) -> bool:
+  return os.path.isfile(path) and path.lower().endswith(TAR_SUFFIXES)
+
+
+class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A builder that reads only local input and orders examples by key."""
+
+  # TFDS looks for a checksums file next to a builder's code, and on the way
+  # needs the `importlib_resources` backport that it does not install; these
+  # builders download nothing, so there is nothing to look up.
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls):
+    return None
+
+
+def prepared_dir(builder_cls, config, data_dir: str) -> str:
+  return os.path.join(data_dir, builder_cls.name, config.name,
+                      str(builder_cls.VERSION))
+
+
+def _is_prepared(prepared: str) -> bool:
+  return os.path.exists(os.path.join(prepared, "dataset_info.json"))
+
+
+def prepare(builder_cls, config, data_dir: str | None) -> str:
+  """Prepares (once) and returns the directory of the prepared dataset.
+
+  Raises:
+    DataError: the input is unusable (named by the builder), or the prepared
+      copy cannot be written under data_dir.
+  """
+  data_dir = os.path.expanduser(data_dir or tfds.core.constants.DATA_DIR)
+  prepared = prepared_dir(builder_cls, config, data_dir)
+  if _is_prepared(prepared):
+    return prepared
+  builder = builder_cls(data_dir=data_dir, config=config)
+  logging.info("Preparing %s (%s) into %s", builder_cls.name,
+               getattr(config, "path", config.name), prepared)
+  try:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        try_download_gcs=False,
+        compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  except OSError as e:
+    # TFDS writes into a temporary directory and renames it: when several
+    # processes prepare the same input at once, the later renames fail after
+    # the first one succeeded, and the dataset is there to read.
+    if _is_prepared(prepared):
+      return prepared
+    raise DataError(f"{data_dir}: cannot write the prepared dataset "
+                    f"{prepared} ({first_line(e)})") from None
+  return os.fspath(builder.data_dir)
