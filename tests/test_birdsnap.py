@@ -33,20 +33,24 @@ HEADER = ["url", "md5", "path", "species_id", "bb_x1", "bb_y1", "bb_x2",
 
 def _value(row: int) -> int:
   """The gray level of the image in images.txt row `row` (0-based)."""
-  return 10 + 20 * row
+  return (10 + 20 * row) % 256
 
 
 def _expected(split: str, skip=()):
-  """(path, label, gray level) of a split in images.txt order."""
+  """(path, label, gray level) of a split in stored order.
+
+  Stored order: by the SHA-1 of the image's path (a deterministic shuffle, as
+  TFDS builders shuffle by a hash of the key), not images.txt order.
+  """
   out = []
   for row, (species_id, path) in enumerate(ROWS):
     if path in skip or (path in TEST_PATHS) != (split == "test"):
       continue
     out.append((path, species_id - 1, _value(row)))
-  return out
+  return sorted(out, key=lambda e: hashlib.sha1(e[0].encode()).digest())
 
 
-def make_manual_dir(root) -> str:
+def make_manual_dir(root, rows=ROWS, test_paths=TEST_PATHS) -> str:
   """Writes the list files and 16x16 JPEGs as get_birdsnap.py leaves them."""
   root = str(root)
   os.makedirs(root, exist_ok=True)
@@ -55,7 +59,7 @@ def make_manual_dir(root) -> str:
     for s in SPECIES:
       f.write("\t".join(map(str, s)) + "\n")
   lines = ["\t".join(HEADER)]
-  for row, (species_id, path) in enumerate(ROWS):
+  for row, (species_id, path) in enumerate(rows):
     file_path = os.path.join(root, birdsnap.IMAGE_SUBDIR, path)
     os.makedirs(os.path.dirname(file_path), exist_ok=True)
     image = np.full((16, 16, 3), _value(row), np.uint8)
@@ -68,7 +72,7 @@ def make_manual_dir(root) -> str:
   with open(os.path.join(root, "images.txt"), "w") as f:
     f.write("\n".join(lines) + "\n")
   with open(os.path.join(root, "test_images.txt"), "w") as f:
-    f.write("path\n" + "\n".join(TEST_PATHS) + "\n")
+    f.write("path\n" + "\n".join(test_paths) + "\n")
   return root
 
 
@@ -97,7 +101,7 @@ def test_split_sizes_labels_and_names(prepared):
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
-def test_examples_follow_images_txt_order(prepared, split):
+def test_examples_are_stored_in_path_hash_order(prepared, split):
   builder, _ = prepared
   examples = _read(builder, split)
   expected = _expected(split)
@@ -122,6 +126,40 @@ def test_slices_keep_global_indices_and_rereads_match(prepared):
     for a, b in zip(first, second, strict=True):
       np.testing.assert_array_equal(a["image"], b["image"])
       assert (a["label"], a["index"]) == (b["label"], b["index"])
+
+
+def _grouped_rows(order=1):
+  """8 images per species, listed species by species (`order` -1: reversed)."""
+  rows = [(species_id, f"{d}/{i:04d}.jpg") for species_id, _, _, d in SPECIES
+          for i in range(8)]
+  return rows[::order]
+
+
+def test_species_grouped_list_is_stored_mixed(tmp_path):
+  """Issue 14: a list grouped by species must not be stored grouped."""
+  test_paths = [f"{d}/0000.jpg" for *_, d in SPECIES]
+  labels = []
+  for order in (1, -1):
+    manual_dir = make_manual_dir(tmp_path / f"m{order}", _grouped_rows(order),
+                                 test_paths)
+    builder = birdsnap.birdsnap_source_builder(manual_dir,
+                                               str(tmp_path / f"tfds{order}"))
+    examples = _read(builder, "train")
+    labels.append([int(e["label"]) for e in examples])
+    assert [int(e["index"]) for e in examples] == list(range(21))
+  got = labels[0]
+  assert sorted(got) == [0] * 7 + [1] * 7 + [2] * 7
+  # Grouped, the labels would change twice; here they change often, and the
+  # first seven examples (one species' worth) hold every species.
+  changes = sum(a != b for a, b in zip(got, got[1:]))
+  assert changes >= 8, got
+  assert set(got[:7]) == {0, 1, 2}, got
+  # The stored order does not depend on the order of images.txt: the reversed
+  # list stores the images in the same order: the order of their paths' hashes.
+  assert labels[1] == got
+  train = sorted(((p, s - 1) for s, p in _grouped_rows() if p not in
+                  test_paths), key=lambda e: hashlib.sha1(e[0].encode()).digest())
+  assert got == [label for _, label in train]
 
 
 def test_missing_list_files_are_all_named(tmp_path):

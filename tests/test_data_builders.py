@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from roar_jax.data import builders
+from roar_jax.data import idx
+from roar_jax.data import image_folder
 from roar_jax.data import sources
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -46,7 +47,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cifar_mini(data_dir):
   return sources.DirectorySource(
-      builders.prepare_image_folder(CIFAR_MINI, data_dir))
+      image_folder.prepare_image_folder(CIFAR_MINI, data_dir))
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def test_image_folder_directory_equals_archive(cifar_mini, data_dir,
   with tarfile.open(CIFAR_MINI, "r:gz") as tar:
     tar.extractall(root / "cifar", filter="data")  # With a root folder.
   from_dir = sources.DirectorySource(
-      builders.prepare_image_folder(str(root), data_dir))
+      image_folder.prepare_image_folder(str(root), data_dir))
   assert from_dir.info == cifar_mini.info
   for split in ("train", "test"):
     a, b = _read_all(from_dir, split), _read_all(cifar_mini, split)
@@ -121,12 +122,12 @@ def test_image_folder_directory_equals_archive(cifar_mini, data_dir,
 def test_image_folder_is_prepared_once_and_keyed_by_path(data_dir, tmp_path):
   copy = str(tmp_path / "copy.tar.gz")
   shutil.copy(CIFAR_MINI, copy)
-  first = builders.prepare_image_folder(copy, data_dir)
+  first = image_folder.prepare_image_folder(copy, data_dir)
   stamp = os.path.getmtime(os.path.join(first, "dataset_info.json"))
-  assert builders.prepare_image_folder(copy, data_dir) == first
+  assert image_folder.prepare_image_folder(copy, data_dir) == first
   assert os.path.getmtime(os.path.join(first, "dataset_info.json")) == stamp
   # Another input path is another dataset.
-  assert first != builders.prepare_image_folder(CIFAR_MINI, data_dir)
+  assert first != image_folder.prepare_image_folder(CIFAR_MINI, data_dir)
 
 
 def test_non_rgb_images_are_converted(data_dir, tmp_path):
@@ -142,7 +143,7 @@ def test_non_rgb_images_are_converted(data_dir, tmp_path):
         Image.fromarray(gray, "L").save(root / split / cls / f"{i}.png")
         pixels[f"{split}/{cls}/{i}.png"] = gray
   src = sources.DirectorySource(
-      builders.prepare_image_folder(str(root), data_dir))
+      image_folder.prepare_image_folder(str(root), data_dir))
   assert src.info.image_shape == (5, 7, 3)
   ex = _read_all(src, "train")
   # Round robin: a/0, b/0, a/1, b/1; gray copied into all three channels.
@@ -155,33 +156,33 @@ def test_non_rgb_images_are_converted(data_dir, tmp_path):
 def test_image_folder_errors_name_the_path(tmp_path, data_dir):
   missing = str(tmp_path / "nope.tar.gz")
   with pytest.raises(ValueError, match="nope.tar.gz does not exist"):
-    builders.prepare_image_folder(missing, data_dir)
+    image_folder.prepare_image_folder(missing, data_dir)
   empty = tmp_path / "empty"
   empty.mkdir()
   with pytest.raises(ValueError, match=f"{empty}: no .jpg"):
-    builders.prepare_image_folder(str(empty), data_dir)
+    image_folder.prepare_image_folder(str(empty), data_dir)
   flat = tmp_path / "flat" / "train"
   flat.mkdir(parents=True)
   (flat / "x.jpg").write_bytes(b"\xff\xd8 not really")
   with pytest.raises(ValueError, match="train/x.jpg: image outside"):
-    builders.prepare_image_folder(str(tmp_path / "flat"), data_dir)
+    image_folder.prepare_image_folder(str(tmp_path / "flat"), data_dir)
   bad = tmp_path / "bad" / "train" / "cat"
   bad.mkdir(parents=True)
   (bad / "0.jpg").write_bytes(b"garbage")
   with pytest.raises(ValueError, match="train/cat/0.jpg: not a readable"):
-    builders.prepare_image_folder(str(tmp_path / "bad"), data_dir)
+    image_folder.prepare_image_folder(str(tmp_path / "bad"), data_dir)
   broken = tmp_path / "broken.tar.gz"
   broken.write_bytes(open(CIFAR_MINI, "rb").read()[:5000])
   with pytest.raises(ValueError, match="broken.tar.gz: cannot read"):
-    builders.prepare_image_folder(str(broken), data_dir)
+    image_folder.prepare_image_folder(str(broken), data_dir)
 
 
 # --------------------------------------------------------------------- IDX
 
 
 def test_idx_fixture_matches_the_files(data_dir):
-  src = sources.DirectorySource(builders.prepare_idx(
-      FASHION_MINI, data_dir, class_names=builders.FASHION_MNIST_CLASSES))
+  src = sources.DirectorySource(idx.prepare_idx(
+      FASHION_MINI, data_dir, class_names=idx.FASHION_MNIST_CLASSES))
   assert src.info.num_examples == {"train": 150, "test": 50}
   assert src.info.image_shape == (28, 28, 1) and src.info.num_classes == 10
   assert src.info.class_names[0] == "T-shirt/top"
@@ -203,22 +204,22 @@ def test_idx_reads_raw_files_and_checks_them(tmp_path, data_dir):
     with gzip.open(os.path.join(FASHION_MINI, name), "rb") as f:
       (raw / name.removesuffix(".gz")).write_bytes(f.read())
   np.testing.assert_array_equal(
-      builders.read_idx(str(raw / "t10k-images-idx3-ubyte")),
+      idx.read_idx(str(raw / "t10k-images-idx3-ubyte")),
       _raw_idx(os.path.join(FASHION_MINI, "t10k-images-idx3-ubyte.gz")))
-  src = sources.DirectorySource(builders.prepare_idx(str(raw), data_dir))
+  src = sources.DirectorySource(idx.prepare_idx(str(raw), data_dir))
   assert src.info.num_examples == {"train": 150, "test": 50}
   assert src.info.class_names[:2] == ("0", "1")  # No names given.
   # A truncated file, a wrong magic number, a missing file.
   data = (raw / "t10k-labels-idx1-ubyte").read_bytes()
   (raw / "t10k-labels-idx1-ubyte").write_bytes(data[:-3])
   with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte: IDX data has"):
-    builders.read_idx(str(raw / "t10k-labels-idx1-ubyte"))
+    idx.read_idx(str(raw / "t10k-labels-idx1-ubyte"))
   (raw / "t10k-labels-idx1-ubyte").write_bytes(b"\x01\x02" + data[2:])
   with pytest.raises(ValueError, match="not an IDX file"):
-    builders.read_idx(str(raw / "t10k-labels-idx1-ubyte"))
+    idx.read_idx(str(raw / "t10k-labels-idx1-ubyte"))
   os.remove(raw / "t10k-labels-idx1-ubyte")
   with pytest.raises(ValueError, match=f"{raw} lacks t10k-labels-idx1-ubyte"):
-    builders.prepare_idx(str(raw), data_dir)
+    idx.prepare_idx(str(raw), data_dir)
 
 
 # ------------------------------------------------- full data (../shared/data)
@@ -226,7 +227,7 @@ def test_idx_reads_raw_files_and_checks_them(tmp_path, data_dir):
 
 @pytest.fixture(scope="module")
 def full_cifar(shared_data, data_dir):
-  return sources.DirectorySource(builders.prepare_image_folder(
+  return sources.DirectorySource(image_folder.prepare_image_folder(
       str(shared_data / "cifar10-jpeg.tar.gz"), data_dir))
 
 
@@ -265,8 +266,8 @@ def test_full_cifar10_jpeg_archive(full_cifar, shared_data):
 
 def test_full_fashion_mnist(shared_data, data_dir):
   path = str(shared_data / "fashion-mnist")
-  src = sources.DirectorySource(builders.prepare_idx(
-      path, data_dir, class_names=builders.FASHION_MNIST_CLASSES))
+  src = sources.DirectorySource(idx.prepare_idx(
+      path, data_dir, class_names=idx.FASHION_MNIST_CLASSES))
   assert src.info.num_examples == {"train": 60000, "test": 10000}
   assert src.info.image_shape == (28, 28, 1)
   for split, prefix, count in (("train", "train", 8), ("test", "t10k", 1)):

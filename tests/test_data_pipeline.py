@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from roar_jax import config_lib
+from roar_jax.config import defaults as config_lib
 from roar_jax.data import pipeline
 from roar_jax.data import preprocess
-from roar_jax.data import source as source_lib
+from roar_jax.data import source_protocol as source_lib
 from roar_jax.data import sources
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")

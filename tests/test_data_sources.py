@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from roar_jax import config_lib
-from roar_jax.data import builders
+from roar_jax.config import defaults as config_lib
+from roar_jax.data import idx
+from roar_jax.data import image_folder
 from roar_jax.data import sources
 from roar_jax.data import synthetic
 
@@ -133,12 +134,12 @@ def test_image_folder_path_with_caps_and_process_slices(data_dir):
 def test_idx_path_gets_fashion_mnist_class_names(data_dir):
   src = sources.get_source(_data_config(name="fashion_mnist",
                                         path=FASHION_MINI, data_dir=data_dir))
-  assert src.info.class_names == builders.FASHION_MNIST_CLASSES
+  assert src.info.class_names == idx.FASHION_MNIST_CLASSES
   assert src.info.num_examples == {"train": 150, "test": 50}
 
 
 def test_directory_source_uses_validation_as_test(validation_folder, data_dir):
-  path = builders.prepare_image_folder(validation_folder, data_dir)
+  path = image_folder.prepare_image_folder(validation_folder, data_dir)
   src = sources.DirectorySource(path)
   assert set(src.splits) == {"train", "validation", "test"}
   np.testing.assert_array_equal(_read_all(src, "test")["image"],
@@ -150,7 +151,7 @@ def test_directory_source_uses_validation_as_test(validation_folder, data_dir):
 def test_catalog_names_map_our_splits_to_tfds_splits(validation_folder,
                                                      data_dir, monkeypatch):
   """food101's 'validation' is our 'test'; the builder is asked by name."""
-  prepared = builders.prepare_image_folder(validation_folder, data_dir)
+  prepared = image_folder.prepare_image_folder(validation_folder, data_dir)
   asked = []
 
   def fake_builder(name, data_dir=None):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from roar_jax.data import builders
+from roar_jax.data import toy_builder
 from roar_jax.data import sources
 from roar_jax.data import synthetic
 
@@ -133,8 +133,8 @@ def test_toy_config_errors_name_the_field():
 
 
 def test_toy_through_tfds_equals_the_in_memory_source(tmp_path):
-  path = builders.prepare_toy(TOY, str(tmp_path))
-  assert builders.prepare_toy(TOY, str(tmp_path)) == path  # Found again.
+  path = toy_builder.prepare_toy(TOY, str(tmp_path))
+  assert toy_builder.prepare_toy(TOY, str(tmp_path)) == path  # Found again.
   read = sources.DirectorySource(path)
   memory = synthetic.toy_source(TOY)
   assert read.info.num_examples == memory.info.num_examples
