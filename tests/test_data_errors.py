@@ -208,7 +208,9 @@ def test_non_images_are_skipped_or_refused_by_name(tmp_path):
   root = _make_folder(tmp_path / "mixed", {"train": {"a": 2, "b": 2},
                                            "test": {"a": 1, "b": 1}})
   for name in ("README", "train/.DS_Store", "train/a/notes.txt",
-               "train/b/._000.png", "LICENSE.md"):
+               "train/b/._000.png", "LICENSE.md",
+               "train/a/.ipynb_checkpoints/000.png"):
+    os.makedirs(os.path.dirname(os.path.join(root, name)), exist_ok=True)
     with open(os.path.join(root, name), "w") as f:
       f.write("not an image")
   src = sources.DirectorySource(image_folder.prepare_image_folder(

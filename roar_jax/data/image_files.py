@@ -38,18 +38,23 @@ _JPEG_MODES = {1: "L", 3: "RGB", 4: "CMYK"}
 CHECK_CHUNK = 256
 
 
+def is_hidden(name: str) -> bool:
+  """Whether a file or one of its folders is hidden (.DS_Store, macOS's `._*`
+  resource forks, .ipynb_checkpoints/, ...)."""
+  return any(part.startswith(".") and part not in (".", "..")
+             for part in name.split("/"))
+
+
 def is_image_name(name: str) -> bool:
-  """Whether a file is read as an image (hidden files, like macOS's `._*`
-  resource forks, are not, whatever their extension)."""
-  return (not os.path.basename(name).startswith(".") and
+  """Whether a file is read as an image (hidden ones never are)."""
+  return (not is_hidden(name) and
           name.lower().endswith(IMAGE_EXTENSIONS + CONVERTED_EXTENSIONS))
 
 
 def is_skipped_name(name: str) -> bool:
   """Whether a file is obviously not an image (skipped without a word)."""
-  base = os.path.basename(name)
-  ext = os.path.splitext(base)[1]
-  return base.startswith(".") or not ext or ext.lower() in SKIPPED_EXTENSIONS
+  ext = os.path.splitext(os.path.basename(name))[1]
+  return is_hidden(name) or not ext or ext.lower() in SKIPPED_EXTENSIONS
 
 
 def parse_header(data: bytes) -> tuple[tuple[int, int], str, str] | None:

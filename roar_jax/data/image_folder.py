@@ -77,7 +77,7 @@ def _iter_folder_files(path: str) -> Iterator[tuple[str, bytes | None]]:
   """
   if not offline_builder.is_tar(path):
     for root, dirs, files in os.walk(path):
-      dirs.sort()
+      dirs[:] = sorted(d for d in dirs if not d.startswith("."))
       for f in sorted(files):
         yield os.path.relpath(os.path.join(root, f), path), None
     return

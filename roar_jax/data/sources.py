@@ -203,7 +203,8 @@ def _check_downloadable(name: str, builder, manual_dir) -> None:
           "directory holding its downloaded archives) to prepare it in "
           f"{builder.data_dir}, or {_PATH_HINT}")
     return
-  if manual_dir is not None:
+  if manual_dir is not None and os.path.isdir(manual_dir) and os.listdir(
+      manual_dir):
     return  # TFDS takes the archive from manual_dir when it is there.
   host, port = DOWNLOAD_HOSTS.get(name, ("storage.googleapis.com", 443))
   reason = _unreachable(host, port, PROBE_TIMEOUT_S)
