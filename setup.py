@@ -4,7 +4,7 @@ import setuptools
 
 setuptools.setup(
     name="roar_jax",
-    version="0.1.0",
+    version="0.2.0",
     description=(
         "Does a saliency method find the pixels the model needs? ROAR/KAR "
         "retraining, sanity checks and no-retrain metrics in JAX/Flax."

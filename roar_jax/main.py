@@ -13,6 +13,7 @@ import logging as pylogging
 import os
 import re
 import sys
+import traceback
 
 # TensorFlow serves only tf.data here: keep its C++ start-up notices (oneDNN,
 # CPU features) off the console, so that errors stay one line.
@@ -25,6 +26,7 @@ from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from roar_jax import config as config_pkg  # noqa: E402
+from roar_jax import workdir as workdir_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py).", lock_config=True)
@@ -44,6 +46,10 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
                                       "Number of JAX processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "This process's id in [0, num_processes).")
+_RECOMPUTE = flags.DEFINE_bool(
+    "recompute", False,
+    "Move the workdir's artifacts that another config made aside (to "
+    "W/stale/) and compute them anew, instead of stopping.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -97,37 +103,58 @@ def initialize_distributed():
                  jax.local_device_count(), jax.device_count())
 
 
-def run(config, workdir: str, mode: str):
-  """Runs one mode; the library entry point behind the command line."""
+def run(config, workdir: str, mode: str, *, recompute: bool = False):
+  """Runs one mode; the library entry point behind the command line.
+
+  Every mode but `report` holds the workdir's lock while it runs (one run per
+  workdir; the processes of one multi-host run share it through process 0).
+  """
   config_pkg.validate(config, mode)
+  lock = workdir_lib.Lock(workdir_lib.Workdir(workdir))
+  if mode != "report" and jax_process_index() == 0:
+    lock.acquire()
+  try:
+    return _run_mode(config, workdir, mode, recompute)
+  finally:
+    lock.release()
+
+
+def jax_process_index() -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index()
+
+
+def _run_mode(config, workdir: str, mode: str, recompute: bool):
   # pylint: disable=g-import-not-at-top
+  wd = workdir_lib.Workdir(workdir)
   if config.data.name == "synthetic_linear":
     from roar_jax.benchmark.roar import synthetic_linear
     out = synthetic_linear.run(config, workdir)
-    print(f"report: {os.path.join(workdir, 'report')}")
+    print(f"report: {wd.report()}")
     return out
+  if mode == "sanity":
+    from roar_jax.benchmark.sanity import checks as sanity
+    return sanity.run(config, workdir, recompute=recompute)
+  from roar_jax.benchmark.roar import pipeline as roar
+  if mode == "report":
+    return roar.report(config, workdir)
+  if mode == "roar":
+    out = roar.run(config, workdir, recompute=recompute)
+    if out["report"] is not None:  # Process 0 writes the report.
+      print(f"report: {wd.report()}")
+    return out
+  plan = roar.open_run(config, workdir, mode=mode, recompute=recompute)
   if mode == "train":
-    from roar_jax import training
-    result = training.train_and_evaluate(config, os.path.join(workdir, "base"))
+    from roar_jax.data import sources
+    result = roar.train_base(config, plan, sources.get_source(config.data))
     print(f"test accuracy: {result['test_accuracy']:.4f} "
           f"({result['num_test_examples']} images, {result['steps']} steps)")
     return result
-  if mode == "sanity":
-    from roar_jax.benchmark.sanity import checks as sanity
-    return sanity.run(config, workdir)
   from roar_jax.benchmark.roar import explain
-  from roar_jax.benchmark.roar import pipeline as roar
-  if mode == "explain":
-    out = explain.run(config, workdir)
-    print(f"gradient passes per image: {out['gradient_passes']:,} "
-          f"({out['gradient_passes_alone']:,} if each estimator were computed "
-          "alone)")
-    return out
-  if mode == "report":
-    return roar.report(config, workdir)
-  out = roar.run(config, workdir)
-  if out["report"] is not None:  # Process 0 writes the report.
-    print(f"report: {os.path.join(workdir, 'report')}")
+  out = explain.run(config, workdir, plan=plan)
+  print(f"gradient passes per image: {out['gradient_passes']:,} "
+        f"({out['gradient_passes_alone']:,} if each estimator were computed "
+        "alone)")
   return out
 
 
@@ -159,18 +186,44 @@ def _quiet_libraries(record) -> bool:
   return record.levelno >= pylogging.WARNING or "roar_jax" in record.pathname
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+  """The errors a user causes (a config, a file, a second run): each is
+  reported in one line naming the field or file."""
+  from roar_jax.data import errors as data_errors  # pylint: disable=g-import-not-at-top
+  return (config_pkg.ConfigError, workdir_lib.WorkdirError,
+          data_errors.DataError)
+
+
+def _fail(prefix: str, error: BaseException):
+  """Exits with one line; `--verbosity=1` also prints the traceback."""
+  if flags.FLAGS.verbosity >= 1:
+    traceback.print_exception(error)
+  text = " ".join(str(error).split())
+  sys.exit(f"{prefix}: {text}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.INFO)
+  if flags.FLAGS.verbosity < logging.INFO:
+    logging.set_verbosity(logging.INFO)
   for handler in (*pylogging.getLogger().handlers,
                   logging.get_absl_handler().python_handler):
     handler.addFilter(_quiet_libraries)
   initialize_distributed()
   try:
-    run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+    run(_CONFIG.value, _WORKDIR.value, _MODE.value,
+        recompute=_RECOMPUTE.value)
   except config_pkg.ConfigError as e:
-    sys.exit(f"config error: {e}")
+    _fail("config error", e)
+  except _user_errors() as e:
+    _fail("error", e)
+  except OSError as e:
+    where = e.filename or "a file"
+    _fail("error", OSError(f"cannot use {where}: "
+                           f"{workdir_lib.os_reason(e)}"))
+  except KeyboardInterrupt:
+    sys.exit("interrupted: rerun the same command to resume")
 
 
 if __name__ == "__main__":

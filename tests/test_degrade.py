@@ -256,17 +256,7 @@ def _array_source(name="toy", n_train=37, n_test=5, channels=3, seed=0):
   return source_lib.ArraySource(info, splits)
 
 
-class _Unreadable:
-  """A source whose data must not be read (to prove a stored value is used)."""
-
-  def __init__(self, info):
-    self.info = info
-
-  def load(self, split, **kwargs):
-    raise AssertionError("the stored channel mean should have been used")
-
-
-def test_channel_mean_matches_numpy_and_is_stored_once(tmp_path):
+def test_channel_mean_matches_numpy(tmp_path):
   src = _array_source(n_train=300)  # More than one streaming batch.
   images = src.arrays("train")[0]
   expected = images.reshape(-1, 3).astype(np.float64).mean(0)
@@ -275,15 +265,3 @@ def test_channel_mean_matches_numpy_and_is_stored_once(tmp_path):
   np.testing.assert_allclose(
       degrade_lib.channel_mean(src, "test"),
       src.arrays("test")[0].reshape(-1, 3).mean(0), rtol=1e-12)
-
-  stored = degrade_lib.load_or_compute_channel_mean(str(tmp_path), src)
-  np.testing.assert_allclose(stored, expected, rtol=1e-12)
-  with open(tmp_path / degrade_lib.CHANNEL_MEAN_FILE) as f:
-    payload = json.load(f)
-  assert payload["num_examples"] == 300
-  again = degrade_lib.load_or_compute_channel_mean(str(tmp_path),
-                                                   _Unreadable(src.info))
-  np.testing.assert_array_equal(again, stored)
-  other = _array_source(name="other", n_train=300)
-  with pytest.raises(ValueError, match="dataset"):
-    degrade_lib.load_or_compute_channel_mean(str(tmp_path), other)

@@ -78,6 +78,20 @@ def validate(config, mode: str = "train"):
       raise ConfigError(str(e)) from None
 
 
+def _check_distinct_percents(thresholds):
+  """Thresholds are stored in whole percents (file names, the rank store's
+  100 levels): two that round to one percent would share a result file."""
+  seen = {}
+  for t in thresholds:
+    percent = round(float(t) * 100)
+    _require(percent not in seen,
+             f"config.roar.thresholds: {seen.get(percent)!r} and {t!r} are "
+             f"the same threshold in whole percents ({percent}%); each must "
+             "be distinct (a repeated --config.roar.thresholds override "
+             "appends to the tuple)")
+    seen[percent] = t
+
+
 def _validate_benchmark(config, devices: int):
   """Checks `config.explain` and `config.roar`."""
   from roar_jax import saliency  # pylint: disable=g-import-not-at-top
@@ -106,6 +120,7 @@ def _validate_benchmark(config, devices: int):
     _require(isinstance(t, (int, float)) and 0.0 <= t <= 1.0,
              f"config.roar.thresholds: {t!r} is outside [0, 1] (thresholds "
              "are fractions of the pixels)")
+  _check_distinct_percents(rc.thresholds)
   for m in rc.modes:
     _require(m in MODES, f"config.roar.modes: unknown mode {m!r}; known: "
              f"{list(MODES)}")

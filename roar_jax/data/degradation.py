@@ -27,11 +27,7 @@ Removed values are filled with
   the mask.
 """
 
-import json
-import os
-from typing import Any
 
-from absl import logging
 import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
@@ -47,7 +43,6 @@ NOISY_LINEAR_STD = 0.01
 _NEIGHBOURS = ((-1, 0, 1 / 6), (1, 0, 1 / 6), (0, -1, 1 / 6), (0, 1, 1 / 6),
                (-1, -1, 1 / 12), (-1, 1, 1 / 12), (1, -1, 1 / 12),
                (1, 1, 1 / 12))
-CHANNEL_MEAN_FILE = "channel_mean.json"
 
 
 def threshold_level(threshold: float) -> int:
@@ -332,52 +327,3 @@ def channel_mean(source, split: str = "train") -> np.ndarray:
     raise ValueError(f"split {split!r} of dataset {source.info.name!r} is "
                      "empty: no channel mean")
   return total / count
-
-
-def _write_json_atomic(path: str, payload: Any) -> None:
-  """Writes JSON under a temporary name, then renames it into place."""
-  directory = os.path.dirname(path)
-  if directory:
-    tf.io.gfile.makedirs(directory)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    f.write(json.dumps(payload, indent=2))
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def load_or_compute_channel_mean(workdir: str, source,
-                                 split: str = "train") -> np.ndarray:
-  """The split's channel mean, computed once and stored in the workdir.
-
-  Stored as `<workdir>/channel_mean.json` (written atomically; processes that
-  race write identical content). A stored file that belongs to a different
-  dataset (name, size or channels) is an error rather than silently reused.
-
-  Args:
-    workdir: the experiment's working directory.
-    source: the base dataset's Source.
-    split: the split to average over.
-
-  Returns:
-    float64 [C] in [0, 255] pixel units.
-  """
-  path = os.path.join(workdir, CHANNEL_MEAN_FILE)
-  identity = {"dataset": source.info.name, "split": split,
-              "num_examples": int(source.info.num_examples[split]),
-              "channels": int(source.info.image_shape[-1])}
-  if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path) as f:
-      stored = json.load(f)
-    for key, value in identity.items():
-      if stored.get(key) != value:
-        raise ValueError(
-            f"{path} holds the channel mean of {key}={stored.get(key)!r}, but "
-            f"this run's dataset has {key}={value!r}; remove the file or use "
-            "another workdir")
-    return np.asarray(stored["channel_mean"], dtype=np.float64)
-  mean = channel_mean(source, split)
-  _write_json_atomic(path, {**identity, "units": "pixel [0, 255]",
-                            "channel_mean": [float(v) for v in mean]})
-  logging.info("Channel mean of %s/%s: %s (stored in %s)", source.info.name,
-               split, np.round(mean, 3).tolist(), path)
-  return mean

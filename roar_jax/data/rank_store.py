@@ -24,8 +24,8 @@ import threading
 import zipfile
 
 import numpy as np
-import tensorflow as tf
 
+from roar_jax import workdir as workdir_lib
 from roar_jax.data import degradation as degrade_lib
 
 RANKS_DIR = "ranks"
@@ -39,32 +39,6 @@ def _check_name(value: str, field: str) -> str:
     raise ValueError(f"{field}={value!r} must be a plain name (letters, "
                      "digits, '_', '.', '-', '+', '='), usable as a file name")
   return value
-
-
-def atomic_write(path: str, data: bytes) -> None:
-  """Writes a file under a temporary name, then renames it into place.
-
-  Readers see either no file or the whole file. Works for local paths and
-  for the file systems of `tf.io.gfile` (e.g. gs:// buckets).
-
-  Args:
-    path: the final path.
-    data: the file's content.
-  """
-  directory = os.path.dirname(path)
-  if directory:
-    tf.io.gfile.makedirs(directory)
-  # The pid keeps two processes that race for the same file apart; the
-  # suffix keeps readers that match final names from seeing it.
-  tmp = f"{path}.tmp{os.getpid()}"
-  try:
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-      f.write(data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-  except BaseException:
-    if tf.io.gfile.exists(tmp):
-      tf.io.gfile.remove(tmp)
-    raise
 
 
 def shard_name(split: str, shard: int, num_shards: int) -> str:
@@ -83,9 +57,20 @@ def _npy_header(zf: zipfile.ZipFile, member: str):
   return shape, dtype
 
 
+def _load(path: str, *members: str) -> tuple[np.ndarray, ...]:
+  """Arrays of a shard; a shard that cannot be read is named."""
+  try:
+    with np.load(io.BytesIO(workdir_lib.read_bytes(path))) as z:
+      return tuple(z[m] for m in members)
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    raise workdir_lib.WorkdirError(
+        f"{path}: corrupt rank-store shard ({type(e).__name__}: "
+        f"{str(e).splitlines()[0] if str(e) else ''}); rerun with --recompute "
+        "or delete the file to rank its images again") from None
+
+
 def _load_member(path: str, member: str) -> np.ndarray:
-  with tf.io.gfile.GFile(path, "rb") as f, np.load(f) as z:
-    return z[member]
+  return _load(path, member)[0]
 
 
 class _SplitIndex:
@@ -114,7 +99,7 @@ class RankStore:
         index order touch one shard after another, so a small cache suffices.
     """
     self.workdir = os.fspath(workdir)
-    self.root = os.path.join(self.workdir, RANKS_DIR)
+    self.root = workdir_lib.join(self.workdir, RANKS_DIR)
     self._cache_shards = max(1, int(cache_shards))
     self._lock = threading.Lock()
     self._indexes: dict[tuple[str, str], _SplitIndex] = {}
@@ -131,7 +116,7 @@ class RankStore:
       raise ValueError(f"num_shards={num_shards!r} must be a positive int")
     if not isinstance(shard, (int, np.integer)) or not 0 <= shard < num_shards:
       raise ValueError(f"shard={shard!r} must lie in [0, {num_shards})")
-    return os.path.join(self.root, estimator,
+    return workdir_lib.join(self.root, estimator,
                         shard_name(split, int(shard), int(num_shards)))
 
   def write_shard(self, estimator: str, split: str, shard: int,
@@ -170,7 +155,7 @@ class RankStore:
     # Uncompressed: levels hardly compress (they are near uniform over 0..99)
     # and lookups during training should not pay for inflating them.
     np.savez(buffer, indices=indices.astype(np.int64), levels=levels)
-    atomic_write(path, buffer.getvalue())
+    workdir_lib.write_bytes(path, buffer.getvalue())
     with self._lock:
       self._indexes.pop((estimator, split), None)
       self._cache.pop(path, None)
@@ -181,7 +166,7 @@ class RankStore:
   def has_shard(self, estimator: str, split: str, shard: int,
                 num_shards: int) -> bool:
     """Whether a shard is complete (its file exists: writes are atomic)."""
-    return tf.io.gfile.exists(
+    return workdir_lib.exists(
         self.shard_path(estimator, split, shard, num_shards))
 
   def missing_shards(self, estimator: str, split: str,
@@ -196,22 +181,19 @@ class RankStore:
 
   def estimators(self) -> list[str]:
     """Estimators with at least one shard, sorted."""
-    if not tf.io.gfile.isdir(self.root):
-      return []
-    return sorted(e.rstrip("/") for e in tf.io.gfile.listdir(self.root)
-                  if tf.io.gfile.isdir(os.path.join(self.root, e)))
+    return [e for e in workdir_lib.listdir(self.root)
+            if workdir_lib.path(workdir_lib.join(self.root, e)).is_dir()]
 
   # Reading.
 
   def _shard_files(self, estimator: str, split: str) -> list[str]:
-    directory = os.path.join(self.root, _check_name(estimator, "estimator"))
+    directory = workdir_lib.join(self.root, _check_name(estimator, "estimator"))
     _check_name(split, "split")
     found = {}
-    if tf.io.gfile.isdir(directory):
-      for name in tf.io.gfile.listdir(directory):
-        m = _SHARD_RE.match(name)
-        if m and m.group("split") == split:
-          found[(int(m.group("num")), int(m.group("shard")))] = name
+    for name in workdir_lib.listdir(directory):
+      m = _SHARD_RE.match(name)
+      if m and m.group("split") == split:
+        found[(int(m.group("num")), int(m.group("shard")))] = name
     if not found:
       raise ValueError(f"no rankings of estimator {estimator!r} for split "
                        f"{split!r} under {directory}")
@@ -225,7 +207,7 @@ class RankStore:
       raise ValueError(f"rankings of estimator {estimator!r}, split {split!r} "
                        f"are incomplete: shards {missing} of {num} missing "
                        f"under {directory}")
-    return [os.path.join(directory, found[(num, s)]) for s in range(num)]
+    return [workdir_lib.join(directory, found[(num, s)]) for s in range(num)]
 
   def _index(self, estimator: str, split: str) -> _SplitIndex:
     key = (estimator, split)
@@ -236,12 +218,14 @@ class RankStore:
     all_indices, shard_ids, rows = [], [], []
     level_shape = None
     for s, path in enumerate(paths):
-      with tf.io.gfile.GFile(path, "rb") as f:
-        with zipfile.ZipFile(f) as zf:
+      try:
+        with zipfile.ZipFile(io.BytesIO(workdir_lib.read_bytes(path))) as zf:
           shape, dtype = _npy_header(zf, "levels.npy")
-        f.seek(0)
-        with np.load(f) as z:
-          indices = z["indices"]
+      except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise workdir_lib.WorkdirError(
+            f"{path}: corrupt rank-store shard ({type(e).__name__}); rerun "
+            "with --recompute or delete the file") from None
+      indices, = _load(path, "indices")
       if dtype != np.uint8 or len(shape) not in (3, 4) or (
           shape[0] != indices.shape[0]):
         raise ValueError(f"{path}: levels {dtype} {shape} do not fit "
@@ -310,8 +294,8 @@ class RankStore:
     index = self._index(estimator, split)
     out = np.empty((index.num_examples,) + index.level_shape, dtype=np.uint8)
     for path in index.paths:
-      with tf.io.gfile.GFile(path, "rb") as f, np.load(f) as z:
-        out[z["indices"]] = z["levels"]
+      indices, levels = _load(path, "indices", "levels")
+      out[indices] = levels
     return out
 
   def lookup(self, estimator: str, split: str, indices) -> np.ndarray:

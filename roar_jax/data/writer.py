@@ -37,7 +37,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from roar_jax.data import rank_store as rank_store_lib
+from roar_jax import workdir as workdir_lib
+
 from roar_jax.data import source_protocol as source_lib
 from roar_jax.data import sources as sources_lib
 
@@ -85,12 +86,11 @@ def _record_path(out_dir: str, split: str, process_index: int,
 
 
 def _read_json(path: str) -> dict[str, Any]:
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+  return workdir_lib.read_json(path)
 
 
 def _write_json(path: str, payload: dict[str, Any]) -> None:
-  rank_store_lib.atomic_write(path, json.dumps(payload, indent=2).encode())
+  workdir_lib.write_json(path, payload)
 
 
 def is_complete(out_dir: str) -> bool:

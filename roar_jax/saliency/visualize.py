@@ -7,8 +7,6 @@ Uses matplotlib's Agg canvas directly, so no display and no global pyplot
 state are involved.
 """
 
-import os
-import tempfile
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -35,23 +33,21 @@ def map_for_display(saliency_map: np.ndarray,
   return np.clip((m - lo) / (top - lo), 0.0, 1.0)
 
 
-def save_grid(path: str, images, maps_by_estimator: Mapping[str, np.ndarray],
-              *, estimators: Optional[Sequence[str]] = None,
+def plot_grid(images, maps_by_estimator: Mapping[str, np.ndarray], *,
+              estimators: Optional[Sequence[str]] = None,
               row_labels: Optional[Sequence[str]] = None,
-              cell_inches: float = 1.4, dpi: int = 100) -> str:
-  """Writes the grid as a PNG (atomically: a temporary file, then a rename).
+              cell_inches: float = 1.4):
+  """A matplotlib Figure: one row per image, the image then its maps.
 
   Args:
-    path: the PNG to write (its directory must exist).
     images: [N, H, W, C] in any value range (rescaled per image).
     maps_by_estimator: {estimator: maps [N, H, W, C]} for the same images.
     estimators: column order (default: the mapping's order).
     row_labels: optional label per image (e.g. its class).
     cell_inches: size of one cell.
-    dpi: resolution.
 
   Returns:
-    path.
+    The Figure (shown inline by notebooks).
   """
   # Imported here: matplotlib is slow to import and only this function uses it.
   # pylint: disable=g-import-not-at-top
@@ -85,14 +81,17 @@ def save_grid(path: str, images, maps_by_estimator: Mapping[str, np.ndarray],
     ax.set_xticks([])
     ax.set_yticks([])
   fig.tight_layout()
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(suffix=".png.tmp", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      fig.savefig(f, format="png", dpi=dpi)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  return fig
+
+
+def save_grid(path: str, images, maps_by_estimator: Mapping[str, np.ndarray],
+              *, dpi: int = 100, **kwargs) -> str:
+  """Writes `plot_grid(...)` as a PNG at a local path (mode 0644 under the
+  default umask); the pipeline writes through its workdir instead.
+
+  Returns:
+    path.
+  """
+  plot_grid(images, maps_by_estimator, **kwargs).savefig(path, format="png",
+                                                         dpi=dpi)
   return path

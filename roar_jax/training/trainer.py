@@ -8,8 +8,8 @@ split (the last batch padded and masked, no test image dropped).
 """
 
 import functools
+import hashlib
 import json
-import os
 import sys
 import time
 from typing import Any, Callable, Mapping
@@ -24,6 +24,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from roar_jax import models
+from roar_jax import workdir as workdir_lib
 from roar_jax.data import pipeline
 from roar_jax.data import sources
 from roar_jax.training import checkpoints
@@ -123,11 +124,70 @@ def evaluate(state, source, config, mesh: Mesh, split: str = "test",
           "loss": float(totals["loss"]) / count, "num_examples": int(count)}
 
 
-def _write_json(path: str, obj: Any):
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+def params_checksum(state) -> str:
+  """A hash of the model's variables: a restored checkpoint must match the
+  one whose metrics were reported."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(steps.variables_of(state)):
+    # Replicated arrays: this process's first copy holds all of it.
+    data = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
+    digest.update(np.ascontiguousarray(np.asarray(data)).tobytes())
+  return digest.hexdigest()[:16]
+
+
+def _train_loop(config, workdir: str, state, start_step: int, source, mesh,
+                mngr, step_callback) -> tuple[Any, dict[str, float]]:
+  """Runs the steps after `start_step`; returns (state, last logged metrics).
+  """
+  tc = config.train
+  num_steps = int(tc.num_steps)
+  train_fn, _ = _compiled_steps(mesh, float(tc.get("label_smoothing", 0.0)))
+  step_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
+  writer = (tensorboardX.SummaryWriter(workdir_lib.join(workdir, "tensorboard"))
+            if jax.process_index() == 0 else None)
+  # A resumed run reshuffles from a seed tied to its start step: it sees a
+  # fresh order instead of replaying the batches before the interruption.
+  batches = pipeline.train_iterator(
+      source, config.data, global_batch_size=tc.batch_size,
+      seed=int(config.seed) * 1_000_003 + start_step,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  log_every = max(1, int(tc.get("log_every", 50)))
+  ckpt_every = int(tc.get("checkpoint_every", 0)) or num_steps
+  bar = tqdm.tqdm(total=num_steps, initial=start_step, desc="train",
+                  disable=None, file=sys.stderr)
+  tick, tick_step, window, last = time.time(), start_step, [], {}
+  for step in range(start_step + 1, num_steps + 1):
+    state, metrics = train_fn(state, mesh_lib.to_global(next(batches), mesh),
+                              step_rng)
+    window.append(metrics)
+    bar.update(1)
+    if step % log_every == 0 or step == num_steps or step % ckpt_every == 0:
+      last = {k: float(np.mean([m[k] for m in jax.device_get(window)]))
+              for k in window[0]}
+      window = []
+      if not np.isfinite(last["loss"]):
+        raise FloatingPointError(
+            f"training loss is {last['loss']} at step {step} of {workdir}; "
+            "lower config.train.learning_rate or check the input data")
+      now = time.time()
+      last["steps_per_s"] = (step - tick_step) / max(now - tick, 1e-9)
+      last["images_per_s"] = last["steps_per_s"] * tc.batch_size
+      tick, tick_step = now, step
+      bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['accuracy']:.3f}")
+      logging.info("step %d/%d: loss %.4f, accuracy %.3f, %.1f images/s",
+                   step, num_steps, last["loss"], last["accuracy"],
+                   last["images_per_s"])
+      for k, v in last.items():
+        if writer is not None:
+          writer.add_scalar(f"train/{k}", v, step)
+      if step_callback is not None:
+        step_callback(step, last)
+    if step % ckpt_every == 0 or step == num_steps:
+      checkpoints.save(mngr, step, state)
+  bar.close()
+  if writer is not None:
+    writer.close()
+  return state, last
 
 
 def train_and_evaluate(config, workdir: str, *, source=None,
@@ -146,118 +206,69 @@ def train_and_evaluate(config, workdir: str, *, source=None,
 
   Returns:
     {'test_accuracy', 'test_loss', 'train_loss', 'train_accuracy', 'steps',
-     'num_test_examples', 'wall_time_s'} (plus 'train_eval_accuracy' when
-    `config.train.eval_train` is set).
+     'num_test_examples', 'wall_time_s', 'params_checksum'} (plus
+    'train_eval_accuracy' when `config.train.eval_train` is set).
   """
   start_time = time.time()
   tf.config.set_visible_devices([], "GPU")  # tf.data must not take GPU memory.
-  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.makedirs(workdir)
   source = source or sources.get_source(config.data)
-  info = source.info
-  tc = config.train
   mesh = mesh or mesh_lib.create_mesh()
-  for field in ("batch_size", "eval_batch_size"):
-    mesh_lib.local_batch_size(tc[field], mesh, field)
-
-  rng = jax.random.key(config.seed)
-  state = create_state(config, info.num_classes, _input_shape(config, info),
-                       mesh, jax.random.fold_in(rng, 0))
-  mngr = checkpoints.manager(os.path.join(workdir, "checkpoints"))
-  state, start_step = checkpoints.restore_latest(mngr, state)
-  num_steps = int(tc.num_steps)
+  state = create_state(config, source.info.num_classes,
+                       _input_shape(config, source.info), mesh,
+                       jax.random.fold_in(jax.random.key(config.seed), 0))
+  mngr = checkpoints.manager(workdir_lib.join(workdir, "checkpoints"))
+  state, start_step = checkpoints.restore_latest(
+      mngr, state, workdir_lib.join(workdir, "checkpoints"))
+  num_steps = int(config.train.num_steps)
+  last = {}
   if start_step:
     logging.info("Resuming %s from step %d of %d", workdir, start_step,
                  num_steps)
-
-  train_fn, _ = _compiled_steps(mesh, float(tc.get("label_smoothing", 0.0)))
-  step_rng = jax.random.fold_in(rng, 1)
-  writer = (tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
-            if jax.process_index() == 0 else None)
-  window, last = [], {}
   if start_step < num_steps:
-    # A resumed run reshuffles from a seed tied to its start step: it sees a
-    # fresh order instead of replaying the batches before the interruption.
-    batches = pipeline.train_iterator(
-        source, config.data, global_batch_size=tc.batch_size,
-        seed=int(config.seed) * 1_000_003 + start_step,
-        process_index=jax.process_index(), process_count=jax.process_count())
-    log_every = max(1, int(tc.get("log_every", 50)))
-    ckpt_every = int(tc.get("checkpoint_every", 0)) or num_steps
-    bar = tqdm.tqdm(total=num_steps, initial=start_step, desc="train",
-                    disable=None, file=sys.stderr)
-    tick, tick_step = time.time(), start_step
-    for step in range(start_step + 1, num_steps + 1):
-      batch = next(batches)
-      state, metrics = train_fn(state, mesh_lib.to_global(batch, mesh),
-                                step_rng)
-      window.append(metrics)
-      bar.update(1)
-      if step % log_every == 0 or step == num_steps or step % ckpt_every == 0:
-        window = jax.device_get(window)
-        last = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-        window = []
-        if not np.isfinite(last["loss"]):
-          raise FloatingPointError(
-              f"training loss is {last['loss']} at step {step} of {workdir}; "
-              "lower config.train.learning_rate or check the input data")
-        now = time.time()
-        last["steps_per_s"] = (step - tick_step) / max(now - tick, 1e-9)
-        last["images_per_s"] = last["steps_per_s"] * tc.batch_size
-        tick, tick_step = now, step
-        bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['accuracy']:.3f}")
-        logging.info("step %d/%d: loss %.4f, accuracy %.3f, %.1f images/s",
-                     step, num_steps, last["loss"], last["accuracy"],
-                     last["images_per_s"])
-        if writer is not None:
-          for k, v in last.items():
-            writer.add_scalar(f"train/{k}", v, step)
-        if step_callback is not None:
-          step_callback(step, last)
-      if step % ckpt_every == 0 or step == num_steps:
-        checkpoints.save(mngr, step, state)
-    bar.close()
+    state, last = _train_loop(config, workdir, state, start_step, source,
+                              mesh, mngr, step_callback)
   mngr.wait_until_finished()
-
+  mngr.close()
   test = evaluate(state, source, config, mesh, "test")
   result = {
       "test_accuracy": test["accuracy"], "test_loss": test["loss"],
       "num_test_examples": test["num_examples"], "steps": num_steps,
       "train_loss": last.get("loss"), "train_accuracy": last.get("accuracy"),
       "wall_time_s": time.time() - start_time,
+      "params_checksum": params_checksum(state),
   }
-  if tc.get("eval_train", False):
+  if config.train.get("eval_train", False):
     result["train_eval_accuracy"] = evaluate(
         state, source, config, mesh, "train", desc="eval train")["accuracy"]
   if not last:  # Finished earlier: keep the training figures it recorded.
     previous = load_metrics(workdir) or {}
     for key in ("train_loss", "train_accuracy"):
       result[key] = previous.get(key)
-  if writer is not None:
-    writer.add_scalar("test/accuracy", result["test_accuracy"], num_steps)
-    writer.close()
   if jax.process_index() == 0:
-    _write_json(os.path.join(workdir, METRICS_FILE), result)
+    with tensorboardX.SummaryWriter(
+        workdir_lib.join(workdir, "tensorboard")) as writer:
+      writer.add_scalar("test/accuracy", result["test_accuracy"], num_steps)
+    workdir_lib.write_json(workdir_lib.join(workdir, METRICS_FILE), result)
   logging.info("%s: test accuracy %.4f over %d images after %d steps", workdir,
                result["test_accuracy"], result["num_test_examples"], num_steps)
-  mngr.close()
   return result
 
 
 def load_metrics(workdir: str) -> dict[str, Any] | None:
   """The final metrics a finished run wrote, or None."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  return workdir_lib.read_json(workdir_lib.join(workdir, METRICS_FILE),
+                               missing_ok=True)
 
 
 def load_state(config, workdir: str, *, source=None,
                mesh: Mesh | None = None) -> steps.TrainState:
-  """The newest train state of a workdir, replicated over the mesh.
+  """The trained state of a workdir, replicated over the mesh.
 
-  The checkpoint is restored into an abstract state (`jax.eval_shape`): no
-  initializer is compiled and run only to be overwritten.
+  A finished run restores exactly the checkpoint whose metrics it reported
+  (its step and variables' checksum are checked); a run without metrics, the
+  newest checkpoint. The checkpoint is restored into an abstract state
+  (`jax.eval_shape`): no initializer is compiled only to be overwritten.
 
   Args:
     config: the config the model was trained with.
@@ -268,6 +279,10 @@ def load_state(config, workdir: str, *, source=None,
 
   Returns:
     The restored TrainState.
+
+  Raises:
+    workdir.WorkdirError: no checkpoint, the reported one is missing or does
+      not restore, or its variables differ from the reported ones.
   """
   source = source or sources.get_source(config.data)
   mesh = mesh or mesh_lib.create_mesh()
@@ -279,13 +294,20 @@ def load_state(config, workdir: str, *, source=None,
   abstract = jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
       abstract)
-  mngr = checkpoints.manager(os.path.join(workdir, "checkpoints"))
-  state, step = checkpoints.restore_latest(mngr, abstract)
-  mngr.close()
-  if step == 0:
-    raise FileNotFoundError(
-        f"no trained model in {os.path.join(workdir, 'checkpoints')}: run "
-        "--mode=train with this --workdir first")
+  metrics = load_metrics(workdir)
+  folder = workdir_lib.join(workdir, "checkpoints")
+  mngr = checkpoints.manager(folder)
+  try:
+    state = checkpoints.restore_step(
+        mngr, abstract, metrics and metrics.get("steps"), folder)
+  finally:
+    mngr.close()
+  expected = metrics and metrics.get("params_checksum")
+  if expected and params_checksum(state) != expected:
+    raise workdir_lib.WorkdirError(
+        f"{folder}: the checkpoint of step {metrics['steps']} does not hold "
+        "the model whose metrics were reported (corrupt?); rerun with "
+        "--recompute to train it again")
   return state
 
 

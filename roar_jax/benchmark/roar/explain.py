@@ -13,7 +13,6 @@ first, the other pixels after it in a random order: the best ranking there is.
 """
 
 import math
-import os
 import time
 from typing import Any
 
@@ -22,9 +21,10 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from roar_jax import models
 from roar_jax import saliency
 from roar_jax import training
+from roar_jax import workdir as workdir_lib
+from roar_jax.benchmark.roar import grid
 from roar_jax.data import pipeline
 from roar_jax.data import preprocess
 from roar_jax.data import rank_store as rank_store_lib
@@ -77,7 +77,7 @@ def _local_rows(array: jax.Array) -> np.ndarray:
   return np.concatenate(rows)
 
 
-def run(config, workdir: str, *, source=None) -> dict[str, Any]:
+def run(config, workdir, *, source=None, plan=None) -> dict[str, Any]:
   """Ranks every image of both splits with every configured estimator.
 
   Args:
@@ -85,6 +85,8 @@ def run(config, workdir: str, *, source=None) -> dict[str, Any]:
     workdir: the experiment workdir; the base model is read from `base/`, the
       rank store written to `ranks/`, the figure to `report/saliency.png`.
     source: the data Source (default: `config.data`).
+    plan: the run's artifacts (`grid.plan_of`); every rank store records its
+      provenance before its first shard is written.
 
   Returns:
     {'images_per_s': float, 'written_shards': int, 'gradient_passes': per
@@ -93,11 +95,16 @@ def run(config, workdir: str, *, source=None) -> dict[str, Any]:
   """
   ec = config.explain
   source = source or sources.get_source(config.data)
-  module, variables = training.load_model(config, os.path.join(workdir, "base"),
-                                          source=source)
+  wd = workdir_lib.Workdir(workdir)
+  module, variables = training.load_model(config, wd.base, source=source)
   model = saliency.explainable(module, variables)
   mesh = training.create_mesh()
   store = rank_store_lib.RankStore(workdir)
+  plan = plan or grid.plan_of(config, workdir)
+  if jax.process_index() == 0:
+    for est in ec.estimators:
+      if not workdir_lib.exists(plan.ranks[est].path):
+        plan.ranks[est].write()
   estimators = tuple(ec.estimators)
   model_estimators = tuple(e for e in estimators if e != ORACLE)
   options = explain_options(config)
@@ -217,6 +224,6 @@ def _visualize(config, workdir, batch, maps, real):
     return
   images = batch["image"][real][:n]
   grid = {e: np.asarray(_local_rows(m))[real][:n] for e, m in maps.items()}
-  path = os.path.join(workdir, "report", "saliency.png")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  saliency.visualize.save_grid(path, images, grid)
+  fig = saliency.visualize.plot_grid(images, grid)
+  workdir_lib.save_figure(fig, workdir_lib.Workdir(workdir).report(
+      "saliency.png"), dpi=100)

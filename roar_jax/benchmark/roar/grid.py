@@ -10,15 +10,16 @@ unit, so many machines can share one grid.
 
 import copy
 import dataclasses
-import os
-from typing import Any, Iterator
+from typing import Any
 
 import jax
+import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
 from roar_jax import training
-from roar_jax.benchmark.roar import report as report_lib
+from roar_jax import workdir as workdir_lib
+from roar_jax.benchmark.roar import artifacts as artifacts_lib
 from roar_jax.benchmark.roar import results as results_lib
 from roar_jax.data import degradation as degrade_lib
 from roar_jax.data import degraded as degraded_lib
@@ -38,12 +39,12 @@ class Unit:
 
   @property
   def name(self) -> str:
-    return results_lib.unit_name(self.estimator, self.mode, self.threshold,
+    return workdir_lib.unit_name(self.estimator, self.mode, self.threshold,
                                  self.seed)
 
   @property
   def dataset_name(self) -> str:
-    return results_lib.unit_name(self.estimator, self.mode, self.threshold)
+    return workdir_lib.unit_name(self.estimator, self.mode, self.threshold)
 
 
 def parse_unit(text: str) -> Unit:
@@ -70,9 +71,17 @@ def all_units(config) -> list[Unit]:
           for t in rc.thresholds for s in range(rc.num_seeds)]
 
 
-def is_done(workdir: str, unit: Unit) -> bool:
-  return os.path.exists(results_lib.result_path(
-      workdir, unit.estimator, unit.mode, unit.threshold, unit.seed))
+def is_done(plan: artifacts_lib.Plan, unit: Unit) -> bool:
+  """Whether the unit's result is stored under its planned fingerprint."""
+  stored = plan.results[unit].stored()
+  return bool(stored) and stored.get("fingerprint") == (
+      plan.results[unit].fingerprint)
+
+
+def plan_of(config, workdir) -> artifacts_lib.Plan:
+  """The artifacts of the config's grid in `workdir`."""
+  return artifacts_lib.plan(config, workdir_lib.Workdir(workdir),
+                            all_units(config))
 
 
 def _degraded_image_config(config):
@@ -88,32 +97,33 @@ def _degraded_image_config(config):
   return data_config
 
 
-def degraded_source(config, workdir: str, base_source, estimator: str,
-                    mode: str, threshold: float, channel_mean):
-  """The degraded dataset of (estimator, mode, threshold).
+def degraded_source(config, plan: artifacts_lib.Plan, base_source,
+                    key: tuple[str, str, float], channel_mean):
+  """The degraded dataset of key = (estimator, mode, threshold).
 
   `config.roar.degrade='on_the_fly'` masks images in the input pipeline from
   the rank store; 'write' materializes the dataset once as TFRecord files
   under `<workdir>/datasets/` (every process its own shards, metadata from
   process 0) and reads it back. Both give identical images.
   """
+  estimator, mode, threshold = key
   source = degraded_lib.DegradedSource(
-      base_source, rank_store_lib.RankStore(workdir), estimator=estimator,
-      mode=mode, threshold=threshold, fill=config.roar.fill,
-      channel_mean=channel_mean, seed=config.seed,
+      base_source, rank_store_lib.RankStore(plan.workdir.root),
+      estimator=estimator, mode=mode, threshold=threshold,
+      fill=config.roar.fill, channel_mean=channel_mean, seed=config.seed,
       eval_geometry=lambda image: preprocess.eval_geometry(image, config.data))
   if config.roar.degrade == "on_the_fly":
     return source
-  if config.roar.degrade != "write":
-    raise ValueError(f"config.roar.degrade={config.roar.degrade!r}: expected "
-                     "'on_the_fly' or 'write'")
-  out = os.path.join(workdir, "datasets",
-                     results_lib.unit_name(estimator, mode, threshold))
+  artifact = plan.datasets[key]
+  out = artifact.path
+  if jax.process_index() == 0 and not workdir_lib.exists(out):
+    artifact.write()
   if jax.process_count() == 1:
     writer_lib.write_dataset(source, out)
   elif not writer_lib.is_complete(out):
     # Every process writes its own shards; process 0 writes the metadata once
     # all of them exist.
+    multihost_utils.sync_global_devices(f"provenance {out}")
     writer_lib.write_dataset(source, out, process_index=jax.process_index(),
                              process_count=jax.process_count())
     multihost_utils.sync_global_devices(f"write {out}")
@@ -133,13 +143,16 @@ def unit_config(config, unit: Unit):
   return c
 
 
-def run_unit(config, workdir: str, unit: Unit, base_source, channel_mean,
-             **train_kwargs) -> dict[str, Any]:
+def run_unit(config, plan: artifacts_lib.Plan, unit: Unit, base_source,
+             channel_mean, **train_kwargs) -> dict[str, Any]:
   """Retrains one unit (resuming it if interrupted) and stores its result.
+
+  The unit's folder records its provenance before training starts, so an
+  interrupted unit resumes only under the same fingerprint.
 
   Args:
     config: the experiment config.
-    workdir: the experiment workdir.
+    plan: the grid's artifacts (`plan_of`).
     unit: what to run.
     base_source: the undegraded dataset.
     channel_mean: the fill of `fill='channel_mean'`, [C] in pixel units.
@@ -148,60 +161,80 @@ def run_unit(config, workdir: str, unit: Unit, base_source, channel_mean,
   Returns:
     The result record.
   """
-  source = degraded_source(config, workdir, base_source, unit.estimator,
-                           unit.mode, unit.threshold, channel_mean)
-  result = training.train_and_evaluate(
-      unit_config(config, unit), os.path.join(workdir, "retrain", unit.name),
-      source=source, **train_kwargs)
-  record = {**dataclasses.asdict(unit), **result,
-            "config_hash": results_lib.config_hash(config)}
+  key = (unit.estimator, unit.mode, unit.threshold)
+  source = degraded_source(config, plan, base_source, key, channel_mean)
+  folder = plan.units[unit]
   if jax.process_index() == 0:
-    results_lib.write_result(workdir, record)
+    folder.write()
+  result = training.train_and_evaluate(
+      unit_config(config, unit), folder.path, source=source, **train_kwargs)
+  record = {**dataclasses.asdict(unit), **result,
+            "config_hash": results_lib.config_hash(config),
+            "fingerprint": plan.results[unit].fingerprint,
+            "provenance": dict(plan.results[unit].record)}
+  if jax.process_index() == 0:
+    write_result(plan, unit, record)
   logging.info("unit %s: test accuracy %.4f", unit.name,
                record["test_accuracy"])
   return record
 
 
-def evaluate_no_retrain(config, workdir: str, base_state_fn, base_source,
-                        channel_mean, keys: Iterator[tuple[str, str, float]]):
+def write_result(plan: artifacts_lib.Plan, unit: Unit, record):
+  workdir_lib.write_json(plan.results[unit].path, dict(record))
+
+
+def evaluate_no_retrain(config, plan: artifacts_lib.Plan, base_state_fn,
+                        base_source, channel_mean):
   """Scores the base model on each degraded test split (no retraining).
 
   Args:
     config: the experiment config.
-    workdir: the experiment workdir (no_retrain/ is written).
+    plan: the grid's artifacts; every `plan.no_retrain` record missing is
+      written.
     base_state_fn: returns the base model's train state (called lazily, once).
     base_source: the undegraded dataset.
     channel_mean: fill values.
-    keys: the (estimator, mode, threshold) triples to score.
   """
   state = None
   mesh = training.create_mesh()
-  for est, mode, thr in keys:
-    path = report_lib.no_retrain_path(workdir, est, mode, thr)
-    if os.path.exists(path):
-      continue
+  for key, artifact in sorted(plan.no_retrain.items()):
+    if workdir_lib.exists(artifact.path):
+      continue  # `artifacts.check` let it through: its fingerprint matches.
     state = state or base_state_fn()
-    source = degraded_source(config, workdir, base_source, est, mode, thr,
-                             channel_mean)
+    source = degraded_source(config, plan, base_source, key, channel_mean)
     eval_config = copy.deepcopy(config)
     with eval_config.unlocked():
       eval_config.data = _degraded_image_config(config)
+    est, mode, thr = key
     metrics = training.evaluate(state, source, eval_config, mesh, "test",
                                 desc=f"no-retrain {est} {mode} {thr:.2f}")
     if jax.process_index() == 0:
-      results_lib.write_json_atomic(path, {
+      workdir_lib.write_json(artifact.path, {
           "estimator": est, "mode": mode, "threshold": thr,
-          "test_accuracy": metrics["accuracy"]})
+          "test_accuracy": metrics["accuracy"],
+          "fingerprint": artifact.fingerprint,
+          "provenance": dict(artifact.record)})
 
 
-def channel_mean(config, workdir: str, base_source):
+def channel_mean(config, plan: artifacts_lib.Plan, base_source):
   """The training split's per-channel mean (computed once, then read back),
-  or the constants `config.roar.fill_value` pins."""
+  or the constants `config.roar.fill_value` pins; None for a fill without
+  one."""
   if config.roar.get("fill_value"):
     return tuple(float(v) for v in config.roar.fill_value)
+  artifact = plan.channel_mean
+  if artifact is None:
+    return None
+  if jax.process_index() == 0 and not workdir_lib.exists(artifact.path):
+    mean = degrade_lib.channel_mean(base_source)
+    workdir_lib.write_json(artifact.path, {
+        "channel_mean": [float(v) for v in mean], "units": "pixel [0, 255]",
+        "fingerprint": artifact.fingerprint,
+        "provenance": dict(artifact.record)})
+    logging.info("channel mean of %s: %s (stored in %s)",
+                 base_source.info.name, np.round(mean, 3).tolist(),
+                 artifact.path)
   if jax.process_count() > 1:
-    # One process computes and stores it; the others read it back.
-    if jax.process_index() == 0:
-      degrade_lib.load_or_compute_channel_mean(workdir, base_source)
     multihost_utils.sync_global_devices("channel mean")
-  return degrade_lib.load_or_compute_channel_mean(workdir, base_source)
+  stored = workdir_lib.read_json(artifact.path)
+  return np.asarray(stored["channel_mean"], dtype=np.float64)

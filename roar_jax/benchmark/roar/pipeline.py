@@ -1,19 +1,23 @@
 """`--mode=roar`: the whole benchmark, from the base model to the report.
 
 base model -> explain (rank store) -> channel mean -> no-retrain scores ->
-every retrain unit -> report. Each step skips what an earlier run finished, so
-the mode can be stopped at any moment (Ctrl-C, kill -9) and rerun to
-completion; no result is lost or counted twice.
+every retrain unit -> report. Each step skips what an earlier run finished
+under the same fingerprint, so the mode can be stopped at any moment (Ctrl-C,
+kill -9) and rerun to completion; no result is lost or counted twice, and no
+result of another config is reused (`artifacts.check`, run by `open_run`
+before any work).
 """
 
-import os
 from typing import Any, Callable
 
 import jax
 import tqdm
 from absl import logging
 
+from roar_jax import provenance as provenance_lib
 from roar_jax import training
+from roar_jax import workdir as workdir_lib
+from roar_jax.benchmark.roar import artifacts as artifacts_lib
 from roar_jax.benchmark.roar import explain
 from roar_jax.benchmark.roar import grid
 from roar_jax.benchmark.roar import report as report_lib
@@ -22,72 +26,116 @@ from roar_jax.data import sources
 UnitRunner = Callable[..., dict[str, Any]]
 
 
-def base_workdir(workdir: str) -> str:
-  return os.path.join(workdir, "base")
+def open_run(config, workdir, *, mode: str, recompute: bool = False
+             ) -> artifacts_lib.Plan:
+  """Checks the workdir against the config before any work is done.
+
+  Stale artifacts (made under another config) stop the run with one line
+  naming the changed fields, unless `recompute` moves them aside. Then
+  `W/config.json` records the config as run.
+
+  Args:
+    config: the experiment config.
+    workdir: the experiment workdir.
+    mode: the stage about to run (recorded in config.json).
+    recompute: move stale artifacts aside instead of stopping.
+
+  Returns:
+    The grid's Plan.
+
+  Raises:
+    workdir.WorkdirError: stale artifacts and not `recompute`.
+  """
+  plan = grid.plan_of(config, workdir)
+  wd = plan.workdir
+  if jax.process_index() == 0:
+    provenance_lib.settle(plan.all(), wd, recompute=recompute)
+    workdir_lib.write_config(wd, config, mode)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("workdir checked")
+  return plan
 
 
-def train_base(config, workdir: str, source) -> dict[str, Any]:
+def train_base(config, plan: artifacts_lib.Plan, source) -> dict[str, Any]:
   """Trains the base model once; later runs read its stored metrics."""
-  path = base_workdir(workdir)
+  path = plan.base.path
   done = training.load_metrics(path)
   if done is not None and done.get("steps") == config.train.num_steps:
     return done
+  if jax.process_index() == 0:
+    plan.base.write()
   return training.train_and_evaluate(config, path, source=source)
 
 
-def run(config, workdir: str, *, run_unit: UnitRunner = grid.run_unit
-        ) -> dict[str, Any]:
+def run(config, workdir, *, run_unit: UnitRunner = grid.run_unit,
+        recompute: bool = False) -> dict[str, Any]:
   """Runs every stage of the benchmark that is not finished yet.
 
   Args:
     config: the experiment config (`explain`, `roar` sections).
     workdir: the experiment workdir.
-    run_unit: runs one retrain unit (replaceable, e.g. by a distributed
-      executor).
+    run_unit: runs one retrain unit, as `run_unit(config, plan, unit, source,
+      channel_mean)` (replaceable, e.g. by a distributed executor).
+    recompute: move artifacts of another config aside instead of stopping.
 
   Returns:
     {'base': base metrics, 'report': report summary, 'units': number run}.
   """
+  plan = open_run(config, workdir, mode="roar", recompute=recompute)
   source = sources.get_source(config.data)
-  base = train_base(config, workdir, source)
+  base = train_base(config, plan, source)
   logging.info("base model: test accuracy %.4f", base["test_accuracy"])
-  explain.run(config, workdir, source=source)
-  fill = grid.channel_mean(config, workdir, source)
-  units = grid.all_units(config)
-  keys = sorted({(u.estimator, u.mode, u.threshold) for u in units})
+  explain.run(config, workdir, source=source, plan=plan)
+  fill = grid.channel_mean(config, plan, source)
   grid.evaluate_no_retrain(
-      config, workdir,
-      lambda: training.load_state(config, base_workdir(workdir), source=source),
-      source, fill, keys)
-  todo = [u for u in units if not grid.is_done(workdir, u)]
+      config, plan,
+      lambda: training.load_state(config, plan.base.path, source=source),
+      source, fill)
+  units = list(plan.units)
+  todo = [u for u in units if not grid.is_done(plan, u)]
   logging.info("grid: %d units, %d finished, %d to run", len(units),
                len(units) - len(todo), len(todo))
-  executor = config.grid.get("executor", "sequential")
-  if executor == "ray":
+  if config.grid.executor == "ray":
     # pylint: disable-next=g-import-not-at-top
     from roar_jax.benchmark.roar import ray_executor
     ray_executor.run_units(config, workdir, todo, run_unit=run_unit)
-  elif executor == "sequential":
-    for unit in tqdm.tqdm(todo, desc="retrain units", disable=None):
-      run_unit(config, workdir, unit, source, fill)
   else:
-    raise ValueError(f"config.grid.executor={executor!r}: expected "
-                     "'sequential' or 'ray'")
+    for unit in tqdm.tqdm(todo, desc="retrain units", disable=None):
+      run_unit(config, plan, unit, source, fill)
   summary = None
   if jax.process_index() == 0:
-    summary = report(config, workdir, base_accuracy=base["test_accuracy"])
+    summary = report(config, workdir, plan=plan,
+                     base_accuracy=base["test_accuracy"])
   return {"base": base, "report": summary, "units": len(todo)}
 
 
-def report(config, workdir: str, *, base_accuracy: float | None = None):
-  """`--mode=report`: rebuilds the report from the stored results."""
+def report(config, workdir, *, plan: artifacts_lib.Plan | None = None,
+           base_accuracy: float | None = None):
+  """`--mode=report`: rebuilds the report from the stored results.
+
+  Only results and no-retrain scores whose fingerprints match the config's
+  plan are counted.
+  """
+  plan = plan or grid.plan_of(config, workdir)
   if base_accuracy is None:
-    base = training.load_metrics(base_workdir(workdir))
+    base = training.load_metrics(plan.base.path)
     base_accuracy = base and base.get("test_accuracy")
-  expected = None if config.roar.get("unit") else len(grid.all_units(config))
-  out = report_lib.build_report(workdir, config=config,
-                                expected_units=expected,
-                                base_accuracy=base_accuracy)
-  logging.info("report: %s (%d results%s)", os.path.join(workdir, "report"),
+  records = [r for u in plan.results
+             if (r := _matching(plan.results[u])) is not None]
+  no_retrain = {key: r["test_accuracy"] for key, a in plan.no_retrain.items()
+                if (r := _matching(a)) is not None}
+  out = report_lib.build_report(
+      plan.workdir, records, no_retrain, config=config,
+      expected_units=len(plan.results), base_accuracy=base_accuracy)
+  logging.info("report: %s (%d results%s)", plan.workdir.report(),
                out["num_results"], ", partial" if out["partial"] else "")
   return out
+
+
+def _matching(artifact: provenance_lib.Artifact) -> dict[str, Any] | None:
+  """The artifact's JSON record if it exists under its fingerprint."""
+  record = workdir_lib.read_json(artifact.path, missing_ok=True)
+  if record and record.get("fingerprint") == artifact.fingerprint:
+    return record
+  return None

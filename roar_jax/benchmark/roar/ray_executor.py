@@ -21,7 +21,6 @@ Every node needs roar_jax installed (the cluster's image), like the driver:
       --mode=roar --config.grid.executor=ray --config.grid.ray_num_gpus=1
 """
 
-import json
 import os
 from typing import Any, Callable, Mapping, Sequence
 
@@ -29,7 +28,8 @@ import tqdm
 from absl import logging
 
 from roar_jax.benchmark.roar import grid
-from roar_jax.benchmark.roar import results as results_lib
+from roar_jax import workdir as workdir_lib
+from roar_jax.benchmark.roar import artifacts as artifacts_lib
 from roar_jax.data import sources
 
 UnitRunner = Callable[..., dict[str, Any]]
@@ -151,13 +151,6 @@ def remote_task(ray, options: Mapping[str, Any]):
   return ray.remote(run_unit_task), options
 
 
-def _read_record(workdir: str, unit: grid.Unit) -> dict[str, Any]:
-  path = results_lib.result_path(workdir, unit.estimator, unit.mode,
-                                 unit.threshold, unit.seed)
-  with open(path) as f:
-    return json.load(f)
-
-
 def run_unit_task(config, workdir: str, unit: grid.Unit,
                   run_unit: UnitRunner = grid.run_unit) -> dict[str, Any]:
   """What one task runs on a Ray worker: one unit, from the config alone.
@@ -170,19 +163,20 @@ def run_unit_task(config, workdir: str, unit: grid.Unit,
     config: the experiment config.
     workdir: the experiment workdir (shared storage).
     unit: the unit to run.
-    run_unit: runs the unit, as `run_unit(config, workdir, unit, source,
-      fill)`.
+    run_unit: runs the unit, as `run_unit(config, plan, unit, source,
+      channel_mean)`.
 
   Returns:
     The unit's result record.
   """
-  if grid.is_done(workdir, unit):
-    return _read_record(workdir, unit)
+  plan = artifacts_lib.plan(config, workdir_lib.Workdir(workdir), [unit])
+  if grid.is_done(plan, unit):
+    return workdir_lib.read_json(plan.results[unit].path)
   source = sources.get_source(config.data)
   # The driver computed and stored the channel mean before submitting; this
   # reads it back.
-  fill = grid.channel_mean(config, workdir, source)
-  return run_unit(config, workdir, unit, source, fill)
+  fill = grid.channel_mean(config, plan, source)
+  return run_unit(config, plan, unit, source, fill)
 
 
 class GridFailedError(RuntimeError):
@@ -268,6 +262,7 @@ def run_units(config, workdir: str, units: Sequence[grid.Unit], *,
   try:
     _warn_if_unschedulable(ray, options)
     # Tasks are named after their units, as the Ray dashboard lists them.
+    plan = grid.plan_of(config, workdir)
     refs = {task.options(name=f"roar {u.name}", **options).remote(
         config, workdir, u, run_unit): u for u in units}
     logging.info("submitted %d units to Ray (%s per task)", len(refs),
@@ -288,10 +283,10 @@ def run_units(config, workdir: str, units: Sequence[grid.Unit], *,
               logging.error("unit %s failed: %s", unit.name, e)
             else:
               records[unit] = record
-              if not grid.is_done(workdir, unit):
+              if not grid.is_done(plan, unit):
                 # The worker's files are not visible here: keep the result
                 # anyway, so that the report has it and a rerun skips it.
-                results_lib.write_result(workdir, record)
+                grid.write_result(plan, unit, record)
               logging.info("unit %s: test accuracy %.4f", unit.name,
                            record["test_accuracy"])
             bar.update(1)

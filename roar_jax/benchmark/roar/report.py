@@ -5,9 +5,8 @@ partial grid gives a partial report, marked as such in summary.md.
 """
 
 import csv
-import json
+import io
 import math
-import os
 from typing import Any, Mapping, Sequence
 
 import matplotlib
@@ -15,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
 
+from roar_jax import workdir as workdir_lib  # noqa: E402
 from roar_jax.benchmark.roar import results as results_lib  # noqa: E402
 
 _MODE_TITLES = {"roar": "ROAR: fraction of the most important pixels removed",
@@ -22,21 +22,14 @@ _MODE_TITLES = {"roar": "ROAR: fraction of the most important pixels removed",
 
 
 def write_csv(path: str, rows: Sequence[Mapping[str, Any]]):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=results_lib.CSV_COLUMNS,
-                            extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v)
-                       for k, v in row.items()})
-  os.replace(tmp, path)
+  workdir_lib.write_csv(path, [
+      {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()}
+      for r in rows], results_lib.CSV_COLUMNS)
 
 
 def read_csv(path: str) -> list[dict[str, Any]]:
-  with open(path) as f:
-    rows = list(csv.DictReader(f))
+  rows = list(csv.DictReader(io.StringIO(
+      workdir_lib.read_bytes(path).decode())))
   for r in rows:
     for k in ("threshold", "mean_accuracy", "std_accuracy",
               "no_retrain_accuracy"):
@@ -57,12 +50,9 @@ def _finish_axes(ax, mode: str, title: str, legend: bool):
 
 
 def _save_figure(fig, path: str):
-  """Writes the figure atomically: a reader never sees a half-written PNG."""
   fig.tight_layout()
-  tmp = f"{path}.tmp-{os.getpid()}.png"
-  fig.savefig(tmp, dpi=110)
+  workdir_lib.save_figure(fig, path, dpi=110)
   plt.close(fig)
-  os.replace(tmp, path)
 
 
 def _retrained_plot(path: str, rows, mode: str, title: str):
@@ -119,13 +109,17 @@ def rank_estimators(rows) -> dict[str, list[tuple[str, float]]]:
   return ranked
 
 
-def build_report(workdir: str, *, config=None, expected_units: int | None = None,
+def build_report(wd: workdir_lib.Workdir, records, no_retrain, *,
+                 config=None, expected_units: int | None = None,
                  base_accuracy: float | None = None) -> dict[str, Any]:
-  """Writes `<workdir>/report/`: results.csv, roar.png, kar.png,
-  no_retrain.png and summary.md.
+  """Writes `W/report/`: results.csv, roar.png, kar.png, no_retrain.png and
+  summary.md.
 
   Args:
-    workdir: the experiment workdir (results/ and no_retrain/ are read).
+    wd: the experiment workdir.
+    records: the result records to count (those of the current config).
+    no_retrain: (estimator, mode, threshold) -> accuracy of the base model on
+      that degraded test split, without retraining.
     config: the experiment config, quoted in the summary.
     expected_units: how many retrains the full grid has; fewer results mark
       the report partial.
@@ -134,41 +128,17 @@ def build_report(workdir: str, *, config=None, expected_units: int | None = None
   Returns:
     {'rows': aggregated rows, 'partial': bool, 'num_results': int}.
   """
-  records = results_lib.load_results(workdir)
-  no_retrain = load_no_retrain(workdir)
   rows = results_lib.aggregate(records, no_retrain)
-  out = os.path.join(workdir, "report")
-  os.makedirs(out, exist_ok=True)
-  write_csv(os.path.join(out, "results.csv"), rows)
+  write_csv(wd.report("results.csv"), rows)
   for mode in ("roar", "kar"):
-    _retrained_plot(os.path.join(out, f"{mode}.png"), rows, mode,
+    _retrained_plot(wd.report(f"{mode}.png"), rows, mode,
                     _MODE_TITLES[mode] + ", retrained")
-  _no_retrain_plot(os.path.join(out, "no_retrain.png"), rows)
+  _no_retrain_plot(wd.report("no_retrain.png"), rows)
   partial = expected_units is not None and len(records) < expected_units
-  _write_summary(os.path.join(out, "summary.md"), rows, config=config,
+  _write_summary(wd.report("summary.md"), rows, config=config,
                  partial=partial, num_results=len(records),
                  expected_units=expected_units, base_accuracy=base_accuracy)
   return {"rows": rows, "partial": partial, "num_results": len(records)}
-
-
-def no_retrain_path(workdir: str, estimator: str, mode: str,
-                    threshold: float) -> str:
-  return os.path.join(workdir, "no_retrain", results_lib.unit_name(
-      estimator, mode, threshold) + ".json")
-
-
-def load_no_retrain(workdir: str) -> dict[tuple[str, str, float], float]:
-  out = {}
-  folder = os.path.join(workdir, "no_retrain")
-  if not os.path.isdir(folder):
-    return out
-  for name in sorted(os.listdir(folder)):
-    if name.endswith(".json"):
-      with open(os.path.join(folder, name)) as f:
-        r = json.load(f)
-      out[(r["estimator"], r["mode"], float(r["threshold"]))] = float(
-          r["test_accuracy"])
-  return out
 
 
 def _fmt(v: float) -> str:
@@ -210,7 +180,4 @@ def _write_summary(path, rows, *, config, partial, num_results,
   if config is not None:
     lines += ["## Config", "", f"config hash `{results_lib.config_hash(config)}`",
               "", "```", str(config), "```", ""]
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write("\n".join(lines))
-  os.replace(tmp, path)
+  workdir_lib.write_text(path, "\n".join(lines))

@@ -1,17 +1,16 @@
-"""The results store: one JSON record per finished retrain, and their aggregation.
+"""Result records of finished retrains, and their aggregation.
 
 Every finished (estimator, mode, threshold, seed) unit writes one record to
-`<workdir>/results/`. A record is written once, atomically, after its model is
-evaluated, so an interrupted grid never holds half a result and a rerun never
-counts one twice: the file name is the unit's identity.
+`W/results/<unit>.json` (`grid.write_result`; the path is the workdir's), once,
+atomically, with its fingerprint: an interrupted grid never holds half a
+result, a rerun never counts one twice, and a record of another config is
+never counted (`pipeline.report`).
 """
 
 import collections
-import glob
 import hashlib
 import json
 import math
-import os
 from typing import Any, Iterable, Mapping
 
 REQUIRED_KEYS = ("estimator", "mode", "threshold", "seed", "test_accuracy",
@@ -19,13 +18,6 @@ REQUIRED_KEYS = ("estimator", "mode", "threshold", "seed", "test_accuracy",
 
 CSV_COLUMNS = ("estimator", "mode", "threshold", "num_seeds", "mean_accuracy",
                "std_accuracy", "no_retrain_accuracy")
-
-
-def unit_name(estimator: str, mode: str, threshold: float,
-              seed: int | None = None) -> str:
-  """A unit's file-system name, e.g. `var.gradient__roar__t050__seed1`."""
-  name = f"{estimator}__{mode}__t{round(threshold * 100):03d}"
-  return name if seed is None else f"{name}__seed{seed}"
 
 
 def config_hash(config) -> str:
@@ -40,49 +32,6 @@ def config_hash(config) -> str:
   d["roar"] = {k: v for k, v in d.get("roar", {}).items() if k != "unit"}
   blob = json.dumps(d, sort_keys=True, default=str).encode()
   return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def write_json_atomic(path: str, obj: Any):
-  """Writes JSON to a temporary name, then renames it into place."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
-def result_path(workdir: str, estimator: str, mode: str, threshold: float,
-                seed: int) -> str:
-  return os.path.join(workdir, "results",
-                      unit_name(estimator, mode, threshold, seed) + ".json")
-
-
-def write_result(workdir: str, record: Mapping[str, Any]) -> str:
-  """Stores one finished retrain's record; returns its path.
-
-  Args:
-    workdir: the experiment workdir.
-    record: at least the keys of REQUIRED_KEYS.
-
-  Returns:
-    The path written.
-  """
-  missing = [k for k in REQUIRED_KEYS if k not in record]
-  if missing:
-    raise ValueError(f"result record lacks keys {missing}")
-  path = result_path(workdir, record["estimator"], record["mode"],
-                     record["threshold"], record["seed"])
-  write_json_atomic(path, dict(record))
-  return path
-
-
-def load_results(workdir: str) -> list[dict[str, Any]]:
-  """Every result record under `<workdir>/results/`, sorted by unit."""
-  records = []
-  for path in sorted(glob.glob(os.path.join(workdir, "results", "*.json"))):
-    with open(path) as f:
-      records.append(json.load(f))
-  return records
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

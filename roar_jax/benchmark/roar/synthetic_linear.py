@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.roar import report as report_lib
 from roar_jax.benchmark.roar import results as results_lib
 from roar_jax.data import synthetic
@@ -93,7 +94,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   """
   lc = config.linear
   curves = {}
-  clean = []
+  clean, records = [], []
   for seed in range(config.roar.num_seeds):
     start = time.time()
     x_tr, y_tr, _, _ = synthetic.make_synthetic_linear(
@@ -113,24 +114,24 @@ def run(config, workdir: str) -> dict[str, Any]:
         retrain = _accuracy(_fit(xd_tr, y_tr), xd_te, y_te)
         no_retrain = _accuracy(w_clean, xd_te, y_te)
         t = k / NUM_FEATURES
-        results_lib.write_result(workdir, {
+        records.append({
             "estimator": ranking, "mode": "roar", "threshold": t,
             "seed": seed, "test_accuracy": retrain, "steps": 1,
             "wall_time_s": time.time() - start,
             "config_hash": results_lib.config_hash(config)})
+        wd = workdir_lib.Workdir(workdir)
+        workdir_lib.write_json(wd.result(workdir_lib.unit_name(
+            ranking, "roar", t, seed)), records[-1])
         acc = curves.setdefault((ranking, k), {"retrain": [],
                                                "no_retrain": []})
         acc["retrain"].append(retrain)
         acc["no_retrain"].append(no_retrain)
-  for (ranking, k), acc in curves.items():
-    results_lib.write_json_atomic(
-        report_lib.no_retrain_path(workdir, ranking, "roar", k / NUM_FEATURES),
-        {"estimator": ranking, "mode": "roar",
-         "threshold": k / NUM_FEATURES,
-         "test_accuracy": float(np.mean(acc["no_retrain"]))})
+  no_retrain = {(ranking, "roar", k / NUM_FEATURES):
+                float(np.mean(acc["no_retrain"]))
+                for (ranking, k), acc in curves.items()}
   curves = {key: {name: float(np.mean(v)) for name, v in acc.items()}
             for key, acc in curves.items()}
-  report_lib.build_report(workdir, config=config,
-                          base_accuracy=float(np.mean(clean)))
+  report_lib.build_report(workdir_lib.Workdir(workdir), records, no_retrain,
+                          config=config, base_accuracy=float(np.mean(clean)))
   logging.info("synthetic_linear: clean accuracy %.3f", np.mean(clean))
   return {"curves": curves, "clean_accuracy": float(np.mean(clean))}

@@ -1,0 +1,145 @@
+"""What a ROAR/KAR run produces, and the fingerprint each artifact must carry.
+
+`plan(config, workdir)` lists every artifact the config's grid uses, with its
+provenance: the config fields that determine it and its inputs' fingerprints
+(`workdir.provenance`). Inputs chain: a rank store depends on the base model
+(the controls only on the data), a degraded dataset on its rank store and the
+fill, a retrain unit and its result on the dataset, the training fields and
+the unit's seed.
+
+`check(plan)` compares the plan with what the workdir holds, before any work:
+an artifact of the plan that exists under another fingerprint would mean
+something else now, so the run stops, naming the changed fields and the
+artifacts they affect, unless `--recompute` moves them aside. Artifacts that
+the plan does not name (an estimator or threshold dropped from the grid) are
+left alone and not reported.
+"""
+
+import dataclasses
+from typing import Any, Iterable
+
+from roar_jax import provenance as provenance_lib
+from roar_jax import workdir as workdir_lib
+from roar_jax.provenance import Artifact
+from roar_jax.data import offline_builder
+
+# Rankings that never look at the model: they depend on the data alone.
+MODEL_FREE = frozenset({"random", "sobel", "oracle"})
+
+# Fields that change where or how fast work runs, never what it computes.
+_DATA_LOCATION = ("data_dir", "manual_dir", "cache", "path")
+_TRAIN_LOGISTICS = ("log_every", "checkpoint_every", "eval_batch_size")
+_EXPLAIN_LOGISTICS = ("estimators", "batch_size", "chunk_size",
+                      "num_visualize")
+
+
+def data_fields(data_config) -> dict[str, Any]:
+  """The fields that say which images a dataset holds, and their content."""
+  d = data_config.to_dict()
+  fields = {f"data.{k}": v for k, v in provenance_lib.flatten(d).items()
+            if k.split(".")[0] not in _DATA_LOCATION}
+  for key in ("path", "manual_dir"):
+    if d.get(key):
+      # Content, not location: a folder that changed is another dataset.
+      fields[f"data.{key}.content"] = offline_builder.content_fingerprint(
+          d[key])
+  return fields
+
+
+def training_fields(config) -> dict[str, Any]:
+  """The fields that determine a trained model, given its data."""
+  out = {"seed": config.seed}
+  out.update({f"model.{k}": v for k, v in
+              provenance_lib.flatten(config.model.to_dict()).items()})
+  out.update({f"train.{k}": v for k, v in
+              provenance_lib.flatten(config.train.to_dict()).items()
+              if k not in _TRAIN_LOGISTICS})
+  return out
+
+
+def explain_fields(config, estimator: str) -> dict[str, Any]:
+  out = {"estimator": estimator, "seed": config.seed}
+  out.update({f"explain.{k}": v for k, v in
+              provenance_lib.flatten(config.explain.to_dict()).items()
+              if k.split(".")[0] not in _EXPLAIN_LOGISTICS})
+  return out
+
+
+def _artifact(kind, path, fields, inputs=None) -> Artifact:
+  return Artifact(kind, path, provenance_lib.provenance(fields, inputs))
+
+
+@dataclasses.dataclass
+class Plan:
+  """Every artifact a run of the config uses, by role."""
+  workdir: workdir_lib.Workdir
+  data: str  # The data's fingerprint (not an artifact of the workdir).
+  base: Artifact
+  channel_mean: Artifact | None
+  ranks: dict[str, Artifact]
+  datasets: dict[tuple[str, str, float], Artifact]
+  no_retrain: dict[tuple[str, str, float], Artifact]
+  units: dict[Any, Artifact]  # grid.Unit -> its retrain folder
+  results: dict[Any, Artifact]  # grid.Unit -> its result record
+
+  def all(self) -> Iterable[Artifact]:
+    yield self.base
+    if self.channel_mean is not None:
+      yield self.channel_mean
+    for group in (self.ranks, self.datasets, self.no_retrain, self.units,
+                  self.results):
+      yield from group.values()
+
+
+def plan(config, wd: workdir_lib.Workdir, units) -> Plan:
+  """The artifacts of a run of `config`'s grid.
+
+  Args:
+    config: the experiment config.
+    wd: the workdir.
+    units: the grid's units (`grid.all_units(config)`).
+
+  Returns:
+    The Plan.
+  """
+  data = data_fields(config.data)
+  data_fp = provenance_lib.fingerprint(data)
+  base = _artifact("base model", wd.base,
+                   {**data, **training_fields(config)})
+  rc = config.roar
+  fill_fields = {"roar.fill": rc.fill, "roar.fill_value": list(rc.fill_value),
+                 "seed": config.seed}
+  fill_inputs = {}
+  mean = None
+  if rc.fill == "channel_mean" and not rc.fill_value:
+    mean = _artifact("channel mean", wd.channel_mean, data)
+    fill_inputs["channel_mean"] = mean.fingerprint
+  ranks = {}
+  for est in config.explain.estimators:
+    source = {"data": data_fp} if est in MODEL_FREE else {
+        "base": base.fingerprint}
+    ranks[est] = _artifact("rank store", wd.ranks(est),
+                           explain_fields(config, est), source)
+  datasets, no_retrain, unit_dirs, results = {}, {}, {}, {}
+  train = training_fields(config)
+  for unit in units:
+    key = (unit.estimator, unit.mode, unit.threshold)
+    if key not in datasets:
+      name = workdir_lib.unit_name(*key)
+      fields = {**fill_fields, "mode": unit.mode,
+                "threshold_percent": round(unit.threshold * 100)}
+      datasets[key] = _artifact(
+          "degraded dataset", wd.dataset(name), fields,
+          {"ranks": ranks[unit.estimator].fingerprint, **fill_inputs})
+      no_retrain[key] = _artifact(
+          "no-retrain score", wd.no_retrain(name), {},
+          {"base": base.fingerprint, "dataset": datasets[key].fingerprint})
+    fields = {**train, "unit_seed": unit.seed}
+    inputs = {"dataset": datasets[key].fingerprint}
+    unit_dirs[unit] = _artifact("retrain", wd.retrain(unit.name), fields,
+                                inputs)
+    results[unit] = _artifact("result", wd.result(unit.name), fields, inputs)
+  return Plan(wd, data_fp, base, mean, ranks, datasets, no_retrain,
+              unit_dirs, results)
+
+

@@ -1,0 +1,177 @@
+"""Provenance: what made each artifact of a workdir, and whether it still fits.
+
+Every artifact records a fingerprint, a hash of exactly the config fields that
+determine it and of its inputs' fingerprints, in a `provenance.json` beside it
+(folders) or inside it (JSON records). Before any work a stage lists the
+artifacts it will use (`Artifact`, with the provenance the current config
+gives them) and calls `settle`: an artifact that exists under another
+fingerprint would mean something else now, so the run stops in one line
+naming the changed fields and the artifacts they affect, unless the user asks
+to recompute (the stale artifacts are then moved aside, not deleted).
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Any, Iterable, Mapping
+
+from absl import logging
+
+from roar_jax import workdir as workdir_lib
+
+PROVENANCE_FILE = "provenance.json"
+
+
+
+def fingerprint(fields: Mapping[str, Any],
+                inputs: Mapping[str, str] | None = None) -> str:
+  """A hash of the config fields that determine an artifact and of its
+  inputs' fingerprints.
+
+  Args:
+    fields: flat {dotted config field: value}.
+    inputs: {input name: fingerprint}.
+
+  Returns:
+    16 hex digits.
+  """
+  blob = json.dumps({"fields": fields, "inputs": dict(inputs or {})},
+                    sort_keys=True, default=workdir_lib.json_default)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}; tuples become lists (as JSON has them)."""
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, Mapping):
+      out.update(flatten(v, key + "."))
+    else:
+      out[key] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def provenance(fields: Mapping[str, Any],
+               inputs: Mapping[str, str] | None = None) -> dict[str, Any]:
+  """The record an artifact keeps: its fingerprint, fields and inputs."""
+  return {"fingerprint": fingerprint(fields, inputs),
+          "fields": json.loads(json.dumps(dict(fields), sort_keys=True,
+                                          default=workdir_lib.json_default)),
+          "inputs": dict(inputs or {})}
+
+
+def read_provenance(folder: workdir_lib.PathLike) -> dict[str, Any] | None:
+  return workdir_lib.read_json(workdir_lib.join(folder, PROVENANCE_FILE), missing_ok=True)
+
+
+def write_provenance(folder: workdir_lib.PathLike, record: Mapping[str, Any]):
+  workdir_lib.write_json(workdir_lib.join(folder, PROVENANCE_FILE), dict(record))
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+  """One artifact of the plan.
+
+  Attributes:
+    kind: what it is, for messages ('base model', 'rank store', ...).
+    path: its file (a JSON record) or folder.
+    record: its provenance ({'fingerprint', 'fields', 'inputs'}).
+  """
+  kind: str
+  path: str
+  record: Mapping[str, Any]
+
+  @property
+  def fingerprint(self) -> str:
+    return self.record["fingerprint"]
+
+  @property
+  def is_folder(self) -> bool:
+    return not self.path.endswith(".json")
+
+  def stored(self) -> Mapping[str, Any] | None:
+    """The provenance stored with the artifact; {} when it has none."""
+    if not workdir_lib.exists(self.path):
+      return None
+    if self.is_folder:
+      return read_provenance(self.path) or {}
+    return workdir_lib.read_json(self.path).get("provenance") or {}
+
+  def write(self):
+    """Records the provenance of a folder artifact (before filling it)."""
+    write_provenance(self.path, self.record)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stale:
+  artifact: Artifact
+  changed: tuple[str, ...]  # Changed fields, or '(no provenance)'.
+
+
+def _changed_fields(stored: Mapping[str, Any], planned: Mapping[str, Any]
+                    ) -> tuple[str, ...]:
+  if not stored.get("fingerprint"):
+    return ("(no provenance recorded)",)
+  old, new = stored.get("fields", {}), planned["fields"]
+  fields = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+  return tuple(fields)
+
+
+def check(planned: Iterable[Artifact]) -> list[Stale]:
+  """The planned artifacts that exist under another fingerprint."""
+  stale = []
+  for artifact in planned:
+    stored = artifact.stored()
+    if stored is None or stored.get("fingerprint") == artifact.fingerprint:
+      continue
+    stale.append(Stale(artifact, _changed_fields(stored, artifact.record)))
+  return stale
+
+
+def describe(stale: list[Stale], wd: workdir_lib.Workdir) -> str:
+  """One line: the changed fields, the artifacts affected, how to proceed."""
+  fields = sorted({f for s in stale for f in s.changed})
+  kinds: dict[str, int] = {}
+  for s in stale:
+    kinds[s.artifact.kind] = kinds.get(s.artifact.kind, 0) + 1
+  affected = ", ".join(f"{n} {k}{'s' if n > 1 else ''}"
+                       for k, n in kinds.items())
+  shown = ", ".join(fields[:8]) + (f" and {len(fields) - 8} more"
+                                   if len(fields) > 8 else "")
+  return (f"the config differs from the one that made artifacts in {wd}: "
+          f"changed {shown or 'inputs'} (affects {affected}); use a new "
+          "--workdir, or rerun with --recompute to move them aside to "
+          f"{wd.sub('stale')}/ and compute them anew")
+
+
+def settle(planned: Iterable[Artifact], wd: workdir_lib.Workdir, *,
+           recompute: bool) -> list[Stale]:
+  """Stops on stale artifacts, or moves them aside when `recompute`.
+
+  Call it before any work, from process 0.
+
+  Raises:
+    workdir.WorkdirError: stale artifacts and not `recompute`; one line.
+  """
+  stale = check(planned)
+  if stale and not recompute:
+    raise workdir_lib.WorkdirError(describe(stale, wd))
+  if stale:
+    folder = move_aside(stale, wd)
+    logging.info("moved %d stale artifacts to %s", len(stale), folder)
+  return stale
+
+
+def move_aside(stale: list[Stale], wd: workdir_lib.Workdir) -> str:
+  """Moves stale artifacts under W/stale/<time>/, keeping their paths."""
+  folder = wd.stale(time.strftime("%Y%m%d-%H%M%S"))
+  for s in stale:
+    rel = os.path.relpath(s.artifact.path, wd.root) if not (
+        workdir_lib.is_remote(wd.root)) else s.artifact.path[
+            len(wd.root):].lstrip("/")
+    workdir_lib.move(s.artifact.path, workdir_lib.join(folder, rel))
+  return folder
