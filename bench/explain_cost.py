@@ -44,7 +44,7 @@ def _model(name: str):
             models.ResNet18(10, stem="cifar"))
   variables = jax.jit(module.init)(jax.random.key(0),
                                    jnp.zeros((1, 32, 32, 3)))
-  return models.explainable(module, variables)
+  return saliency.explainable(module, variables)
 
 
 def _run(model, images, groups):

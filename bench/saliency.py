@@ -39,8 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from roar_jax import models
-from roar_jax.models.explainable import explainable
-from roar_jax.saliency import api
+from roar_jax.saliency import explainable
+from roar_jax.saliency import explaining as api
 from roar_jax.saliency import inputs as inputs_lib
 from roar_jax.saliency import lowering
 # pylint: enable=g-import-not-at-top,wrong-import-position

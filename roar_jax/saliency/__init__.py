@@ -1,14 +1,17 @@
 """Saliency estimators, noise ensembles, controls, ranking and visualization.
 
-Depends on JAX only: never on roar_jax.data or roar_jax.training.
+Depends on JAX only (and scikit-image for superpixels): never on
+roar_jax.data or roar_jax.training.
 """
 
 from roar_jax.saliency import visualize
-from roar_jax.saliency.api import available_methods, explain, explain_all
-from roar_jax.saliency.api import gradient_passes
+from roar_jax.saliency.explainable import explainable
+from roar_jax.saliency.explaining import available_methods, explain
+from roar_jax.saliency.explaining import explain_all, gradient_passes
 from roar_jax.saliency.inputs import Inputs
 from roar_jax.saliency.lowering import fast_pooling
 from roar_jax.saliency.model import Model, guided_relu
 from roar_jax.saliency.options import Options
 from roar_jax.saliency.ranking import rank
 from roar_jax.saliency.registry import register
+from roar_jax.saliency.rescale import deeplift_logits

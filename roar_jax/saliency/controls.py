@@ -14,7 +14,7 @@ RANDOM_STREAM = 1
 NOISE_STREAM = 2
 
 
-@registry.register("random", evaluations=0, model_free=True)
+@registry.register("random", evaluations=0, model_free=True, random=True)
 def random(inputs: inputs_lib.Inputs) -> Array:
   """Uniform [0, 1) scores, iid per value: a uniformly random ranking.
 

@@ -7,7 +7,10 @@ From it `explainable` builds:
 - logits: `module.apply(variables, x)` in eval mode;
 - guided_logits: the same module with `act=guided_relu` and the same weights;
 - features / head: the split at the last convolutional block (None for a model
-  without `features`, e.g. the MLP).
+  without `features`, e.g. the MLP);
+- deeplift_logits: DeepLIFT's Rescale rule of logits (`rescale.py`): every
+  project model is made of convolutions, dense layers, BatchNorm, residual
+  additions, ReLU and max pooling, all of which the rule covers exactly.
 
 Each function is a `jax.tree_util.Partial` over the variables, so the jitted
 estimators take the weights as arguments: new weights of the same shapes reuse
@@ -21,6 +24,7 @@ import flax.linen as nn
 import jax
 
 from roar_jax.saliency import model as saliency_model
+from roar_jax.saliency import rescale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +60,7 @@ def explainable(module: nn.Module, variables: Any) -> saliency_model.Model:
   Returns:
     A saliency.Model; guided_logits is None unless the module has an `act`
     field set to ReLU; features/head are None when it has no
-    `features`/`head` methods.
+    `features`/`head` methods; deeplift_logits is always set.
   """
   if not isinstance(module, nn.Module):
     raise ValueError(f"module must be a flax.linen Module, got "
@@ -73,5 +77,7 @@ def explainable(module: nn.Module, variables: Any) -> saliency_model.Model:
   if callable(getattr(type(module), "features", None)) and callable(
       getattr(type(module), "head", None)):
     features, head = part(module, "features"), part(module, "head")
-  return saliency_model.Model(logits=part(module), guided_logits=guided,
-                              features=features, head=head)
+  logits = part(module)
+  return saliency_model.Model(logits=logits, guided_logits=guided,
+                              features=features, head=head,
+                              deeplift_logits=rescale.deeplift_logits(logits))

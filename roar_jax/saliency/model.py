@@ -1,8 +1,9 @@
 """What an estimator needs to know about a classifier, and the guided ReLU.
 
-`Model` holds up to four functions of images. Any JAX function of images can
-be wrapped (`Model(logits=f)`) for the methods that need only logits; the
-project's Flax models build the full set with `models.explainable`.
+`Model` holds up to five functions of images. Any JAX function of images can
+be wrapped (`Model(logits=f)`) for the methods that need only logits (the
+gradient family, occlusion, RISE, LIME, KernelSHAP, XRAI); the project's Flax
+models build the full set with `saliency.explainable`.
 
 A field may be a `jax.tree_util.Partial` (a function plus its weights as pytree
 leaves). `Model` is a pytree whose leaves are those weights, so the jitted
@@ -29,6 +30,10 @@ PARTS = {
     "features": ("the network up to its last convolutional block, for "
                  "GradCAM"),
     "head": "the network after its last convolutional block, for GradCAM",
+    "deeplift_logits": ("(images, references) -> logits of images whose "
+                        "gradient is DeepLIFT's multiplier, for DeepLIFT and "
+                        "DeepSHAP (saliency.deeplift_logits(logits) builds "
+                        "it)"),
 }
 
 
@@ -44,11 +49,19 @@ class Model:
     features: images -> the activation of the last convolutional block
       [B, h, w, F]; for GradCAM.
     head: that activation -> logits, so that head(features(x)) == logits(x).
+    deeplift_logits: (images, references) -> logits(images), whose gradient
+      with respect to images is DeepLIFT's multiplier (Rescale rule) relative
+      to references of the same shape; for `deeplift` and `deepshap`. For any
+      JAX function of images made of linear layers, ReLU/max, max pooling
+      and elementwise activations, `saliency.deeplift_logits(logits)` builds
+      it by tracing `logits` (see `rescale.py`); a hand-written function
+      with the same contract works too.
   """
   logits: ImageFn
   guided_logits: Optional[ImageFn] = None
   features: Optional[ImageFn] = None
   head: Optional[Callable[[Array], Array]] = None
+  deeplift_logits: Optional[Callable[[Array, Array], Array]] = None
 
   def __post_init__(self):
     for name in PARTS:
@@ -95,7 +108,7 @@ def require(model: Model, part: str, method: str) -> Callable[..., Any]:
   if value is None:
     raise ValueError(
         f"method {method!r} needs Model.{part} ({PARTS[part]}), which this "
-        f"Model lacks; build it with roar_jax.models.explainable(module, "
+        f"Model lacks; build it with roar_jax.saliency.explainable(module, "
         f"variables) or pass {part}= to saliency.Model")
   return value
 

@@ -4,6 +4,7 @@ import dataclasses
 from typing import Any, Optional
 
 import jax
+import numpy as np
 
 # Model passes (forward + backward over one image) vectorized in one step by
 # default. XLA:CPU runs convolution gradients fastest at batches of about 16-32
@@ -39,6 +40,34 @@ class Options:
     fast_pooling: differentiate max pooling through reshapes/slices instead
       of select_and_scatter (see lowering.py); same values, much faster on
       CPU.
+    occlusion_window: side of occlusion's square window in pixels; None: the
+      smaller image side / 8 (at least 1).
+    occlusion_stride: step between windows; None: half the window (at least
+      1). A last window is added at the far edge so every pixel is covered.
+    rise_masks: N, RISE's random masks per image (4000, as Petsiuk et al.).
+    rise_cells: side of RISE's grid of cells (8: an 8x8 grid).
+    rise_keep: probability that a cell is kept (0.5).
+    num_segments: superpixels of LIME and KernelSHAP (scikit-image SLIC's
+      n_segments, 50); ignored when `segments=` is given.
+    lime_samples: LIME's perturbed samples per image (1000; the first keeps
+      every segment, as LIME does).
+    lime_kernel_width: w in LIME's weights exp(-d^2 / w^2), d the cosine
+      distance to the all-on sample (0.25).
+    lime_ridge: the L2 penalty of LIME's weighted ridge regression (1.0, as
+      LIME's Ridge; the intercept is not penalized).
+    shap_samples: KernelSHAP's coalitions per image (1000); when an image has
+      few segments (2^M - 2 <= shap_samples) every coalition is enumerated
+      and the values are the exact Shapley values.
+    xrai_steps: IG steps of XRAI per baseline (100, as PAIR's XRAI).
+    xrai_min_pixel_diff: XRAI skips a segment that adds fewer pixels than
+      this to the selection (50, as PAIR).
+    xrai_max_segments: at most this many of XRAI's Felzenszwalb segments per
+      image are kept (the largest; 512). PAIR's six scales give about 360.
+    pixel_mean, pixel_std: per-channel (or scalar) statistics such that
+      image * std + mean is the image in pixel space in [0, 1]; SLIC reads
+      that. None: each image is rescaled from its own min and max to [0, 1]
+      (what PAIR's XRAI does for Felzenszwalb; equal to the pixel space up to
+      the per-channel differences of std).
   """
   num_samples: int = 15
   noise_scale: float = 0.15
@@ -46,11 +75,40 @@ class Options:
   chunk_size: Optional[int] = None
   evaluations_per_step: Optional[int] = None
   fast_pooling: bool = True
+  occlusion_window: Optional[int] = None
+  occlusion_stride: Optional[int] = None
+  rise_masks: int = 4000
+  rise_cells: int = 8
+  rise_keep: float = 0.5
+  num_segments: int = 50
+  lime_samples: int = 1000
+  lime_kernel_width: float = 0.25
+  lime_ridge: float = 1.0
+  shap_samples: int = 1000
+  xrai_steps: int = 100
+  xrai_min_pixel_diff: int = 50
+  xrai_max_segments: int = 512
+  pixel_mean: Optional[tuple[float, ...]] = None
+  pixel_std: Optional[tuple[float, ...]] = None
+
+  def occlusion_geometry(self, height: int, width: int) -> tuple[int, int]:
+    """(window, stride) for an image of this size."""
+    window = self.occlusion_window or max(1, min(height, width) // 8)
+    return window, self.occlusion_stride or max(1, window // 2)
 
 
 # Options that are arrays (not hashable), passed to the jitted call as
-# arguments: `baseline` of integrated gradients.
-ARRAY_OPTIONS = ("baseline",)
+# arguments: `baseline` (one image, or one per image) of integrated gradients,
+# DeepLIFT, occlusion, RISE, LIME and KernelSHAP; `references` [R, H, W, C] of
+# DeepSHAP; `segments` (int labels [H, W] or [B, H, W]) of LIME and
+# KernelSHAP, replacing SLIC.
+ARRAY_OPTIONS = ("baseline", "references", "segments")
+
+_POSITIVE_INTS = ("num_samples", "ig_steps", "chunk_size",
+                  "evaluations_per_step", "occlusion_window",
+                  "occlusion_stride", "rise_masks", "rise_cells",
+                  "num_segments", "lime_samples", "shap_samples", "xrai_steps",
+                  "xrai_max_segments")
 
 
 def known_options() -> list[str]:
@@ -72,18 +130,47 @@ def from_kwargs(kwargs: dict[str, Any]) -> tuple[Options, dict[str, Any]]:
       static[name] = None
   if "fast_pooling" in static:
     static["fast_pooling"] = bool(static["fast_pooling"])
-  for name in ("num_samples", "ig_steps", "chunk_size",
-               "evaluations_per_step"):
+  for name in _POSITIVE_INTS:
     if name in static and static[name] is not None:
       value = static[name]
-      if isinstance(value, bool) or int(value) != value or value < 1:
+      if isinstance(value, bool) or not _is_int(value) or value < 1:
         raise ValueError(f"saliency option {name}={value!r} must be a "
                          "positive integer")
       static[name] = int(value)
-  if "noise_scale" in static:
-    value = float(static["noise_scale"])
-    if not value >= 0:
-      raise ValueError(f"saliency option noise_scale={static['noise_scale']!r}"
-                       " must be >= 0")
-    static["noise_scale"] = value
+  for name, low, high in (("noise_scale", 0, None), ("rise_keep", 0, 1),
+                          ("lime_kernel_width", 0, None),
+                          ("lime_ridge", 0, None),
+                          ("xrai_min_pixel_diff", 0, None)):
+    if name in static:
+      static[name] = _in_range(name, static[name], low, high)
+  if "xrai_min_pixel_diff" in static:
+    static["xrai_min_pixel_diff"] = int(static["xrai_min_pixel_diff"])
+  if static.get("rise_keep") == 0 or static.get("lime_kernel_width") == 0:
+    name = "rise_keep" if static.get("rise_keep") == 0 else (
+        "lime_kernel_width")
+    raise ValueError(f"saliency option {name}=0 must be > 0")
+  for name in ("pixel_mean", "pixel_std"):
+    if static.get(name) is not None:
+      static[name] = tuple(float(v) for v in np.ravel(static[name]))
+  if static.get("pixel_std") and not all(v > 0 for v in static["pixel_std"]):
+    raise ValueError(f"saliency option pixel_std={static['pixel_std']} must "
+                     "be > 0")
   return Options(**static), arrays
+
+
+def _is_int(value) -> bool:
+  try:
+    return int(value) == value
+  except (TypeError, ValueError):
+    return False
+
+
+def _in_range(name: str, value, low, high) -> float:
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    number = float("nan")
+  if not number >= low or (high is not None and not number <= high):
+    bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+    raise ValueError(f"saliency option {name}={value!r} must be {bound}")
+  return number

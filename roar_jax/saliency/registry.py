@@ -11,7 +11,7 @@ returns maps shaped like the images. Registering it makes its name usable in
 """
 
 import dataclasses
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 from roar_jax.saliency import model as model_lib
 
@@ -33,6 +33,13 @@ class Estimator:
     evaluations: model passes (forward + backward) per image, an int or a
       function of the Options; sizes the chunks so memory stays flat.
     model_free: a control that never calls the model (no target needed).
+    prepare: a host function (images as numpy [B, H, W, C], options, array
+      options) -> {name: numpy [B, ...]}, run once per batch before the
+      jitted call (e.g. superpixels with scikit-image); the estimator reads
+      the results as `inputs.extras[name]`. Estimators that share a prepare
+      function share its results.
+    random: it draws random numbers from `inputs.keys` (explain then needs a
+      key; noise ensembles always do).
   """
   name: str
   fn: Callable
@@ -40,6 +47,8 @@ class Estimator:
   ensemble: bool = False
   evaluations: Union[int, Callable] = 1
   model_free: bool = False
+  prepare: Optional[Callable] = None
+  random: bool = False
 
   def cost(self, options) -> int:
     n = self.evaluations(options) if callable(self.evaluations) else (
@@ -59,6 +68,7 @@ def version() -> int:
 
 def register(name: str, *, needs: Sequence[str] = (), ensemble: bool = False,
              evaluations: Union[int, Callable] = 1, model_free: bool = False,
+             prepare: Optional[Callable] = None, random: bool = False,
              replace: bool = False):
   """Decorator: registers `fn(inputs) -> maps` under `name`.
 
@@ -69,6 +79,8 @@ def register(name: str, *, needs: Sequence[str] = (), ensemble: bool = False,
     ensemble: also provide sg./sg_sq./var. noise ensembles of it.
     evaluations: model passes per image (int, or a function of the Options).
     model_free: it never calls the model.
+    prepare: host pre-pass of the batch (see `Estimator.prepare`).
+    random: it draws random numbers (needs explain's key).
     replace: allow replacing an existing estimator of the same name.
 
   Returns:
@@ -87,8 +99,12 @@ def register(name: str, *, needs: Sequence[str] = (), ensemble: bool = False,
     if name in _REGISTRY and not replace:
       raise ValueError(f"estimator {name!r} is already registered; pass "
                        "replace=True to override it")
+    if prepare is not None and ensemble:
+      raise ValueError(f"register({name!r}): a method with a host prepare "
+                       "step cannot have noise ensembles")
     _REGISTRY[name] = Estimator(name, fn, tuple(needs), bool(ensemble),
-                                evaluations, bool(model_free))
+                                evaluations, bool(model_free), prepare,
+                                bool(random))
     _VERSION[0] += 1
     return fn
 
