@@ -31,10 +31,17 @@ setuptools.setup(
         "scikit-image>=0.22",
         "tqdm>=4.66",
         "tensorboardX>=2.6",
+        "etils[epath]>=1.7",
     ],
     extras_require={
         # Ray: tests/test_ray_executor.py runs the grid on a local cluster.
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "ray[default]>=2.9"],
+        # gs:// workdirs are tested against a GCS emulator on 127.0.0.1.
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "ray[default]>=2.9",
+                 "gcp-storage-emulator>=2024.8", "gcsfs>=2024.2",
+                 "google-cloud-storage>=2.14"],
+        # gs:// workdirs: TensorBoard event files (tensorboardX) need the
+        # google-cloud-storage client; gcsfs serves etils.epath without TF.
+        "gcs": ["google-cloud-storage>=2.14", "gcsfs>=2024.2"],
         "bench": ["torch", "captum"],
         "ray": ["ray[default]>=2.9"],
     },

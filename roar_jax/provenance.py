@@ -58,9 +58,13 @@ def provenance(fields: Mapping[str, Any],
                inputs: Mapping[str, str] | None = None) -> dict[str, Any]:
   """The record an artifact keeps: its fingerprint, fields and inputs."""
   return {"fingerprint": fingerprint(fields, inputs),
-          "fields": json.loads(json.dumps(dict(fields), sort_keys=True,
-                                          default=workdir_lib.json_default)),
-          "inputs": dict(inputs or {})}
+          "fields": as_json(fields), "inputs": dict(inputs or {})}
+
+
+def as_json(fields: Mapping[str, Any]) -> dict[str, Any]:
+  """`fields` as they read back from JSON (tuples become lists, ...)."""
+  return json.loads(json.dumps(dict(fields), sort_keys=True,
+                               default=workdir_lib.json_default))
 
 
 def read_provenance(folder: workdir_lib.PathLike) -> dict[str, Any] | None:
@@ -116,7 +120,8 @@ def _changed_fields(stored: Mapping[str, Any], planned: Mapping[str, Any]
                     ) -> tuple[str, ...]:
   if not stored.get("fingerprint"):
     return ("(no provenance recorded)",)
-  old, new = stored.get("fields", {}), planned["fields"]
+  key = "lineage" if "lineage" in stored else "fields"
+  old, new = stored.get(key, {}), planned[key]
   fields = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
   return tuple(fields)
 

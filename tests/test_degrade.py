@@ -1,10 +1,10 @@
 """Degradation: exact removed fractions, fills, ROAD imputation, means."""
 
-import json
 
 import numpy as np
 import pytest
 
+from roar_jax import levels as levels_lib
 from roar_jax.data import degradation as degrade_lib
 from roar_jax.data import source_protocol as source_lib
 
@@ -70,13 +70,13 @@ def test_channel_mean_removes_exact_fraction_of_top_positions(granularity,
 def test_kar_and_roar_split_positions(t):
   rng = np.random.default_rng(1)
   levels = _levels(_ranks(rng, 4, (7, 13)))
-  roar = degrade_lib.removal_mask(levels, threshold=t, mode="roar")
-  kar = degrade_lib.removal_mask(levels, threshold=t, mode="kar")
+  roar = levels_lib.removal_mask(levels, threshold=t, mode="roar")
+  kar = levels_lib.removal_mask(levels, threshold=t, mode="kar")
   # KAR at t keeps exactly what ROAR at t removes.
   np.testing.assert_array_equal(kar, ~roar)
   # KAR at t removes as many positions as ROAR at 1 - t (the bottom rather
   # than the top ones), up to one position of rounding.
-  roar_complement = degrade_lib.removal_mask(levels, threshold=1 - t,
+  roar_complement = levels_lib.removal_mask(levels, threshold=1 - t,
                                              mode="roar")
   diff = kar.reshape(4, -1).sum(1) - roar_complement.reshape(4, -1).sum(1)
   assert np.all(np.abs(diff) <= 1)
@@ -86,10 +86,10 @@ def test_kar_and_roar_split_positions(t):
 
 
 def test_threshold_levels():
-  assert degrade_lib.threshold_level(0.0) == 0
-  assert degrade_lib.threshold_level(0.29) == 29  # 28.999... rounds up.
-  assert degrade_lib.threshold_level(0.125) == 13  # Half up.
-  assert degrade_lib.threshold_level(1.0) == 100
+  assert levels_lib.threshold_level(0.0) == 0
+  assert levels_lib.threshold_level(0.29) == 29  # 28.999... rounds up.
+  assert levels_lib.threshold_level(0.125) == 13  # Half up.
+  assert levels_lib.threshold_level(1.0) == 100
 
 
 @pytest.mark.parametrize("granularity", ["pixel", "value"])
@@ -101,7 +101,7 @@ def test_noisy_linear_keeps_kept_values_and_changes_removed(granularity):
   for mode in ("roar", "kar"):
     out = degrade_lib.degrade(images, levels, threshold=0.5, mode=mode,
                               fill="noisy_linear", indices=[4, 9], seed=3)
-    removed = degrade_lib.removal_mask(levels, threshold=0.5, mode=mode)
+    removed = levels_lib.removal_mask(levels, threshold=0.5, mode=mode)
     if granularity == "pixel":
       removed = np.repeat(removed[..., None], 3, axis=-1)
     np.testing.assert_array_equal(out[~removed], images[~removed])
@@ -168,7 +168,7 @@ def test_noisy_linear_fills_constant_image_with_the_constant():
   levels = _levels(_ranks(rng, 4, (20, 20)))
   out = degrade_lib.degrade(images, levels, threshold=0.7, mode="roar",
                             fill="noisy_linear", indices=[0, 1, 2, 3])
-  removed = degrade_lib.removal_mask(levels, threshold=0.7, mode="roar")
+  removed = levels_lib.removal_mask(levels, threshold=0.7, mode="roar")
   diff = out[removed].astype(float) - 100
   std = 0.01 * 255
   assert abs(diff.mean()) < 4 * std / np.sqrt(diff.size)

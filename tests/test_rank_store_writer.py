@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from roar_jax import workdir as workdir_lib
 from roar_jax.data import degradation as degrade_lib
 from roar_jax.data import degraded as degraded_lib
 from roar_jax.data import rank_store as rank_store_lib
@@ -113,8 +114,8 @@ def test_rank_store_shards_are_atomic_and_resume(tmp_path, monkeypatch):
   def crash(*args, **kwargs):
     raise OSError("simulated crash")
   with monkeypatch.context() as m:
-    m.setattr(tf.io.gfile, "rename", crash)
-    with pytest.raises(OSError, match="simulated"):
+    m.setattr(workdir_lib.os, "replace", crash)
+    with pytest.raises(workdir_lib.WorkdirError, match="simulated"):
       store.write_shard("grad", "train", 1, 3, parts[1], levels[parts[1]])
   # A temporary file left behind by a killed process is never a shard.
   directory = os.path.join(str(tmp_path), "ranks", "grad")

@@ -15,7 +15,9 @@ import sys
 import pytest
 
 from conftest import load_config
-from roar_jax.benchmark.roar import grid, results
+from roar_jax import config as config_pkg
+from roar_jax import workdir as workdir_lib
+from roar_jax.benchmark.roar import artifacts, grid, results
 from roar_jax.benchmark.roar import pipeline as roar
 
 from roar_jax.benchmark.roar import ray_executor
@@ -72,6 +74,11 @@ def ray_cluster():
   ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
+def _results(workdir: str) -> list[dict]:
+  return [r for _, r in workdir_lib.iter_json(os.path.join(workdir,
+                                                           "results"))]
+
+
 def _attempts(workdir: str, name: str) -> list[str]:
   """The attempt files a runner left for unit `name`: `<name>.<attempt>`."""
   folder = os.path.join(workdir, "attempts")
@@ -95,8 +102,8 @@ def _recording_runner(flaky_name: str, fail_at_step: int):
   first attempt at `flaky_name` dies at `fail_at_step` (after a checkpoint).
   """
 
-  def run(config, workdir, unit, source, fill):
-    attempt, log = _new_attempt(workdir, unit.name)
+  def run(config, plan, unit, source, fill):
+    attempt, log = _new_attempt(plan.workdir.root, unit.name)
 
     def callback(step, metrics):
       del metrics
@@ -105,7 +112,7 @@ def _recording_runner(flaky_name: str, fail_at_step: int):
       if unit.name == flaky_name and attempt == 0 and step == fail_at_step:
         raise RuntimeError(f"worker lost during {unit.name}")
 
-    return grid.run_unit(config, workdir, unit, source, fill,
+    return grid.run_unit(config, plan, unit, source, fill,
                          step_callback=callback)
 
   return run
@@ -133,9 +140,9 @@ def test_ray_grid_matches_sequential_and_retries(ray_cluster, sequential,
   assert out["units"] == len(units) == 2
 
   seq = {grid.Unit(r["estimator"], r["mode"], r["threshold"], r["seed"]): r
-         for r in results.load_results(seq_workdir)}
+         for r in _results(seq_workdir)}
   got = {grid.Unit(r["estimator"], r["mode"], r["threshold"], r["seed"]): r
-         for r in results.load_results(workdir)}
+         for r in _results(workdir)}
   assert set(got) == set(seq) == set(units)
   for unit in units:
     r = got[unit]
@@ -171,7 +178,7 @@ def test_ray_grid_matches_sequential_and_retries(ray_cluster, sequential,
   with ray_config.unlocked():
     ray_config.grid.executor = "dask"
   with pytest.raises(ValueError, match="config.grid.executor='dask'"):
-    roar.run(ray_config, workdir, run_unit=lambda *a: pytest.fail("ran"))
+    config_pkg.validate(ray_config, "roar")
 
 
 @needs_ray
@@ -185,13 +192,15 @@ def test_units_failing_every_attempt_are_named(ray_cluster, tmp_path):
   stored = {"estimator": "oracle", "mode": "kar", "threshold": 0.5, "seed": 0,
             "test_accuracy": 0.875, "steps": 60, "wall_time_s": 1.0,
             "config_hash": results.config_hash(config)}
-  results.write_result(workdir, stored)
+  plan = artifacts.plan(config, workdir_lib.Workdir(workdir), [done])
+  stored["fingerprint"] = plan.results[done].fingerprint
+  grid.write_result(plan, done, stored)
   bad = [grid.Unit("random", "kar", 0.5, 7), grid.Unit("oracle", "kar",
                                                         0.5, 7)]
 
-  def broken(config, workdir, unit, source, fill):
+  def broken(config, plan, unit, source, fill):
     del config, source, fill
-    _new_attempt(workdir, unit.name)
+    _new_attempt(plan.workdir.root, unit.name)
     raise ValueError(f"cannot train {unit.name}")
 
   with pytest.raises(ray_executor.GridFailedError) as e:
@@ -201,11 +210,13 @@ def test_units_failing_every_attempt_are_named(ray_cluster, tmp_path):
     assert unit.name in str(e.value)
     # One attempt and ray_max_retries retries each.
     assert len(_attempts(workdir, unit.name)) == 3
-    assert not grid.is_done(workdir, unit)
+    assert not workdir_lib.exists(workdir_lib.Workdir(workdir).result(
+        unit.name))
   assert "cannot train" in str(e.value)
   # A unit with a stored result is not run again: its task returns the record.
   assert not _attempts(workdir, done.name)
-  assert results.load_results(workdir) == [stored]
+  assert [r for _, r in workdir_lib.iter_json(
+      os.path.join(workdir, "results"))] == [stored]
 
 
 def test_task_options_from_config():

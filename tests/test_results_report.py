@@ -6,7 +6,14 @@ import os
 
 import pytest
 
-from roar_jax.benchmark.roar import report, results
+from roar_jax import workdir as workdir_lib
+from roar_jax.benchmark.roar import grid, report, results
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def _record(est, mode, thr, seed, acc):
@@ -28,29 +35,32 @@ def test_aggregate_mean_and_sample_std():
 
 
 def test_records_are_written_once_per_unit(tmp_path):
-  w = str(tmp_path)
-  results.write_result(w, _record("gradient", "roar", 0.3, 0, 0.5))
-  results.write_result(w, _record("gradient", "roar", 0.3, 0, 0.55))  # Rerun.
-  results.write_result(w, _record("gradient", "kar", 0.3, 0, 0.7))
-  recs = results.load_results(w)
-  assert len(recs) == 2
-  assert {r["test_accuracy"] for r in recs} == {0.55, 0.7}
-  assert not [f for f in os.listdir(tmp_path / "results") if ".tmp" in f]
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  config = load_config("toy")
+  plan = grid.plan_of(config, str(tmp_path))
+  u1 = grid.Unit("gradient", "roar", 0.5, 0)
+  u2 = grid.Unit("gradient", "kar", 0.5, 0)
+  grid.write_result(plan, u1, _record("gradient", "roar", 0.5, 0, 0.5))
+  grid.write_result(plan, u1, _record("gradient", "roar", 0.5, 0, 0.55))
+  grid.write_result(plan, u2, _record("gradient", "kar", 0.5, 0, 0.7))
+  names = sorted(os.listdir(tmp_path / "results"))
+  assert names == [u2.name + ".json", u1.name + ".json"]
+  assert workdir_lib.read_json(plan.results[u1].path)["test_accuracy"] == 0.55
   with pytest.raises(ValueError, match="test_accuracy"):
-    bad = _record("gradient", "kar", 0.3, 1, 0.7)
+    bad = _record("gradient", "kar", 0.5, 1, 0.7)
     del bad["test_accuracy"]
-    results.write_result(w, bad)
+    grid.write_result(plan, grid.Unit("gradient", "kar", 0.5, 1), bad)
 
 
 def test_unit_names_are_distinct_for_distinct_thresholds():
-  names = {results.unit_name("e", "roar", k / 16) for k in range(17)}
+  names = {workdir_lib.unit_name("e", "roar", k / 16) for k in range(17)}
   assert len(names) == 17
-  assert results.unit_name("var.gradient", "kar", 0.5, 2) == (
+  assert workdir_lib.unit_name("var.gradient", "kar", 0.5, 2) == (
       "var.gradient__kar__t050__seed2")
 
 
 def test_report_files_csv_contract_and_ranking(tmp_path):
-  w = str(tmp_path)
+  records = []
   # A good estimator: low accuracy when its pixels are removed (ROAR), high
   # when only its pixels are kept (KAR); random is in between on both.
   accs = {("good", "roar"): 0.3, ("random", "roar"): 0.6,
@@ -58,13 +68,16 @@ def test_report_files_csv_contract_and_ranking(tmp_path):
   for (est, mode), acc in accs.items():
     for thr in (0.1, 0.5):
       for seed in range(2):
-        results.write_result(w, _record(est, mode, thr, seed, acc + seed / 100))
-  out = report.build_report(w, expected_units=20, base_accuracy=0.95)
+        records.append(_record(est, mode, thr, seed, acc + seed / 100))
+  out = report.build_report(workdir_lib.Workdir(tmp_path), records, {},
+                            expected_units=20, base_accuracy=0.95)
   assert out["partial"] and out["num_results"] == 16
   folder = tmp_path / "report"
   for name in ("results.csv", "roar.png", "kar.png", "no_retrain.png",
                "summary.md"):
     assert (folder / name).stat().st_size > 0
+    # Readable by others under the default umask (022 in CI and here).
+    assert (folder / name).stat().st_mode & 0o777 == 0o666 & ~_umask()
   with open(folder / "results.csv") as f:
     header = next(csv.reader(f))
   assert tuple(header) == results.CSV_COLUMNS

@@ -8,9 +8,16 @@ import numpy as np
 import pytest
 
 from conftest import load_config
+from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.roar import grid, report, results
 from roar_jax.benchmark.roar import pipeline as roar
 from roar_jax.data import pipeline
+
+
+def load_results(workdir):
+  """Every result record stored in the workdir."""
+  return [r for _, r in workdir_lib.iter_json(
+      workdir_lib.Workdir(workdir).sub("results"))]
 
 
 def _config():
@@ -31,7 +38,7 @@ def finished(tmp_path_factory):
   config = _config()
   calls = []
 
-  def interrupting_unit(config, workdir, unit, source, fill):
+  def interrupting_unit(config, plan, unit, source, fill):
     calls.append(unit)
 
     def crash(step, metrics):
@@ -39,12 +46,12 @@ def finished(tmp_path_factory):
       if len(calls) == 2 and step == 150:
         raise KeyboardInterrupt  # As Ctrl-C inside the unit's training.
 
-    return grid.run_unit(config, workdir, unit, source, fill,
+    return grid.run_unit(config, plan, unit, source, fill,
                          step_callback=crash)
 
   with pytest.raises(KeyboardInterrupt):
     roar.run(config, workdir, run_unit=interrupting_unit)
-  assert len(results.load_results(workdir)) == 1
+  assert len(load_results(workdir)) == 1
   interrupted = calls[1]
   resumed = []
   out = roar.run(config, workdir, run_unit=lambda *a: resumed.append(a[2]) or
@@ -78,7 +85,7 @@ def test_oracle_beats_random_under_roar_and_kar(finished):
 
 def test_interrupted_grid_gives_each_result_exactly_once(finished):
   config, workdir, _, interrupted, resumed = finished
-  records = results.load_results(workdir)
+  records = load_results(workdir)
   units = {(r["estimator"], r["mode"], r["threshold"], r["seed"])
            for r in records}
   assert len(records) == len(units) == len(grid.all_units(config)) == 6
@@ -104,7 +111,7 @@ def test_one_unit_runs_alone(finished):
     config.roar.unit = "random/roar/0.5/0"
   (unit,) = grid.all_units(config)
   assert unit == grid.Unit("random", "roar", 0.5, 0)
-  assert grid.is_done(workdir, unit)
+  assert grid.is_done(grid.plan_of(config, workdir), unit)
   with pytest.raises(ValueError, match="config.roar.unit"):
     grid.parse_unit("random/roar/0.5")
 
@@ -112,15 +119,16 @@ def test_one_unit_runs_alone(finished):
 def test_written_dataset_equals_on_the_fly(finished):
   config, workdir, _, _, _ = finished
   source = roar.sources.get_source(config.data)
-  fill = grid.channel_mean(config, workdir, source)  # Stored by the grid.
+  plan = grid.plan_of(config, workdir)
+  fill = grid.channel_mean(config, plan, source)  # Stored by the grid.
   images = source.arrays("train")[0]
   np.testing.assert_allclose(fill, images.mean(axis=(0, 1, 2)), rtol=1e-9)
   written_config = copy.deepcopy(config)
   with written_config.unlocked():
     written_config.roar.degrade = "write"
-  a = grid.degraded_source(config, workdir, source, "oracle", "kar", 0.5, fill)
-  b = grid.degraded_source(written_config, workdir, source, "oracle", "kar",
-                           0.5, fill)
+  key = ("oracle", "kar", 0.5)
+  a = grid.degraded_source(config, plan, source, key, fill)
+  b = grid.degraded_source(written_config, plan, source, key, fill)
   assert os.path.isdir(os.path.join(workdir, "datasets",
                                     "oracle__kar__t050"))
   for split in ("train", "test"):

@@ -8,14 +8,16 @@ import os
 
 import jax
 
+from roar_jax import levels as levels_lib
+
 from roar_jax import models
 from roar_jax.data import preprocess
 from roar_jax.data import sources
 
 # The image datasets, and the 16-feature experiment of the ROAR paper.
 DATASETS = sources.KNOWN_DATASETS + ("synthetic_linear",)
-MODES = ("roar", "kar")
-FILLS = ("channel_mean", "noisy_linear")
+MODES = levels_lib.MODES
+FILLS = levels_lib.FILLS
 
 
 class ConfigError(ValueError):

@@ -2,9 +2,7 @@
 the rank store and the degraded-dataset writer."""
 
 from roar_jax.data.birdsnap import BirdsnapBuilder, birdsnap_source_builder
-from roar_jax.data.degradation import (FILLS, MODES, channel_mean, degrade,
-                                   noisy_linear_fill, removal_mask,
-                                   threshold_level)
+from roar_jax.data.degradation import channel_mean, degrade, noisy_linear_fill
 from roar_jax.data.degraded import DegradedSource
 from roar_jax.data.errors import DataError
 from roar_jax.data.idx import prepare_idx, read_idx

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from roar_jax import levels as levels_lib
 from roar_jax.data import degradation as degrade_lib
 from roar_jax.data import rank_store as rank_store_lib
 from roar_jax.data import source_protocol as source_lib
@@ -50,9 +51,9 @@ class DegradedSource:
       self.ranks = rank_store_lib.RankStore(ranks)
     self.base = base
     self.estimator = estimator
-    self.mode = degrade_lib.check_mode(mode)
-    self.fill = degrade_lib.check_fill(fill)
-    k = degrade_lib.threshold_level(threshold)
+    self.mode = levels_lib.check_mode(mode)
+    self.fill = levels_lib.check_fill(fill)
+    k = levels_lib.threshold_level(threshold)
     self.threshold = float(threshold)
     self.seed = int(seed)
     self.eval_geometry = eval_geometry

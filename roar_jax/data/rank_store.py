@@ -25,8 +25,8 @@ import zipfile
 
 import numpy as np
 
+from roar_jax import levels as levels_lib
 from roar_jax import workdir as workdir_lib
-from roar_jax.data import degradation as degrade_lib
 
 RANKS_DIR = "ranks"
 _SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<shard>\d{5,})-of-(?P<num>\d{5,})"
@@ -148,8 +148,8 @@ class RankStore:
     if len(levels) != len(indices):
       raise ValueError(f"levels has {len(levels)} rows for {len(indices)} "
                        "indices")
-    if levels.size and levels.max() >= degrade_lib.NUM_LEVELS:
-      raise ValueError(f"levels must lie in [0, {degrade_lib.NUM_LEVELS}), "
+    if levels.size and levels.max() >= levels_lib.NUM_LEVELS:
+      raise ValueError(f"levels must lie in [0, {levels_lib.NUM_LEVELS}), "
                        f"got max {levels.max()}")
     buffer = io.BytesIO()
     # Uncompressed: levels hardly compress (they are near uniform over 0..99)

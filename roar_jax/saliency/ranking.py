@@ -11,13 +11,15 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from roar_jax import levels as levels_lib
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 Array = jax.Array
 
 GRANULARITIES = ("pixel", "value")
 TRANSFORMS = ("abs", "square", "signed")
-NUM_LEVELS = 100
+NUM_LEVELS = levels_lib.NUM_LEVELS
 
 
 def scores(maps: Array, granularity: str = "pixel",

@@ -66,7 +66,30 @@ def explain_fields(config, estimator: str) -> dict[str, Any]:
 
 
 def _artifact(kind, path, fields, inputs=None) -> Artifact:
-  return Artifact(kind, path, provenance_lib.provenance(fields, inputs))
+  """An artifact determined by `fields` and `inputs`.
+
+  Args:
+    kind: what it is, for messages.
+    path: its file or folder.
+    fields: the config fields that determine it directly.
+    inputs: {name: an upstream Artifact, or the fields of an input that is
+      not an artifact of the workdir (the data)}.
+
+  Returns:
+    The Artifact. Its record's `lineage` holds the fields of the whole chain,
+    so that a change upstream is named where it shows.
+  """
+  fingerprints, lineage = {}, {}
+  for name, up in (inputs or {}).items():
+    if isinstance(up, Artifact):
+      fingerprints[name] = up.fingerprint
+      lineage.update(up.record["lineage"])
+    else:
+      fingerprints[name] = provenance_lib.fingerprint(up)
+      lineage.update(up)
+  record = provenance_lib.provenance(fields, fingerprints)
+  record["lineage"] = {**provenance_lib.as_json(lineage), **record["fields"]}
+  return Artifact(kind, path, record)
 
 
 @dataclasses.dataclass
@@ -113,11 +136,10 @@ def plan(config, wd: workdir_lib.Workdir, units) -> Plan:
   mean = None
   if rc.fill == "channel_mean" and not rc.fill_value:
     mean = _artifact("channel mean", wd.channel_mean, data)
-    fill_inputs["channel_mean"] = mean.fingerprint
+    fill_inputs["channel_mean"] = mean
   ranks = {}
   for est in config.explain.estimators:
-    source = {"data": data_fp} if est in MODEL_FREE else {
-        "base": base.fingerprint}
+    source = {"data": data} if est in MODEL_FREE else {"base": base}
     ranks[est] = _artifact("rank store", wd.ranks(est),
                            explain_fields(config, est), source)
   datasets, no_retrain, unit_dirs, results = {}, {}, {}, {}
@@ -130,12 +152,12 @@ def plan(config, wd: workdir_lib.Workdir, units) -> Plan:
                 "threshold_percent": round(unit.threshold * 100)}
       datasets[key] = _artifact(
           "degraded dataset", wd.dataset(name), fields,
-          {"ranks": ranks[unit.estimator].fingerprint, **fill_inputs})
+          {"ranks": ranks[unit.estimator], **fill_inputs})
       no_retrain[key] = _artifact(
           "no-retrain score", wd.no_retrain(name), {},
-          {"base": base.fingerprint, "dataset": datasets[key].fingerprint})
+          {"base": base, "dataset": datasets[key]})
     fields = {**train, "unit_seed": unit.seed}
-    inputs = {"dataset": datasets[key].fingerprint}
+    inputs = {"dataset": datasets[key]}
     unit_dirs[unit] = _artifact("retrain", wd.retrain(unit.name), fields,
                                 inputs)
     results[unit] = _artifact("result", wd.result(unit.name), fields, inputs)

@@ -17,6 +17,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from roar_jax import levels as levels_lib
 from roar_jax import training
 from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.roar import artifacts as artifacts_lib
@@ -27,7 +28,7 @@ from roar_jax.data import preprocess
 from roar_jax.data import rank_store as rank_store_lib
 from roar_jax.data import writer as writer_lib
 
-MODES = ("roar", "kar")
+MODES = levels_lib.MODES
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -180,6 +181,10 @@ def run_unit(config, plan: artifacts_lib.Plan, unit: Unit, base_source,
 
 
 def write_result(plan: artifacts_lib.Plan, unit: Unit, record):
+  """Stores one finished retrain's record (atomically, once per unit)."""
+  missing = [k for k in results_lib.REQUIRED_KEYS if k not in record]
+  if missing:
+    raise ValueError(f"result record of {unit.name} lacks keys {missing}")
   workdir_lib.write_json(plan.results[unit].path, dict(record))
 
 

@@ -262,7 +262,7 @@ def run_units(config, workdir: str, units: Sequence[grid.Unit], *,
   try:
     _warn_if_unschedulable(ray, options)
     # Tasks are named after their units, as the Ray dashboard lists them.
-    plan = grid.plan_of(config, workdir)
+    plan = artifacts_lib.plan(config, workdir_lib.Workdir(workdir), units)
     refs = {task.options(name=f"roar {u.name}", **options).remote(
         config, workdir, u, run_unit): u for u in units}
     logging.info("submitted %d units to Ray (%s per task)", len(refs),

@@ -1,0 +1,69 @@
+"""The level contract: how a stored ranking turns into removed positions.
+
+A ranking is stored per image as levels in [0, NUM_LEVELS): level q holds the
+positions whose rank lies in [q%, (q+1)%) of all positions (level 0 the most
+important). A threshold t covers k = round(100 t) levels, so thresholds are
+whole percents; ROAR removes the k top levels, KAR keeps them and removes the
+rest. Every stage that ranks, degrades, names files or validates a config
+reads these definitions from here. Pure numpy: saliency may import it.
+"""
+
+import numpy as np
+
+NUM_LEVELS = 100
+MODES = ("roar", "kar")
+FILLS = ("channel_mean", "noisy_linear")
+
+
+def threshold_level(threshold: float) -> int:
+  """k = round(100 t): the number of levels a threshold t covers.
+
+  Args:
+    threshold: fraction t in [0, 1].
+
+  Returns:
+    k in [0, 100]; ROAR removes the levels below k.
+  """
+  try:
+    t = float(threshold)
+  except (TypeError, ValueError):
+    raise ValueError(f"threshold={threshold!r} must be a number in [0, 1]"
+                     ) from None
+  if not 0.0 <= t <= 1.0:  # Also rejects NaN.
+    raise ValueError(f"threshold={threshold!r} must lie in [0, 1]")
+  # Round half up (not half to even): 0.125 -> 13 like a person would round.
+  return int(np.floor(NUM_LEVELS * t + 0.5))
+
+
+def check_mode(mode: str) -> str:
+  """`mode`, if it is 'roar' or 'kar'; else a ValueError naming it."""
+  if mode not in MODES:
+    raise ValueError(f"mode={mode!r} must be one of {MODES}")
+  return mode
+
+
+def check_fill(fill: str) -> str:
+  """`fill`, if it is a known fill; else a ValueError naming it."""
+  if fill not in FILLS:
+    raise ValueError(f"fill={fill!r} must be one of {FILLS}")
+  return fill
+
+
+def removal_mask(levels: np.ndarray, *, threshold: float,
+                 mode: str) -> np.ndarray:
+  """Which positions a threshold removes.
+
+  Args:
+    levels: integer array of quantized ranks in [0, 100), any shape.
+    threshold: fraction t in [0, 1].
+    mode: 'roar' (remove the top-t fraction) or 'kar' (keep it, remove the
+      rest).
+
+  Returns:
+    bool array shaped like `levels`, True where the value is removed.
+  """
+  k = threshold_level(threshold)
+  check_mode(mode)
+  levels = np.asarray(levels)
+  top = levels < k
+  return top if mode == "roar" else ~top

@@ -1,0 +1,239 @@
+"""The workdir: one atomic writer, file modes, corrupt files named, the lock,
+and the provenance checks that keep results of different configs apart.
+
+These run without training: artifacts are laid down by hand with the
+provenance a given config plans for them.
+"""
+
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import load_config
+from roar_jax import config as config_pkg
+from roar_jax import provenance
+from roar_jax import workdir as workdir_lib
+from roar_jax.benchmark.roar import grid
+from roar_jax.benchmark.roar import pipeline
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+def _config(**roar):
+  config = load_config("toy")
+  with config.unlocked():
+    config.roar.thresholds = (0.5,)
+    config.roar.num_seeds = 1
+    config.roar.modes = ("roar",)
+    for k, v in roar.items():
+      config.roar[k] = v
+  return config
+
+
+def _lay_down(config, workdir, accuracy=0.5):
+  """Every artifact of the config's plan, as a finished run leaves them."""
+  plan = grid.plan_of(config, workdir)
+  for artifact in (plan.base, *plan.ranks.values()):
+    artifact.write()
+  for unit, artifact in plan.results.items():
+    plan.units[unit].write()
+    grid.write_result(plan, unit, {
+        "estimator": unit.estimator, "mode": unit.mode,
+        "threshold": unit.threshold, "seed": unit.seed,
+        "test_accuracy": accuracy, "steps": 1, "wall_time_s": 0.0,
+        "config_hash": "x", "fingerprint": artifact.fingerprint,
+        "provenance": dict(artifact.record)})
+  return plan
+
+
+def test_writes_are_atomic_with_readable_modes(tmp_path):
+  path = tmp_path / "a" / "b.json"
+  workdir_lib.write_json(path, {"b": 1, "a": [1, 2]})
+  workdir_lib.write_json(path, {"b": 2})  # Replaced whole.
+  assert workdir_lib.read_json(path) == {"b": 2}
+  assert os.listdir(tmp_path / "a") == ["b.json"]  # No temporary left.
+  assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()
+  # Equal objects give equal bytes (sorted keys): reports are reproducible.
+  workdir_lib.write_json(tmp_path / "c.json", {"a": 1, "b": 2})
+  workdir_lib.write_json(tmp_path / "d.json", {"b": 2, "a": 1})
+  assert (tmp_path / "c.json").read_bytes() == (tmp_path / "d.json").read_bytes()
+
+
+def test_corrupt_json_is_named(tmp_path):
+  path = tmp_path / "results" / "x.json"
+  path.parent.mkdir()
+  path.write_text('{"test_accuracy": 0.5')  # Truncated.
+  with pytest.raises(workdir_lib.WorkdirError, match=r"x\.json is corrupt"):
+    workdir_lib.read_json(path)
+  assert workdir_lib.read_json(tmp_path / "absent.json", missing_ok=True) is None
+
+
+def test_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
+  real_fdopen = os.fdopen
+
+  class _Full:
+    def __init__(self, fd):
+      self.f = real_fdopen(fd, "wb")
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      self.f.close()
+
+    def write(self, data):
+      raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(workdir_lib.os, "fdopen", lambda fd, mode: _Full(fd))
+  target = tmp_path / "report" / "summary.md"
+  with pytest.raises(workdir_lib.WorkdirError) as e:
+    workdir_lib.write_text(target, "x")
+  assert str(e.value) == f"cannot write {target}: no space left on the device"
+  assert os.listdir(target.parent) == []  # The temporary file is removed.
+
+
+def test_read_only_workdir_is_one_line():
+  # sysfs refuses new folders even to root.
+  out = subprocess.run(
+      [sys.executable, "-m", "roar_jax.main", "--config=configs/toy.py",
+       "--workdir=/sys/roar_workdir", "--mode=train"],
+      capture_output=True, text=True, timeout=120,
+      cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert out.returncode == 1
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: cannot write /sys/roar_workdir/lock.json: ")
+  assert "Traceback" not in out.stderr
+
+
+def test_lock_refuses_a_second_run_and_takes_over_a_dead_ones(tmp_path):
+  wd = workdir_lib.Workdir(tmp_path)
+  first = workdir_lib.Lock(wd)
+  first.acquire()
+  owner = json.loads((tmp_path / "lock.json").read_text())
+  assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=f"in use by process {os.getpid()}"):
+    workdir_lib.Lock(wd).acquire()
+  first.release()
+  assert not (tmp_path / "lock.json").exists()
+  # A lock left by a process that died (kill -9) is taken over.
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  (tmp_path / "lock.json").write_text(json.dumps(
+      {"host": socket.gethostname(), "pid": dead.pid, "since": "then"}))
+  with workdir_lib.Lock(wd):
+    assert json.loads((tmp_path / "lock.json").read_text())["pid"] == (
+        os.getpid())
+
+
+def test_second_process_stops_within_seconds_in_one_line(tmp_path):
+  with workdir_lib.Lock(workdir_lib.Workdir(tmp_path)):
+    out = subprocess.run(
+        [sys.executable, "-m", "roar_jax.main", "--config=configs/toy.py",
+         f"--workdir={tmp_path}", "--mode=roar"],
+        capture_output=True, text=True, timeout=60,
+        cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1].startswith(
+      f"error: {tmp_path} is in use by process {os.getpid()}")
+  assert not (tmp_path / "base").exists()  # Nothing was done.
+
+
+@pytest.mark.parametrize("thresholds", [(0.5, 0.504), (0.5, 0.5)])
+def test_thresholds_sharing_a_percent_are_refused(thresholds):
+  config = _config(thresholds=thresholds)
+  with pytest.raises(config_pkg.ConfigError,
+                     match=r"config.roar.thresholds: 0.5 and 0.5(04)? are the "
+                     r"same threshold in whole percents \(50%\)"):
+    config_pkg.validate(config, "roar")
+
+
+def test_unchanged_config_reuses_every_artifact(tmp_path):
+  config = _config()
+  plan = _lay_down(config, str(tmp_path))
+  assert provenance.check(grid.plan_of(config, str(tmp_path)).all()) == []
+  assert all(grid.is_done(plan, u) for u in plan.units)
+
+
+@pytest.mark.parametrize("field,value,affected", [
+    ("train.learning_rate", 0.01,
+     "1 base model, 1 rank store, 3 retrains, 3 results"),
+    ("roar.fill", "noisy_linear", "3 retrains, 3 results"),
+    ("explain.granularity", "value",
+     "3 rank stores, 3 retrains, 3 results"),
+    ("seed", 3, "1 base model, 3 rank stores, 3 retrains, 3 results"),
+])
+def test_changed_config_stops_naming_fields_and_artifacts(
+    tmp_path, field, value, affected):
+  _lay_down(_config(), str(tmp_path))
+  config = _config()
+  section, _, name = field.rpartition(".")
+  with config.unlocked():
+    (config[section] if section else config)[name] = value
+  with pytest.raises(workdir_lib.WorkdirError) as e:
+    pipeline.open_run(config, str(tmp_path), mode="roar")
+  message = str(e.value)
+  assert "\n" not in message
+  assert f"changed {field}" in message and f"(affects {affected})" in message
+  assert "--recompute" in message
+  assert not (tmp_path / "stale").exists()  # Nothing moved, nothing run.
+
+
+def test_recompute_moves_stale_artifacts_aside(tmp_path):
+  _lay_down(_config(), str(tmp_path))
+  config = _config()
+  with config.unlocked():
+    config.train.learning_rate = 0.01
+  plan = pipeline.open_run(config, str(tmp_path), mode="roar", recompute=True)
+  (stale,) = os.listdir(tmp_path / "stale")
+  moved = tmp_path / "stale" / stale
+  assert sorted(os.listdir(moved / "results")) == sorted(
+      u.name + ".json" for u in plan.units)
+  assert (moved / "base" / "provenance.json").exists()
+  # The model-free rankings did not change and stay.
+  assert (tmp_path / "ranks" / "random" / "provenance.json").exists()
+  assert os.listdir(tmp_path / "results") == []
+  assert json.loads((tmp_path / "config.json").read_text())["config"][
+      "train"]["learning_rate"] == 0.01
+
+
+def test_extending_the_grid_keeps_finished_units(tmp_path):
+  _lay_down(_config(), str(tmp_path), accuracy=0.25)
+  config = _config(thresholds=(0.5, 0.9), num_seeds=2, modes=("roar", "kar"))
+  plan = pipeline.open_run(config, str(tmp_path), mode="roar")
+  done = {u for u in plan.units if grid.is_done(plan, u)}
+  assert done == {grid.Unit(e, "roar", 0.5, 0)
+                  for e in config.explain.estimators}
+  assert len(plan.units) == 3 * 2 * 2 * 2
+
+
+def test_report_counts_only_results_of_the_current_config(tmp_path):
+  config = _config()
+  plan = _lay_down(config, str(tmp_path), accuracy=0.25)
+  # A result left by another config under a current unit's name.
+  (unit,) = [u for u in plan.units if u.estimator == "random"]
+  record = workdir_lib.read_json(plan.results[unit].path)
+  workdir_lib.write_json(plan.results[unit].path,
+                         {**record, "fingerprint": "another"})
+  out = pipeline.report(config, str(tmp_path))
+  assert out["num_results"] == 2 and out["partial"]
+  assert {r["estimator"] for r in out["rows"]} == {"gradient", "oracle"}
+
+
+def test_config_json_records_the_config_and_version(tmp_path):
+  config = _config()
+  pipeline.open_run(config, str(tmp_path), mode="train")
+  stored = json.loads((tmp_path / "config.json").read_text())
+  import roar_jax  # pylint: disable=g-import-not-at-top
+  assert stored["version"] == roar_jax.__version__
+  assert stored["mode"] == "train"
+  assert stored["config"]["roar"]["thresholds"] == [0.5]
