@@ -178,6 +178,27 @@ def _parse_flags(argv):
              f"field {field!r}. {hint}".rstrip())
   except (TypeError, ValueError) as e:
     sys.exit(f"config error: {e}")
+  except SyntaxError as e:
+    sys.exit(f"config error: {e.filename}, line {e.lineno}: {e.msg}")
+  except Exception as e:  # pylint: disable=broad-except
+    # The config file's own code failed (a NameError in get_config, ...).
+    sys.exit(f"config error: the config file failed to load: "
+             f"{type(e).__name__}: {e}")
+
+
+def _config_value():
+  """The loaded config; a config file that cannot be read is one line."""
+  try:
+    config = _CONFIG.value
+    # A file that failed to load gives a stand-in that raises when used.
+    config.keys()
+    return config
+  except Exception as e:  # pylint: disable=broad-except
+    text = " ".join(str(e).split())
+    match = re.search(r"\[Errno \d+\] (.*)$", text)
+    raise config_pkg.ConfigError(
+        f"cannot load the config file: {match.group(1) if match else text}"
+    ) from e
 
 
 def _quiet_libraries(record) -> bool:
@@ -212,7 +233,7 @@ def main(argv):
     handler.addFilter(_quiet_libraries)
   initialize_distributed()
   try:
-    run(_CONFIG.value, _WORKDIR.value, _MODE.value,
+    run(_config_value(), _WORKDIR.value, _MODE.value,
         recompute=_RECOMPUTE.value)
   except config_pkg.ConfigError as e:
     _fail("config error", e)

@@ -114,6 +114,7 @@ class Artifact:
 class Stale:
   artifact: Artifact
   changed: tuple[str, ...]  # Changed fields, or '(no provenance)'.
+  corrupt: str = ""  # Why its record cannot be read, if it cannot.
 
 
 def _changed_fields(stored: Mapping[str, Any], planned: Mapping[str, Any]
@@ -130,7 +131,11 @@ def check(planned: Iterable[Artifact]) -> list[Stale]:
   """The planned artifacts that exist under another fingerprint."""
   stale = []
   for artifact in planned:
-    stored = artifact.stored()
+    try:
+      stored = artifact.stored()
+    except workdir_lib.WorkdirError as e:
+      stale.append(Stale(artifact, (), corrupt=str(e)))
+      continue
     if stored is None or stored.get("fingerprint") == artifact.fingerprint:
       continue
     stale.append(Stale(artifact, _changed_fields(stored, artifact.record)))
@@ -139,6 +144,11 @@ def check(planned: Iterable[Artifact]) -> list[Stale]:
 
 def describe(stale: list[Stale], wd: workdir_lib.Workdir) -> str:
   """One line: the changed fields, the artifacts affected, how to proceed."""
+  corrupt = [s for s in stale if s.corrupt]
+  if corrupt:
+    more = f" (and {len(corrupt) - 1} more)" if len(corrupt) > 1 else ""
+    return (f"{corrupt[0].artifact.path} cannot be read{more}: rerun with "
+            "--recompute to move it aside and compute it anew")
   fields = sorted({f for s in stale for f in s.changed})
   kinds: dict[str, int] = {}
   for s in stale:

@@ -347,3 +347,17 @@ def test_degraded_source_errors(setup, tmp_path):
   src = degraded_lib.DegradedSource(setup["base"], store, **kwargs)
   with pytest.raises(ValueError, match="ranked 4 images"):
     src.load("train")
+
+
+def test_corrupt_shard_is_named(tmp_path):
+  store = rank_store_lib.RankStore(str(tmp_path))
+  levels = _levels(np.random.default_rng(3), 4, (4, 4))
+  store.write_shard("grad", "test", 0, 1, np.arange(4), levels)
+  path = os.path.join(str(tmp_path), "ranks", "grad",
+                      "test-00000-of-00001.npz")
+  data = open(path, "rb").read()
+  with open(path, "wb") as f:
+    f.write(data[:len(data) // 2])  # Truncated.
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=f"^{path}: corrupt rank-store shard"):
+    rank_store_lib.RankStore(str(tmp_path)).read("grad", "test")

@@ -194,6 +194,7 @@ def test_units_failing_every_attempt_are_named(ray_cluster, tmp_path):
             "config_hash": results.config_hash(config)}
   plan = artifacts.plan(config, workdir_lib.Workdir(workdir), [done])
   stored["fingerprint"] = plan.results[done].fingerprint
+  stored["provenance"] = dict(plan.results[done].record)
   grid.write_result(plan, done, stored)
   bad = [grid.Unit("random", "kar", 0.5, 7), grid.Unit("oracle", "kar",
                                                         0.5, 7)]

@@ -95,9 +95,14 @@ def test_interrupted_grid_gives_each_result_exactly_once(finished):
   for r in records:
     assert r["steps"] == 200 and 0.0 <= r["test_accuracy"] <= 1.0
     assert r["config_hash"] == results.config_hash(config)
-  # A third run finds nothing to do.
+  # A third run finds nothing to do and writes the same report, byte for byte.
+  folder = os.path.join(workdir, "report")
+  before = {n: open(os.path.join(folder, n), "rb").read()
+            for n in os.listdir(folder)}
   again = roar.run(config, workdir, run_unit=lambda *a: pytest.fail("rerun"))
   assert again["units"] == 0
+  assert {n: open(os.path.join(folder, n), "rb").read()
+          for n in os.listdir(folder)} == before
   summary = open(os.path.join(workdir, "report", "summary.md")).read()
   assert "Partial" not in summary and "6 retrains" in summary
   for name in ("roar.png", "kar.png", "no_retrain.png", "saliency.png"):

@@ -2,6 +2,8 @@
 
 import contextlib
 import copy
+import os
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +14,7 @@ import pytest
 
 from conftest import REPO, load_config
 from roar_jax import training
+from roar_jax import workdir as workdir_lib
 from roar_jax.config import validation as validate
 from roar_jax.data import source_protocol as source_lib
 from roar_jax.training import optimizers
@@ -90,6 +93,33 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):
       config, str(tmp_path), step_callback=lambda s, m: steps.append(s))
   assert steps == [15, 20, 25, 30]
   assert again["test_accuracy"] == result["test_accuracy"]
+
+
+def _flip_a_byte(folder):
+  """Flips one bit in the middle of the largest file under `folder`."""
+  files = [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs]
+  path = max(files, key=os.path.getsize)
+  data = bytearray(open(path, "rb").read())
+  data[len(data) // 2] ^= 0x10
+  with open(path, "wb") as f:
+    f.write(bytes(data))
+
+
+def test_base_model_is_the_reported_one_or_named(tmp_path):
+  config = _toy(num_steps=20, log_every=10, checkpoint_every=10)
+  result = training.train_and_evaluate(config, str(tmp_path))
+  state = training.load_state(config, str(tmp_path))
+  assert training.params_checksum(state) == result["params_checksum"]
+  folder = tmp_path / "checkpoints"
+  _flip_a_byte(folder / "20")
+  with pytest.raises(workdir_lib.WorkdirError, match=str(folder)):
+    training.load_state(config, str(tmp_path))
+  shutil.rmtree(folder / "20")
+  # Not silently the older checkpoint: the reported step is missing.
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=r"step 20, whose metrics were reported, is "
+                     r"missing \(there are steps \[10\]\)"):
+    training.load_state(config, str(tmp_path))
 
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
@@ -175,11 +205,19 @@ def test_bad_config_names_the_field(field, value, message):
 
 
 def test_command_line_errors_are_one_line(tmp_path):
-  # An unknown field and a bad value stop at start-up with one line that names
-  # them, before any data is read.
+  # An unknown field, a bad value and a config file that cannot be loaded stop
+  # at start-up with one line that names them, before any data is read.
+  bad_syntax = tmp_path / "syntax.py"
+  bad_syntax.write_text("def get_config():\n  return (\n")
+  bad_name = tmp_path / "name.py"
+  bad_name.write_text("def get_config():\n  return undefined_name\n")
   for args, expected in [
       (["--config.train.no_such_field=1"], "train.no_such_field"),
       (["--config.data.path=/missing/dir"], "/missing/dir"),
+      (["--config=configs/no_such.py"], "No such file or directory: "
+       "'configs/no_such.py'"),
+      ([f"--config={bad_syntax}"], f"{bad_syntax}, line 2: "),
+      ([f"--config={bad_name}"], "NameError: name 'undefined_name'"),
   ]:
     proc = subprocess.run(
         [sys.executable, "-m", "roar_jax.main", "--config=configs/toy.py",

@@ -188,6 +188,21 @@ def test_changed_config_stops_naming_fields_and_artifacts(
   assert not (tmp_path / "stale").exists()  # Nothing moved, nothing run.
 
 
+def test_corrupt_result_is_named_and_recompute_moves_it(tmp_path):
+  config = _config()
+  plan = _lay_down(config, str(tmp_path))
+  (unit,) = [u for u in plan.units if u.estimator == "oracle"]
+  path = plan.results[unit].path
+  with open(path, "w") as f:
+    f.write('{"test_accuracy": ')  # Truncated by a full disk, say.
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=f"^{path} cannot be read: rerun with --recompute"):
+    pipeline.open_run(config, str(tmp_path), mode="roar")
+  plan = pipeline.open_run(config, str(tmp_path), mode="roar", recompute=True)
+  assert not grid.is_done(plan, unit)
+  assert sum(grid.is_done(plan, u) for u in plan.units) == 2
+
+
 def test_recompute_moves_stale_artifacts_aside(tmp_path):
   _lay_down(_config(), str(tmp_path))
   config = _config()

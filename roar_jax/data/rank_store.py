@@ -65,8 +65,8 @@ def _load(path: str, *members: str) -> tuple[np.ndarray, ...]:
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
     raise workdir_lib.WorkdirError(
         f"{path}: corrupt rank-store shard ({type(e).__name__}: "
-        f"{str(e).splitlines()[0] if str(e) else ''}); rerun with --recompute "
-        "or delete the file to rank its images again") from None
+        f"{str(e).splitlines()[0] if str(e) else ''}); delete it and rerun: "
+        "its images are ranked again") from None
 
 
 def _load_member(path: str, member: str) -> np.ndarray:
@@ -223,8 +223,8 @@ class RankStore:
           shape, dtype = _npy_header(zf, "levels.npy")
       except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise workdir_lib.WorkdirError(
-            f"{path}: corrupt rank-store shard ({type(e).__name__}); rerun "
-            "with --recompute or delete the file") from None
+            f"{path}: corrupt rank-store shard ({type(e).__name__}); delete "
+            "it and rerun: its images are ranked again") from None
       indices, = _load(path, "indices")
       if dtype != np.uint8 or len(shape) not in (3, 4) or (
           shape[0] != indices.shape[0]):

@@ -125,10 +125,10 @@ def evaluate(state, source, config, mesh: Mesh, split: str = "test",
 
 
 def params_checksum(state) -> str:
-  """A hash of the model's variables: a restored checkpoint must match the
-  one whose metrics were reported."""
+  """A hash of the whole train state (variables and optimizer state): a
+  restored checkpoint must match the one whose metrics were reported."""
   digest = hashlib.sha256()
-  for leaf in jax.tree.leaves(steps.variables_of(state)):
+  for leaf in jax.tree.leaves(state):
     # Replicated arrays: this process's first copy holds all of it.
     data = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
     digest.update(np.ascontiguousarray(np.asarray(data)).tobytes())
