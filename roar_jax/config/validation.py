@@ -65,13 +65,23 @@ def validate(config, mode: str = "train"):
              f"the number of devices ({devices})")
   _require(config.train.num_steps > 0,
            f"config.train.num_steps={config.train.num_steps} must be > 0")
+  for field, low in (("log_every", 1), ("checkpoint_every", 0)):
+    value = config.train[field]
+    _require(isinstance(value, int) and value >= low,
+             f"config.train.{field}={value!r} must be an int >= {low}")
+  _require(isinstance(config.data.shuffle_buffer, int)
+           and config.data.shuffle_buffer > 0,
+           f"config.data.shuffle_buffer={config.data.shuffle_buffer!r} must "
+           "be a positive int")
   # Building the model checks its options (config.model.<name>.*).
   try:
     models.get_model(config.model, 2)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  if mode in ("explain", "roar", "report"):
+  if mode in ("explain", "roar", "report", "metrics"):
     _validate_benchmark(config, devices)
+  if mode in ("roar", "metrics"):
+    _validate_metrics(config)
   if mode == "sanity":
     from roar_jax.benchmark.sanity import checks as sanity  # pylint: disable=g-import-not-at-top
     try:
@@ -150,3 +160,18 @@ def _validate_benchmark(config, devices: int):
     _require(unit.mode in MODES and 0.0 <= unit.threshold <= 1.0,
              f"config.roar.unit={rc.unit!r}: mode must be one of "
              f"{list(MODES)} and threshold in [0, 1]")
+
+
+def _validate_metrics(config):
+  """Checks `config.metrics` (the no-retrain metrics and leakage probe)."""
+  if config.get("metrics") is None:
+    return
+  from roar_jax.benchmark.roar import metrics  # pylint: disable=g-import-not-at-top
+  try:
+    metrics.Options.from_config(config)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(str(e).splitlines()[0]) from None
+  steps = config.metrics.get("leakage_steps", 0)
+  _require(isinstance(steps, int) and steps >= 0,
+           f"config.metrics.leakage_steps={steps!r} must be an integer >= 0 "
+           "(0: a quarter of config.train.num_steps)")

@@ -54,7 +54,7 @@ def _channels(source) -> int:
 
 def _should_cache(source, split: str, data_config: Mapping[str, Any],
                   process_count: int) -> bool:
-  choice = data_config.get("cache", None)
+  choice = data_config["cache"]
   if choice is not None:
     return bool(choice)
   shape = source.info.image_shape
@@ -81,7 +81,7 @@ def train_dataset(source, data_config: Mapping[str, Any], *,
   ds = ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
   if _should_cache(source, split, data_config, process_count):
     ds = ds.cache()
-  buffer = int(data_config.get("shuffle_buffer", None) or 10_000)
+  buffer = int(data_config["shuffle_buffer"])
   # Each process shuffles its own slice with its own stream of the seed.
   process_seed = (int(seed) * 7919 + int(process_index)) % (1 << 62)
   ds = ds.shuffle(min(buffer, stop - start), seed=process_seed,

@@ -24,15 +24,15 @@ def learning_rate_schedule(train_config: Mapping[str, Any]) -> optax.Schedule:
     An optax schedule.
   """
   lr = train_config["learning_rate"]
-  kind = train_config.get("schedule", "constant")
-  warmup = int(train_config.get("warmup_steps", 0))
+  kind = train_config["schedule"]
+  warmup = int(train_config["warmup_steps"])
   if kind == "constant":
     return optax.constant_schedule(lr)
   if kind == "cosine":
     return optax.warmup_cosine_decay_schedule(
         0.0, lr, max(warmup, 1), max(int(train_config["num_steps"]), warmup + 1))
   if kind == "step":
-    factor = train_config.get("decay_factor", 0.1)
+    factor = train_config["decay_factor"]
     decay = optax.piecewise_constant_schedule(
         lr, {int(s) - warmup: factor for s in train_config["decay_steps"]})
     if not warmup:
@@ -69,15 +69,15 @@ def create_optimizer(train_config: Mapping[str, Any]) -> optax.GradientTransform
     An optax GradientTransformation.
   """
   schedule = learning_rate_schedule(train_config)
-  name = train_config.get("optimizer", "sgd")
+  name = train_config["optimizer"]
   if name == "sgd":
-    opt = optax.sgd(schedule, momentum=train_config.get("momentum", 0.9) or None,
-                    nesterov=bool(train_config.get("nesterov", False)))
+    opt = optax.sgd(schedule, momentum=train_config["momentum"] or None,
+                    nesterov=bool(train_config["nesterov"]))
   elif name == "adam":
     opt = optax.adam(schedule)
   else:
     raise ValueError(f"config.train.optimizer={name!r}: expected 'sgd' or 'adam'")
-  wd = train_config.get("weight_decay", 0.0)
+  wd = train_config["weight_decay"]
   if wd:
     opt = optax.chain(optax.add_decayed_weights(wd, mask=_decay_mask), opt)
   return opt

@@ -97,15 +97,14 @@ def create_state(config, num_classes: int, image_shape, mesh: Mesh,
 
 
 def _input_shape(config, info) -> tuple[int, int, int]:
-  size = config.data.get("image_size", None) or info.image_shape[0]
+  size = config.data.image_size or info.image_shape[0]
   return (size, size, info.image_shape[-1])
 
 
 def evaluate(state, source, config, mesh: Mesh, split: str = "test",
              desc: str = "eval") -> dict[str, float]:
   """Accuracy and loss of `state` over the whole `split` of `source`."""
-  _, eval_fn = _compiled_steps(mesh, float(config.train.get(
-      "label_smoothing", 0.0)))
+  _, eval_fn = _compiled_steps(mesh, float(config.train.label_smoothing))
   totals = None
   batches = pipeline.eval_iterator(
       source, config.data, split,
@@ -141,7 +140,7 @@ def _train_loop(config, workdir: str, state, start_step: int, source, mesh,
   """
   tc = config.train
   num_steps = int(tc.num_steps)
-  train_fn, _ = _compiled_steps(mesh, float(tc.get("label_smoothing", 0.0)))
+  train_fn, _ = _compiled_steps(mesh, float(tc.label_smoothing))
   step_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
   writer = (tensorboardX.SummaryWriter(workdir_lib.join(workdir, "tensorboard"))
             if jax.process_index() == 0 else None)
@@ -151,8 +150,8 @@ def _train_loop(config, workdir: str, state, start_step: int, source, mesh,
       source, config.data, global_batch_size=tc.batch_size,
       seed=int(config.seed) * 1_000_003 + start_step,
       process_index=jax.process_index(), process_count=jax.process_count())
-  log_every = max(1, int(tc.get("log_every", 50)))
-  ckpt_every = int(tc.get("checkpoint_every", 0)) or num_steps
+  log_every = int(tc.log_every)
+  ckpt_every = int(tc.checkpoint_every) or num_steps
   bar = tqdm.tqdm(total=num_steps, initial=start_step, desc="train",
                   disable=None, file=sys.stderr)
   tick, tick_step, window, last = time.time(), start_step, [], {}
@@ -238,7 +237,7 @@ def train_and_evaluate(config, workdir: str, *, source=None,
       "wall_time_s": time.time() - start_time,
       "params_checksum": params_checksum(state),
   }
-  if config.train.get("eval_train", False):
+  if config.train.eval_train:
     result["train_eval_accuracy"] = evaluate(
         state, source, config, mesh, "train", desc="eval train")["accuracy"]
   if not last:  # Finished earlier: keep the training figures it recorded.

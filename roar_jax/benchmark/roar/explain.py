@@ -219,7 +219,7 @@ def _flush(store, estimators, split, shard, num_shards, todo, pending,
 
 
 def _visualize(config, workdir, batch, maps, real):
-  n = min(int(config.explain.get("num_visualize", 8)), int(real.sum()))
+  n = min(int(config.explain.num_visualize), int(real.sum()))
   if n <= 0:
     return
   images = batch["image"][real][:n]
