@@ -22,12 +22,24 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every field the stages read, with defaults; configs override them."""
+  """Every field the stages read, with defaults; configs override them.
+
+  This is the one place that holds a default: code reads the fields as they
+  are, and `validation.py` checks them at start-up.
+  """
   c = ml_collections.ConfigDict()
   c.seed = 0
-
   c.model = ml_collections.ConfigDict({"name": "small_cnn"})
+  _data_defaults(c)
+  _train_defaults(c)
+  _explain_defaults(c)
+  _roar_defaults(c)
+  _grid_defaults(c)
+  _metrics_defaults(c)
+  return c
 
+
+def _data_defaults(c: ml_collections.ConfigDict):
   c.data = ml_collections.ConfigDict()
   c.data.name = "toy"
   c.data.path = ml_collections.FieldReference(None, field_type=str)
@@ -45,6 +57,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Keep the decoded training split in memory: None decides by its size.
   c.data.cache = ml_collections.FieldReference(None, field_type=bool)
 
+
+def _train_defaults(c: ml_collections.ConfigDict):
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128
   c.train.eval_batch_size = 256
@@ -63,6 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 500
   c.train.eval_train = False
 
+
+def _explain_defaults(c: ml_collections.ConfigDict):
   # The explain stage: which estimators rank the pixels, and how.
   c.explain = ml_collections.ConfigDict()
   c.explain.estimators = ("gradient", "random")
@@ -78,6 +94,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.explain.shard_size = 4096  # Images per rank-store shard.
   c.explain.num_visualize = 8
 
+
+def _roar_defaults(c: ml_collections.ConfigDict):
   # The retraining grid.
   c.roar = ml_collections.ConfigDict()
   c.roar.thresholds = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -88,6 +106,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.roar.degrade = "on_the_fly"  # or 'write': TFRecord datasets first.
   c.roar.unit = ""  # 'estimator/mode/threshold/seed': run that unit alone.
 
+
+def _grid_defaults(c: ml_collections.ConfigDict):
   # Where the retraining units run. 'sequential': one after the other in this
   # process; 'ray': each as a task on a Ray cluster (benchmark/roar/ray_executor.py).
   # None of these fields changes a result (not part of the config hash).
@@ -106,7 +126,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.grid.ray_max_retries = 3
   # Environment variables of every task (e.g. XLA_PYTHON_CLIENT_MEM_FRACTION).
   c.grid.ray_env_vars = ml_collections.ConfigDict()
-  return c
+
+
+def _metrics_defaults(c: ml_collections.ConfigDict):
+  # ---- No-retrain metrics (benchmark/roar/metrics.py, leakage.py) ----
+  c.metrics = ml_collections.ConfigDict()
+  # Which curves: any of 'deletion', 'insertion', 'road_morf', 'road_lerf'.
+  c.metrics.names = ("deletion", "insertion", "road_morf", "road_lerf")
+  c.metrics.steps = 20  # Deletion / insertion: K steps, 0%, 5%, ..., 100%.
+  c.metrics.fill = "channel_mean"  # Deletion fill: or 'black', 'blur'.
+  c.metrics.insertion_start = "fill"  # or 'blur' (RISE's blurred start).
+  c.metrics.blur_sigma = 5.0  # Pixels, for 'blur'.
+  c.metrics.road_thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+  c.metrics.noise_std = 0.01  # ROAD's noise, [0, 1] pixel units.
+  c.metrics.num_images = 0  # Test images scored; 0 = the whole test split.
+  c.metrics.batch_size = 512  # Model inputs per jitted call (all steps).
+  c.metrics.imputation = "cg"  # 'cg' (JAX, on device) or 'scipy' (host).
+  c.metrics.precision = "float64"  # Of 'cg'; 'float32' on TPUs.
+  c.metrics.leakage = True  # The mask-leakage probe, per grid dataset.
+  c.metrics.leakage_steps = 0  # 0 = train.num_steps // 4.
 
 
 # The estimators of the ROAR paper's Table 2: three base methods, their

@@ -36,7 +36,7 @@ class DegradedSource:
       threshold: fraction t in [0, 1] (removed for ROAR, kept for KAR).
       fill: 'channel_mean' or 'noisy_linear'.
       channel_mean: float [C] in [0, 255] pixel units; needed for
-        fill='channel_mean' (see `degrade.load_or_compute_channel_mean`).
+        fill='channel_mean' (the pipeline's `grid.channel_mean`).
       seed: seeds the noise of 'noisy_linear' (with each image's index).
       eval_geometry: optional tf function uint8 [H, W, C] -> uint8 [S, S, C]
         applied to the base images first, so they have the geometry the maps
@@ -66,17 +66,7 @@ class DegradedSource:
           "removes every pixel: nothing is left to interpolate from")
 
     channels = int(base.info.image_shape[-1])
-    self.level_shape = self._find_level_shape()
-    if len(self.level_shape) == 3 and self.level_shape[-1] != channels:
-      raise ValueError(
-          f"rankings of estimator {estimator!r} have {self.level_shape[-1]} "
-          f"channels; dataset {base.info.name!r} has {channels}")
-    image_shape = tuple(self.level_shape[:2]) + (channels,)
-    if eval_geometry is None and tuple(base.info.image_shape) != image_shape:
-      raise ValueError(
-          f"rankings of estimator {estimator!r} are {self.level_shape[:2]}, "
-          f"images of {base.info.name!r} are {base.info.image_shape}: pass "
-          "eval_geometry (the geometry the maps were computed on)")
+    image_shape = self._image_shape(channels)
     if fill == "channel_mean":
       self.channel_mean = np.asarray(channel_mean, dtype=np.float64) if (
           channel_mean is not None) else None
@@ -88,6 +78,23 @@ class DegradedSource:
         num_classes=base.info.num_classes, image_shape=image_shape,
         num_examples=dict(base.info.num_examples),
         class_names=base.info.class_names)
+
+  def _image_shape(self, channels: int) -> tuple[int, int, int]:
+    """The degraded images' shape: the rankings' geometry, checked against
+    the base images."""
+    self.level_shape = self._find_level_shape()
+    estimator, info = self.estimator, self.base.info
+    if len(self.level_shape) == 3 and self.level_shape[-1] != channels:
+      raise ValueError(
+          f"rankings of estimator {estimator!r} have {self.level_shape[-1]} "
+          f"channels; dataset {info.name!r} has {channels}")
+    image_shape = tuple(self.level_shape[:2]) + (channels,)
+    if self.eval_geometry is None and tuple(info.image_shape) != image_shape:
+      raise ValueError(
+          f"rankings of estimator {estimator!r} are {self.level_shape[:2]}, "
+          f"images of {info.name!r} are {info.image_shape}: pass "
+          "eval_geometry (the geometry the maps were computed on)")
+    return image_shape
 
   def _find_level_shape(self) -> tuple[int, ...]:
     errors = []

@@ -162,6 +162,40 @@ def write_shards(source, out_dir: str, *, splits: Sequence[str] = ("train",
   return records
 
 
+def _write_shard_files(it, features, out_dir: str, *, name, split,
+                       first_shard, num_shards, lengths, start, stop,
+                       source_name, process_index) -> list[dict[str, Any]]:
+  """Writes this process's shard files from the example iterator `it`."""
+  shards = []
+  expected = start
+  for s, length in enumerate(lengths):
+    file_name = _shard_file(name, split, first_shard + s, num_shards)
+    path = os.path.join(out_dir, file_name)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with tf.io.TFRecordWriter(tmp) as w:
+      for _ in range(length):
+        try:
+          png, label, index = next(it)
+        except StopIteration:
+          raise ValueError(
+              f"source {source_name!r} yielded {expected - start} examples of "
+              f"split {split!r} for process {process_index}; expected "
+              f"{stop - start}") from None
+        if index != expected:
+          raise ValueError(
+              f"source {source_name!r}, split {split!r}: example "
+              f"{expected - start} of process {process_index} has index "
+              f"{index}, expected {expected} (indices must be global "
+              "positions in order)")
+        w.write(features.serialize_example(
+            {"image": png, "label": int(label), "index": int(index)}))
+        expected += 1
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+    shards.append({"file": file_name, "num_examples": length,
+                   "num_bytes": int(tf.io.gfile.stat(path).length)})
+  return shards
+
+
 def _write_split(source, features, out_dir: str, *, split: str, name: str,
                  process_index: int, process_count: int,
                  examples_per_shard: int) -> str:
@@ -206,34 +240,11 @@ def _write_split(source, features, out_dir: str, *, split: str, name: str,
   ds = ds.batch(256).prefetch(tf.data.AUTOTUNE)
   it = (example for batch in ds.as_numpy_iterator()
         for example in zip(*batch))
-  shards = []
-  expected = start
   t0 = time.time()
-  for s, length in enumerate(lengths):
-    file_name = _shard_file(name, split, first_shard + s, num_shards)
-    path = os.path.join(out_dir, file_name)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with tf.io.TFRecordWriter(tmp) as w:
-      for _ in range(length):
-        try:
-          png, label, index = next(it)
-        except StopIteration:
-          raise ValueError(
-              f"source {info.name!r} yielded {expected - start} examples of "
-              f"split {split!r} for process {process_index}; expected "
-              f"{stop - start}") from None
-        if index != expected:
-          raise ValueError(
-              f"source {info.name!r}, split {split!r}: example "
-              f"{expected - start} of process {process_index} has index "
-              f"{index}, expected {expected} (indices must be global "
-              "positions in order)")
-        w.write(features.serialize_example(
-            {"image": png, "label": int(label), "index": int(index)}))
-        expected += 1
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-    shards.append({"file": file_name, "num_examples": length,
-                   "num_bytes": int(tf.io.gfile.stat(path).length)})
+  shards = _write_shard_files(
+      it, features, out_dir, name=name, split=split, first_shard=first_shard,
+      num_shards=num_shards, lengths=lengths, start=start, stop=stop,
+      source_name=info.name, process_index=process_index)
   if next(it, None) is not None:
     raise ValueError(f"source {info.name!r} yielded more than {stop - start} "
                      f"examples of split {split!r} for process "
@@ -250,6 +261,36 @@ def _write_split(source, features, out_dir: str, *, split: str, name: str,
       "source_metadata": getattr(source, "metadata", None),
       "seconds": elapsed, "images_per_s": rate})
   return record_path
+
+
+def _split_info(out_dir: str, split: str, records
+                ) -> tuple[tfds.core.SplitInfo, list[dict[str, Any]]]:
+  """A split's TFDS SplitInfo from its processes' records, checked whole."""
+  if not records:
+    raise ValueError(f"{out_dir}: split {split!r} was not written")
+  counts = {r["process_count"] for r in records}
+  if len(counts) != 1:
+    raise ValueError(f"{out_dir}: split {split!r} was written with "
+                     f"different process counts {sorted(counts)}")
+  count = counts.pop()
+  missing = sorted(set(range(count)) - {r["process_index"] for r in records})
+  if missing:
+    raise ValueError(f"{out_dir}: processes {missing} of {count} have not "
+                     f"finished split {split!r}")
+  records = sorted(records, key=lambda r: r["process_index"])
+  shard_lengths, num_bytes = [], 0
+  for r in records:
+    for shard in r["shards"]:
+      if not tf.io.gfile.exists(os.path.join(out_dir, shard["file"])):
+        raise ValueError(f"{out_dir}: shard file {shard['file']} is missing")
+      shard_lengths.append(shard["num_examples"])
+      num_bytes += shard["num_bytes"]
+  if sum(shard_lengths) != records[0]["num_examples"]:
+    raise ValueError(f"{out_dir}: split {split!r} holds "
+                     f"{sum(shard_lengths)} examples, expected "
+                     f"{records[0]['num_examples']}")
+  return tfds.core.SplitInfo(name=split, shard_lengths=shard_lengths,
+                             num_bytes=num_bytes), records
 
 
 def write_metadata(out_dir: str, *, splits: Sequence[str] | None = None
@@ -282,40 +323,14 @@ def write_metadata(out_dir: str, *, splits: Sequence[str] | None = None
                      f"{records_dir})")
   split_infos, first = [], None
   for split in wanted:
-    records = by_split.get(split)
-    if not records:
-      raise ValueError(f"{out_dir}: split {split!r} was not written")
-    counts = {r["process_count"] for r in records}
-    if len(counts) != 1:
-      raise ValueError(f"{out_dir}: split {split!r} was written with "
-                       f"different process counts {sorted(counts)}")
-    count = counts.pop()
-    done = {r["process_index"] for r in records}
-    missing = sorted(set(range(count)) - done)
-    if missing:
-      raise ValueError(f"{out_dir}: processes {missing} of {count} have not "
-                       f"finished split {split!r}")
-    records.sort(key=lambda r: r["process_index"])
-    shard_lengths, num_bytes = [], 0
-    for r in records:
-      for shard in r["shards"]:
-        if not tf.io.gfile.exists(os.path.join(out_dir, shard["file"])):
-          raise ValueError(f"{out_dir}: shard file {shard['file']} is "
-                           "missing")
-        shard_lengths.append(shard["num_examples"])
-        num_bytes += shard["num_bytes"]
-    if sum(shard_lengths) != records[0]["num_examples"]:
-      raise ValueError(f"{out_dir}: split {split!r} holds "
-                       f"{sum(shard_lengths)} examples, expected "
-                       f"{records[0]['num_examples']}")
+    info, records = _split_info(out_dir, split, by_split.get(split))
     first = first or records[0]
     for key in ("name", "image_shape", "num_classes", "class_names"):
       for r in records:
         if r[key] != first[key]:
           raise ValueError(f"{out_dir}: split {split!r} disagrees on {key}: "
                            f"{r[key]!r} vs {first[key]!r}")
-    split_infos.append(tfds.core.SplitInfo(
-        name=split, shard_lengths=shard_lengths, num_bytes=num_bytes))
+    split_infos.append(info)
 
   features = _features(first["image_shape"], first["num_classes"],
                        first["class_names"])

@@ -189,6 +189,28 @@ def _train_loop(config, workdir: str, state, start_step: int, source, mesh,
   return state, last
 
 
+def _final_metrics(config, workdir, state, source, mesh, last, wall_time
+                   ) -> dict[str, Any]:
+  """Test (and optionally train) accuracy of the trained state, with the
+  training figures of this run or, for a run finished earlier, its record."""
+  test = evaluate(state, source, config, mesh, "test")
+  result = {
+      "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+      "num_test_examples": test["num_examples"],
+      "steps": int(config.train.num_steps),
+      "train_loss": last.get("loss"), "train_accuracy": last.get("accuracy"),
+      "wall_time_s": wall_time, "params_checksum": params_checksum(state),
+  }
+  if config.train.eval_train:
+    result["train_eval_accuracy"] = evaluate(
+        state, source, config, mesh, "train", desc="eval train")["accuracy"]
+  if not last:  # Finished earlier: keep the training figures it recorded.
+    previous = load_metrics(workdir) or {}
+    for key in ("train_loss", "train_accuracy"):
+      result[key] = previous.get(key)
+  return result
+
+
 def train_and_evaluate(config, workdir: str, *, source=None,
                        step_callback: StepCallback | None = None,
                        mesh: Mesh | None = None) -> dict[str, Any]:
@@ -229,21 +251,8 @@ def train_and_evaluate(config, workdir: str, *, source=None,
                               mesh, mngr, step_callback)
   mngr.wait_until_finished()
   mngr.close()
-  test = evaluate(state, source, config, mesh, "test")
-  result = {
-      "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-      "num_test_examples": test["num_examples"], "steps": num_steps,
-      "train_loss": last.get("loss"), "train_accuracy": last.get("accuracy"),
-      "wall_time_s": time.time() - start_time,
-      "params_checksum": params_checksum(state),
-  }
-  if config.train.eval_train:
-    result["train_eval_accuracy"] = evaluate(
-        state, source, config, mesh, "train", desc="eval train")["accuracy"]
-  if not last:  # Finished earlier: keep the training figures it recorded.
-    previous = load_metrics(workdir) or {}
-    for key in ("train_loss", "train_accuracy"):
-      result[key] = previous.get(key)
+  result = _final_metrics(config, workdir, state, source, mesh, last,
+                          time.time() - start_time)
   if jax.process_index() == 0:
     with tensorboardX.SummaryWriter(
         workdir_lib.join(workdir, "tensorboard")) as writer:

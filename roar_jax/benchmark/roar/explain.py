@@ -93,95 +93,114 @@ def run(config, workdir, *, source=None, plan=None) -> dict[str, Any]:
      image, all estimators together, 'gradient_passes_alone': per image, each
      estimator computed on its own}.
   """
-  ec = config.explain
   source = source or sources.get_source(config.data)
   wd = workdir_lib.Workdir(workdir)
-  module, variables = training.load_model(config, wd.base, source=source)
-  model = saliency.explainable(module, variables)
-  mesh = training.create_mesh()
-  store = rank_store_lib.RankStore(workdir)
   plan = plan or grid.plan_of(config, workdir)
   if jax.process_index() == 0:
-    for est in ec.estimators:
+    for est in config.explain.estimators:
       if not workdir_lib.exists(plan.ranks[est].path):
         plan.ranks[est].write()
-  estimators = tuple(ec.estimators)
-  model_estimators = tuple(e for e in estimators if e != ORACLE)
-  options = explain_options(config)
-  key = jax.random.fold_in(jax.random.key(config.seed), 7)
-  pid, nproc = jax.process_index(), jax.process_count()
-  local_batch = ec.batch_size // nproc
-  if ec.shard_size % local_batch:
-    raise ValueError(
-        f"config.explain.shard_size={ec.shard_size} must be a multiple of the "
-        f"per-process batch size {local_batch}, so that no batch straddles "
-        "two shards")
-  passes = _log_gradient_passes(config, model, model_estimators, source,
-                                options)
-  written, images_done, elapsed, visualized = 0, 0, 0.0, False
+  module, variables = training.load_model(config, wd.base, source=source)
+  stage = _Stage(config, wd, source, saliency.explainable(module, variables))
+  passes = _log_gradient_passes(config, stage.model, stage.model_estimators,
+                                source, stage.options)
   for split_id, split in enumerate(("test", "train")):
-    num = source.info.num_examples[split]
-    local = max(math.ceil(num / nproc), 1)
+    stage.explain_split(split_id, split)
+  rate = stage.images_done / max(stage.elapsed, 1e-9)
+  logging.info("explain: %d images ranked by %d estimators, %.1f images/s",
+               stage.images_done, len(stage.estimators), rate)
+  return {"images_per_s": rate, "written_shards": stage.written, **passes}
+
+
+class _Stage:
+  """The explain stage's state across splits: model, store, counters."""
+
+  def __init__(self, config, wd: workdir_lib.Workdir, source, model):
+    self.config, self.wd, self.source, self.model = config, wd, source, model
+    ec = config.explain
+    self.mesh = training.create_mesh()
+    self.store = rank_store_lib.RankStore(wd.root)
+    self.estimators = tuple(ec.estimators)
+    self.model_estimators = tuple(e for e in self.estimators if e != ORACLE)
+    self.options = explain_options(config)
+    self.key = jax.random.fold_in(jax.random.key(config.seed), 7)
+    self.pid, self.nproc = jax.process_index(), jax.process_count()
+    local_batch = ec.batch_size // self.nproc
+    if ec.shard_size % local_batch:
+      raise ValueError(
+          f"config.explain.shard_size={ec.shard_size} must be a multiple of "
+          f"the per-process batch size {local_batch}, so that no batch "
+          "straddles two shards")
+    self.written, self.images_done, self.elapsed = 0, 0, 0.0
+    self.visualized = False
+
+  def explain_split(self, split_id: int, split: str):
+    """Ranks this process's slice of `split`, shard by shard."""
+    ec = self.config.explain
+    num = self.source.info.num_examples[split]
+    local = max(math.ceil(num / self.nproc), 1)
     per_process = max(math.ceil(local / ec.shard_size), 1)
-    num_shards = per_process * nproc
-    todo = [s for s in range(pid * per_process, (pid + 1) * per_process)
-            if not all(store.has_shard(e, split, s, num_shards)
-                       for e in estimators)]
+    num_shards = per_process * self.nproc
+    first = self.pid * per_process
+    todo = [s for s in range(first, first + per_process)
+            if not all(self.store.has_shard(e, split, s, num_shards)
+                       for e in self.estimators)]
     if not todo:
       logging.info("explain %s: every shard already written", split)
-      continue
+      return
     batches = pipeline.eval_iterator(
-        source, config.data, split, global_batch_size=ec.batch_size,
-        process_index=pid, process_count=nproc)
-    pending = {e: [] for e in estimators}
-    pending_idx = []
-    shard = pid * per_process
-    bar = tqdm.tqdm(total=local, desc=f"explain {split}", unit="img",
-                    disable=None)
-    split_key = jax.random.fold_in(key, split_id)
-    for batch in batches:
-      real = batch["mask"] > 0
-      if shard in todo and real.any():
-        start = time.time()
-        images = training.to_global({"image": batch["image"],
-                                     "index": batch["index"].astype(np.int32)},
-                                    mesh)
-        maps = saliency.explain_all(
-            model, images["image"], methods=model_estimators, key=split_key,
-            indices=images["index"], target=None, **options) if (
-                model_estimators) else {}
-        for e in model_estimators:
-          levels = saliency.rank(maps[e], granularity=ec.granularity,
-                                 transform=ec.transform)
-          pending[e].append(_local_rows(levels)[real])
-        if ORACLE in estimators:
-          oracle = _oracle_maps(config, split, batch["index"][real],
-                                batch["image"][real].shape)
-          pending[ORACLE].append(np.asarray(saliency.rank(
-              oracle, granularity=ec.granularity, transform="abs")))
-        elapsed += time.time() - start
-        images_done += int(real.sum())
-        if split == "test" and not visualized and model_estimators and (
-            pid == 0):
-          _visualize(config, workdir, batch, maps, real)
-          visualized = True
-      pending_idx.append(batch["index"][real])
-      bar.update(int(real.sum()))
-      if images_done:
-        bar.set_postfix(img_per_s=f"{images_done / max(elapsed, 1e-9):.1f}")
-      if sum(len(i) for i in pending_idx) >= ec.shard_size:
-        written += _flush(store, estimators, split, shard, num_shards, todo,
-                          pending, pending_idx, ec.shard_size)
+        self.source, self.config.data, split, global_batch_size=ec.batch_size,
+        process_index=self.pid, process_count=self.nproc)
+    pending = {e: [] for e in self.estimators}
+    pending_idx, shard = [], first
+    flush = lambda s: _flush(self.store, self.estimators, split, s,  # noqa: E731
+                             num_shards, todo, pending, pending_idx,
+                             ec.shard_size)
+    split_key = jax.random.fold_in(self.key, split_id)
+    with tqdm.tqdm(total=local, desc=f"explain {split}", unit="img",
+                   disable=None) as bar:
+      for batch in batches:
+        real = batch["mask"] > 0
+        if shard in todo and real.any():
+          self._rank_batch(split, batch, real, split_key, pending)
+        pending_idx.append(batch["index"][real])
+        bar.update(int(real.sum()))
+        if self.images_done:
+          bar.set_postfix(
+              img_per_s=f"{self.images_done / max(self.elapsed, 1e-9):.1f}")
+        if sum(len(i) for i in pending_idx) >= ec.shard_size:
+          self.written += flush(shard)
+          shard += 1
+      while shard < first + per_process:
+        self.written += flush(shard)
         shard += 1
-    while shard < (pid + 1) * per_process:
-      written += _flush(store, estimators, split, shard, num_shards, todo,
-                        pending, pending_idx, ec.shard_size)
-      shard += 1
-    bar.close()
-  rate = images_done / max(elapsed, 1e-9)
-  logging.info("explain: %d images ranked by %d estimators, %.1f images/s",
-               images_done, len(estimators), rate)
-  return {"images_per_s": rate, "written_shards": written, **passes}
+
+  def _rank_batch(self, split, batch, real, split_key, pending):
+    """Explains one batch with every estimator; appends its levels."""
+    ec = self.config.explain
+    start = time.time()
+    images = training.to_global({"image": batch["image"],
+                                 "index": batch["index"].astype(np.int32)},
+                                self.mesh)
+    maps = saliency.explain_all(
+        self.model, images["image"], methods=self.model_estimators,
+        key=split_key, indices=images["index"], target=None,
+        **self.options) if self.model_estimators else {}
+    for e in self.model_estimators:
+      levels = saliency.rank(maps[e], granularity=ec.granularity,
+                             transform=ec.transform)
+      pending[e].append(_local_rows(levels)[real])
+    if ORACLE in self.estimators:
+      oracle = _oracle_maps(self.config, split, batch["index"][real],
+                            batch["image"][real].shape)
+      pending[ORACLE].append(np.asarray(saliency.rank(
+          oracle, granularity=ec.granularity, transform="abs")))
+    self.elapsed += time.time() - start
+    self.images_done += int(real.sum())
+    if (split == "test" and not self.visualized and self.model_estimators
+        and self.pid == 0):
+      _visualize(self.config, self.wd.root, batch, maps, real)
+      self.visualized = True
 
 
 def _log_gradient_passes(config, model, estimators, source, options

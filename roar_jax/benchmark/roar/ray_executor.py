@@ -227,6 +227,40 @@ def _warn_if_unschedulable(ray, options: Mapping[str, Any]):
          or k in wanted})
 
 
+def _collect(ray, refs, plan) -> tuple[dict[Any, Any], dict[str, Any]]:
+  """Waits for every task; returns (records by unit, errors by unit name)."""
+  records, failures = {}, {}
+  pending = list(refs)
+  with tqdm.tqdm(total=len(refs), desc="retrain units (ray)",
+                 disable=None) as bar:
+    try:
+      while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        for ref in done:
+          unit = refs[ref]
+          try:
+            record = ray.get(ref)
+          except ray.exceptions.RayError as e:
+            failures[unit.name] = e
+            logging.error("unit %s failed: %s", unit.name, e)
+          else:
+            records[unit] = record
+            if not grid.is_done(plan, unit):
+              # The worker's files are not visible here: keep the result
+              # anyway, so that the report has it and a rerun skips it.
+              grid.write_result(plan, unit, record)
+            logging.info("unit %s: test accuracy %.4f", unit.name,
+                         record["test_accuracy"])
+          bar.update(1)
+          bar.set_postfix(failed=len(failures))
+    except KeyboardInterrupt:
+      # Units that already run keep their checkpoints; cancel the rest.
+      for ref in pending:
+        ray.cancel(ref)
+      raise
+  return records, failures
+
+
 def run_units(config, workdir: str, units: Sequence[grid.Unit], *,
               run_unit: UnitRunner = grid.run_unit) -> list[dict[str, Any]]:
   """Runs the units as Ray tasks and waits for all of them.
@@ -261,41 +295,13 @@ def run_units(config, workdir: str, units: Sequence[grid.Unit], *,
   connected = _connect(ray, config)
   try:
     _warn_if_unschedulable(ray, options)
-    # Tasks are named after their units, as the Ray dashboard lists them.
     plan = artifacts_lib.plan(config, workdir_lib.Workdir(workdir), units)
+    # Tasks are named after their units, as the Ray dashboard lists them.
     refs = {task.options(name=f"roar {u.name}", **options).remote(
         config, workdir, u, run_unit): u for u in units}
     logging.info("submitted %d units to Ray (%s per task)", len(refs),
                  {k: v for k, v in options.items() if k != "runtime_env"})
-    records, failures = {}, {}
-    pending = list(refs)
-    with tqdm.tqdm(total=len(refs), desc="retrain units (ray)",
-                   disable=None) as bar:
-      try:
-        while pending:
-          done, pending = ray.wait(pending, num_returns=1)
-          for ref in done:
-            unit = refs[ref]
-            try:
-              record = ray.get(ref)
-            except ray.exceptions.RayError as e:
-              failures[unit.name] = e
-              logging.error("unit %s failed: %s", unit.name, e)
-            else:
-              records[unit] = record
-              if not grid.is_done(plan, unit):
-                # The worker's files are not visible here: keep the result
-                # anyway, so that the report has it and a rerun skips it.
-                grid.write_result(plan, unit, record)
-              logging.info("unit %s: test accuracy %.4f", unit.name,
-                           record["test_accuracy"])
-            bar.update(1)
-            bar.set_postfix(failed=len(failures))
-      except KeyboardInterrupt:
-        # Units that already run keep their checkpoints; cancel the rest.
-        for ref in pending:
-          ray.cancel(ref)
-        raise
+    records, failures = _collect(ray, refs, plan)
   finally:
     if connected:
       ray.shutdown()
