@@ -1,0 +1,81 @@
+"""The batched noisy linear imputation against the per-image scipy reference
+of `degradation.noisy_linear_fill`."""
+
+import numpy as np
+import pytest
+
+from roar_jax.data import degradation
+from roar_jax.data import imputation
+
+
+def _case(granularity, seed=0, b=6, h=20, w=17):
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (b, h, w, 3)).astype(np.uint8)
+  shape = (b, h, w) if granularity == "pixel" else (b, h, w, 3)
+  removed = rng.random(shape) < np.linspace(0.1, 0.95, b).reshape(
+      (b,) + (1,) * (len(shape) - 1))
+  # A large removed block (rows 2..15 of image 0): the hardest system.
+  removed[0, 2:16] = True
+  indices = np.arange(b) * 7 + 3
+  return images, removed, indices
+
+
+def _reference(images, removed, indices, seed):
+  """The reference's values before rounding, [0, 1] units (float64)."""
+  out = images.astype(np.float64) / 255.0
+  for i in range(len(images)):
+    m = removed[i] if removed.ndim == 4 else removed[i][..., None]
+    noise = degradation.noise_rng(seed, int(indices[i])).normal(
+        0.0, degradation.NOISY_LINEAR_STD, size=images.shape[1:])
+    groups = ([(m[..., 0], slice(None))] if m.shape[-1] == 1 else
+              [(m[..., c], slice(c, c + 1)) for c in range(3)])
+    for mask, chans in groups:
+      values = degradation._harmonic_fill(  # pylint: disable=protected-access
+          images[i][:, :, chans] / 255.0, mask)
+      r, c = np.nonzero(mask)
+      out[i, r, c, chans] = values + noise[r, c][:, chans]
+  return out
+
+
+@pytest.mark.parametrize("granularity", ["pixel", "value"])
+@pytest.mark.parametrize("solver", ["cg", "scipy"])
+def test_batched_imputation_equals_the_reference(granularity, solver):
+  images, removed, indices = _case(granularity)
+  seed = 5
+  expected = _reference(images, removed, indices, seed)
+  noise = imputation.noise(indices, images.shape[1:], seed=seed)
+  m = removed if removed.ndim == 4 else removed[..., None]
+  x = images / 255.0
+  if solver == "cg":
+    filled = np.asarray(imputation.harmonic_fill(x, m))
+  else:
+    filled = imputation.harmonic_fill_scipy(x, m)
+  got = np.where(m, filled + noise, x)
+  np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+  # Kept values untouched, bit for bit.
+  keep = np.broadcast_to(~m, images.shape)
+  np.testing.assert_array_equal(filled[keep], x[keep])
+  # uint8 out: the reference's bytes (a value within 1e-5 of a rounding
+  # boundary may round the other way: at most one level, almost never).
+  out = np.asarray(imputation.noisy_linear(images, removed, noise,
+                                           solver=solver))
+  ref = degradation.degrade(
+      images, np.where(removed, 0, 99).astype(np.uint8), threshold=0.01,
+      mode="roar", fill="noisy_linear", indices=indices, seed=seed)
+  diff = np.abs(out.astype(int) - ref.astype(int))
+  assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+  np.testing.assert_array_equal(out[keep], images[keep])
+
+
+def test_float32_cg_is_close_and_removing_everything_is_refused():
+  images, removed, _ = _case("pixel", seed=1)
+  m = removed[..., None]
+  f64 = np.asarray(imputation.harmonic_fill(images / 255.0, m))
+  f32 = np.asarray(imputation.harmonic_fill(images / 255.0, m,
+                                            precision="float32"))
+  # float32 stalls at ~cond * 6e-8; still far below one uint8 step (1/255).
+  assert np.abs(f32 - f64).max() < 2e-4
+  full = np.zeros_like(m)
+  full[2] = True
+  with pytest.raises(ValueError, match="every pixel of image 9"):
+    imputation.check_removable(full, indices=np.arange(6) + 7)
