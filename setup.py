@@ -27,6 +27,7 @@ setuptools.setup(
         "importlib_resources>=6.0",
         "numpy>=1.26",
         "scipy>=1.11",
+        "pandas>=2.0",
         "matplotlib>=3.8",
         "scikit-image>=0.22",
         "tqdm>=4.66",

@@ -32,6 +32,8 @@ def test_aggregate_mean_and_sample_std():
   assert row["mean_accuracy"] == pytest.approx(0.6)
   assert row["std_accuracy"] == pytest.approx(0.1)  # Sample std (n - 1).
   assert row["no_retrain_accuracy"] == 0.2
+  # No random to pair with: no p-value.
+  assert math.isnan(row["p_vs_random"])
 
 
 def test_records_are_written_once_per_unit(tmp_path):
@@ -72,15 +74,19 @@ def test_report_files_csv_contract_and_ranking(tmp_path):
   out = report.build_report(workdir_lib.Workdir(tmp_path), records, {},
                             expected_units=20, base_accuracy=0.95)
   assert out["partial"] and out["num_results"] == 16
+  assert out["modes"] == ["roar", "kar"]
   folder = tmp_path / "report"
-  for name in ("results.csv", "roar.png", "kar.png", "no_retrain.png",
-               "summary.md"):
+  for name in ("results.csv", "rank_stability.csv", "roar.png", "roar.pdf",
+               "kar.png", "kar.pdf", "summary.md", "index.html"):
     assert (folder / name).stat().st_size > 0
     # Readable by others under the default umask (022 in CI and here).
     assert (folder / name).stat().st_mode & 0o777 == 0o666 & ~_umask()
+  # The no-retrain curves are drawn in roar.png and kar.png.
+  assert not (folder / "no_retrain.png").exists()
   with open(folder / "results.csv") as f:
     header = next(csv.reader(f))
-  assert tuple(header) == results.CSV_COLUMNS
+  assert tuple(header) == results.REPORT_COLUMNS
+  assert tuple(header[:len(results.CSV_COLUMNS)]) == results.CSV_COLUMNS
   rows = report.read_csv(str(folder / "results.csv"))
   good = [r for r in rows if r["estimator"] == "good" and r["mode"] == "roar"]
   assert [r["mean_accuracy"] for r in good] == pytest.approx([0.305, 0.305])

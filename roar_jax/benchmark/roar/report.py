@@ -1,86 +1,59 @@
-"""The ROAR/KAR report: results.csv, accuracy curves and a markdown summary.
+"""The ROAR/KAR report: tables, figures, a markdown summary and one HTML page.
 
 `build_report` can run at any time: it reads whatever results exist, so a
-partial grid gives a partial report, marked as such in summary.md.
+partial grid gives a partial report, marked as such. It writes under
+`W/report/`:
+
+- `results.csv`: one row per (estimator, mode, threshold): the contract
+  columns, a 95% Student-t interval over seeds (`ci95_low`, `ci95_high`) and
+  the paired t-test's p-value against `random` (`p_vs_random`);
+- `rank_stability.csv`: how consistently the seeds order the estimators;
+- `roar.png`/`.pdf`, `kar.png`/`.pdf`: one figure per mode that was run,
+  retrained and no-retrain curves on the same axes (`figures.py`);
+- `summary.md`: the tables with a verdict against `random` per estimator and
+  threshold, the ranking, the figures (`![](roar.png)`) and the config;
+- `index.html`: all of it on one self-contained page, with the saliency grid
+  (`saliency.png`) and the sanity-check and metrics figures when present.
+
+Nothing in them depends on the time or on the order of the records, so an
+unchanged report is byte-identical.
 """
 
 import csv
 import io
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
+from roar_jax import workdir as workdir_lib
+from roar_jax.benchmark.roar import figures
+from roar_jax.benchmark.roar import html_page
+from roar_jax.benchmark.roar import results as results_lib
+from roar_jax.benchmark.roar import statistics
 
-from roar_jax import workdir as workdir_lib  # noqa: E402
-from roar_jax.benchmark.roar import results as results_lib  # noqa: E402
-
-_MODE_TITLES = {"roar": "ROAR: fraction of the most important pixels removed",
-                "kar": "KAR: fraction of the most important pixels kept"}
+# Figures written by other stages that index.html embeds when present.
+_SALIENCY = "saliency.png"
+_METRICS = "metrics.png"
 
 
-def write_csv(path: str, rows: Sequence[Mapping[str, Any]]):
-  workdir_lib.write_csv(path, [
-      {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()}
-      for r in rows], results_lib.CSV_COLUMNS)
+def write_csv(path: str, frame: pd.DataFrame):
+  """results.csv: REPORT_COLUMNS, 6 significant digits, NaN as 'nan'."""
+  workdir_lib.write_text(path, frame[list(results_lib.REPORT_COLUMNS)].to_csv(
+      index=False, float_format="%.6g", na_rep="nan", lineterminator="\n"))
 
 
 def read_csv(path: str) -> list[dict[str, Any]]:
+  """results.csv back as dicts: numbers as floats, num_seeds as int."""
   rows = list(csv.DictReader(io.StringIO(
       workdir_lib.read_bytes(path).decode())))
+  numeric = set(results_lib.REPORT_COLUMNS) - {"estimator", "mode",
+                                                "num_seeds"}
   for r in rows:
-    for k in ("threshold", "mean_accuracy", "std_accuracy",
-              "no_retrain_accuracy"):
+    for k in numeric & set(r):
       r[k] = float(r[k])
     r["num_seeds"] = int(r["num_seeds"])
   return rows
-
-
-def _finish_axes(ax, mode: str, title: str, legend: bool):
-  ax.set_xlabel("fraction of pixels " + ("removed" if mode == "roar"
-                                          else "kept"))
-  ax.set_ylabel("test accuracy")
-  ax.set_title(title, fontsize=10)
-  ax.set_xlim(0, 1)
-  ax.grid(alpha=0.3)
-  if legend:
-    ax.legend(fontsize=8)
-
-
-def _save_figure(fig, path: str):
-  fig.tight_layout()
-  workdir_lib.save_figure(fig, path, dpi=110)
-  plt.close(fig)
-
-
-def _retrained_plot(path: str, rows, mode: str, title: str):
-  """Mean retrained accuracy per estimator vs threshold, std over seeds."""
-  rows = [r for r in rows
-          if r["mode"] == mode and not math.isnan(r["mean_accuracy"])]
-  fig, ax = plt.subplots(figsize=(6.5, 4.5))
-  for est in sorted({r["estimator"] for r in rows}):
-    pts = sorted((r["threshold"], r["mean_accuracy"], r["std_accuracy"])
-                 for r in rows if r["estimator"] == est)
-    xs, ys, es = zip(*pts)
-    ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=est)
-  _finish_axes(ax, mode, title, legend=bool(rows))
-  _save_figure(fig, path)
-
-
-def _no_retrain_plot(path: str, rows):
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-  for ax, mode in zip(axes, ("roar", "kar")):
-    sel = [r for r in rows if r["mode"] == mode
-           and not math.isnan(r["no_retrain_accuracy"])]
-    for est in sorted({r["estimator"] for r in sel}):
-      pts = sorted((r["threshold"], r["no_retrain_accuracy"]) for r in sel
-                   if r["estimator"] == est)
-      ax.plot(*zip(*pts), marker="o", label=est)
-    _finish_axes(ax, mode, f"{mode.upper()} without retraining (base model)",
-                 legend=bool(sel))
-  _save_figure(fig, path)
 
 
 def rank_estimators(rows) -> dict[str, list[tuple[str, float]]]:
@@ -91,93 +64,323 @@ def rank_estimators(rows) -> dict[str, list[tuple[str, float]]]:
   KAR: a better estimator's kept pixels suffice, so accuracy is HIGHER.
 
   Args:
-    rows: aggregated rows.
+    rows: aggregated rows (dicts, or a DataFrame).
 
   Returns:
     mode -> [(estimator, mean accuracy over its thresholds)], best first.
   """
+  frame = pd.DataFrame(list(rows) if not isinstance(rows, pd.DataFrame)
+                       else rows, columns=["estimator", "mode",
+                                           "mean_accuracy"])
+  frame = frame.dropna(subset=["mean_accuracy"])
   ranked = {}
   for mode, best_low in (("roar", True), ("kar", False)):
-    scores = {}
-    for est in {r["estimator"] for r in rows if r["mode"] == mode}:
-      accs = [r["mean_accuracy"] for r in rows if r["mode"] == mode
-              and r["estimator"] == est and not math.isnan(r["mean_accuracy"])]
-      if accs:
-        scores[est] = sum(accs) / len(accs)
-    ranked[mode] = sorted(scores.items(), key=lambda kv: kv[1],
-                          reverse=not best_low)
+    scores = frame[frame["mode"] == mode].groupby("estimator")[
+        "mean_accuracy"].mean().sort_index()
+    scores = scores.sort_values(ascending=best_low, kind="stable")
+    ranked[mode] = [(e, float(a)) for e, a in scores.items()]
   return ranked
+
+
+def _config_get(config, *path):
+  node = config
+  for key in path:
+    if node is None or not hasattr(node, "get"):
+      return None
+    node = node.get(key)
+  return node
+
+
+def num_classes_of(config) -> int | None:
+  """The number of classes a config states (data.<name>.num_classes,
+  data.num_classes or model.num_classes), or None."""
+  name = _config_get(config, "data", "name")
+  for path in (("data", name, "num_classes"), ("data", "num_classes"),
+               ("model", "num_classes")):
+    if None not in path and (n := _config_get(config, *path)):
+      return int(n)
+  return None
+
+
+def config_text(config) -> str:
+  """The config as sorted JSON (as W/config.json holds it)."""
+  if hasattr(config, "to_json_best_effort"):
+    return config.to_json_best_effort(indent=2, sort_keys=True)
+  return str(config)
+
+
+def _pct(v: float) -> str:
+  return "–" if v is None or math.isnan(v) else f"{100 * v:.2f}"
+
+
+def _accuracy_cell(row) -> str:
+  if row["num_seeds"] == 0:
+    return "–"
+  if row["num_seeds"] == 1:
+    return f"{_pct(row['mean_accuracy'])} (single seed: no interval)"
+  return (f"{_pct(row['mean_accuracy'])} [{_pct(row['ci95_low'])}, "
+          f"{_pct(row['ci95_high'])}]")
+
+
+def table_modes(frame: pd.DataFrame) -> list[str]:
+  """The modes in the results: ROAR, then KAR, then any other."""
+  return sorted(set(frame["mode"]), key=lambda m: (m != "roar", m != "kar", m))
+
+
+def results_table(frame: pd.DataFrame, mode: str) -> pd.DataFrame:
+  """The rows of `mode` as the summary shows them (accuracies in %).
+
+  Ordered by fraction, then estimator with random first, so that the
+  estimators compared at one fraction sit together under their control.
+  """
+  sub = frame[frame["mode"] == mode].assign(
+      _not_control=lambda f: f["estimator"] != statistics.CONTROL)
+  sub = sub.sort_values(["threshold", "_not_control", "estimator"],
+                        kind="stable")
+  return pd.DataFrame({
+      "fraction": sub["threshold"].map(lambda t: f"{t:.2f}"),
+      "estimator": sub["estimator"],
+      "seeds": sub["num_seeds"],
+      "accuracy % [95% CI]": sub.apply(_accuracy_cell, axis=1),
+      "no retrain %": sub["no_retrain_accuracy"].map(_pct),
+      "p vs random": sub["p_vs_random"].map(statistics.format_p),
+      "vs random (paired t, 5% level)": sub.apply(
+          lambda r: statistics.verdict(r, mode), axis=1),
+  })
+
+
+def stability_table(stability: pd.DataFrame) -> pd.DataFrame:
+  def num(v):
+    return "–" if math.isnan(v) else f"{v:.3f}"
+  return pd.DataFrame({
+      "mode": stability["mode"],
+      "seeds": stability["seeds"],
+      "estimators": stability["estimators"],
+      "Kendall's W": stability["kendall_w"].map(num),
+      "mean pairwise Spearman": stability["mean_spearman"].map(num),
+      "best (mean over seeds)": stability["best"],
+      "first in seeds": [f"{k} of {m}" for k, m in
+                         zip(stability["best_in_seeds"], stability["seeds"])],
+  })
+
+
+def markdown_table(frame: pd.DataFrame) -> list[str]:
+  """A GitHub pipe table of `frame`'s cells as strings."""
+  def cell(v) -> str:
+    return str(v).replace("|", "\\|")
+  lines = ["| " + " | ".join(cell(c) for c in frame.columns) + " |",
+           "|" + "---|" * len(frame.columns)]
+  lines += ["| " + " | ".join(cell(v) for v in row) + " |"
+            for row in frame.itertuples(index=False)]
+  return lines
+
+
+_RESULTS_NOTE = (
+    "Accuracies in %: the mean over seeds of the retrained models with its "
+    "95% confidence interval (Student t over seeds); 'no retrain' is the base "
+    "model on the same degraded test split. 'vs random': a paired t-test over "
+    "seeds against random at the same mode and fraction (seed k of every "
+    "unit shares its initialization and data order); in ROAR a better "
+    "estimator leaves a lower accuracy, in KAR a higher one.")
+
+_STABILITY_NOTE = (
+    "Each seed orders the estimators by their accuracy averaged over the "
+    "fractions; Kendall's W (0: no agreement, 1: every seed gives the same "
+    "order) and the mean Spearman correlation between pairs of seeds say how "
+    "stable that ordering is. With one seed there is nothing to compare.")
+
+_RANK_NOTE = (
+    "An estimator is informative only where it beats random; estimators whose "
+    "intervals overlap are not ordered by these data.")
+
+
+def _context(records, frame, *, config, expected_units, base_accuracy,
+             num_classes, dataset, model) -> dict[str, Any]:
+  """What the summary and the page say about the run."""
+  return {
+      "num_results": len(records),
+      "partial": expected_units is not None and len(records) < expected_units,
+      "expected_units": expected_units,
+      "base_accuracy": base_accuracy,
+      "num_classes": num_classes,
+      "dataset": dataset or _config_get(config, "data", "name") or "",
+      "model": model or _config_get(config, "model", "name") or "",
+      "seeds": figures.seeds_text(frame["num_seeds"]),
+      "config": config,
+  }
+
+
+def _intro(ctx) -> list[str]:
+  lines = []
+  if ctx["partial"]:
+    lines.append(f"Partial report: {ctx['num_results']} of "
+                 f"{ctx['expected_units']} retrains have finished; rerun the "
+                 "grid to complete it.")
+  else:
+    lines.append(f"{ctx['num_results']} retrains ({ctx['seeds']}).")
+  if ctx["base_accuracy"] is not None:
+    lines.append(f"Base model (unmodified data) test accuracy: "
+                 f"{100 * ctx['base_accuracy']:.2f}%.")
+  if ctx["num_classes"]:
+    lines.append(f"Chance: 1/{ctx['num_classes']} = "
+                 f"{100 / ctx['num_classes']:.2f}%.")
+  return lines
+
+
+def _title(ctx) -> str:
+  what = ", ".join(p for p in (ctx["dataset"], ctx["model"]) if p)
+  return "ROAR / KAR report" + (f": {what}" if what else "")
+
+
+def _captions(frame, modes, ctx) -> dict[str, str]:
+  return {m: figures.caption(
+      m, base_accuracy=ctx["base_accuracy"], num_classes=ctx["num_classes"],
+      has_ci=bool(frame.loc[frame["mode"] == m, "ci95_low"].notna().any()))
+          for m in modes}
+
+
+_RANK_HEADINGS = {
+    "roar": ("ROAR (best first: lowest accuracy after removing its most "
+             "important pixels):"),
+    "kar": ("KAR (best first: highest accuracy keeping only its most "
+            "important pixels):")}
+
+
+def _ranking_note(frame) -> str:
+  if (frame["num_seeds"] == 1).any():
+    return ("Single seed: this ordering is not tested. " + _RANK_NOTE)
+  return _RANK_NOTE
+
+
+def _summary(frame, stability, modes, extra_figures, ctx) -> str:
+  """summary.md."""
+  lines = [f"# {_title(ctx)}", ""]
+  for i, line in enumerate(_intro(ctx)):
+    lines += [f"**{line}**" if i == 0 and ctx["partial"] else line, ""]
+  captions = _captions(frame, modes, ctx)
+  if modes:
+    lines += ["## Figures", ""]
+    for m in modes:
+      lines += [f"![{m.upper()}]({m}.png)", "", captions[m],
+                f"(Also {m}.pdf.)", ""]
+  lines += ["## Results", "", _RESULTS_NOTE, ""]
+  for mode in table_modes(frame):
+    lines += [f"### {mode.upper()}", ""]
+    lines += markdown_table(results_table(frame, mode)) + [""]
+  lines += ["## Estimators ranked", ""]
+  for mode, ranked in rank_estimators(frame).items():
+    if ranked:
+      lines += [_RANK_HEADINGS[mode], ""]
+      lines += [f"{i + 1}. {e} ({_pct(a)})" for i, (e, a) in
+                enumerate(ranked)] + [""]
+  lines += [_ranking_note(frame), "", "## Rank stability across seeds", "",
+            _STABILITY_NOTE, ""]
+  lines += markdown_table(stability_table(stability)) + [""]
+  for heading, names in extra_figures:
+    lines += [f"## {heading}", ""] + [f"![]({n})" for n in names] + [""]
+  lines += ["Files: results.csv, rank_stability.csv, "
+            + ", ".join(f"{m}.png, {m}.pdf" for m in modes)
+            + (", " if modes else "") + "index.html (everything on one page).",
+            ""]
+  if ctx["config"] is not None:
+    lines += ["## Config", "",
+              f"config hash `{results_lib.config_hash(ctx['config'])}`", "",
+              "```json", config_text(ctx["config"]), "```", ""]
+  return "\n".join(lines)
+
+
+def _extra_figures(wd) -> list[tuple[str, list[str]]]:
+  """(heading, [file names]) of the other stages' figures in W/report/."""
+  names = workdir_lib.listdir(wd.report())
+  groups = [("Saliency maps", [n for n in names if n == _SALIENCY]),
+            ("No-retrain metrics", [n for n in names if n == _METRICS]),
+            ("Sanity checks", [n for n in names if n.startswith("sanity")
+                               and n.endswith(".png")])]
+  return [(h, n) for h, n in groups if n]
+
+
+def _page(wd, frame, stability, modes, extra_figures, ctx) -> str:
+  """index.html."""
+  captions = _captions(frame, modes, ctx)
+
+  def fig(name, caption=""):
+    return html_page.Figure(workdir_lib.read_bytes(wd.report(name)), name,
+                            caption)
+
+  sections = []
+  if modes:
+    sections.append(html_page.Section(
+        "Figures", figures=[fig(f"{m}.png", captions[m]) for m in modes]))
+  ranked = rank_estimators(frame)
+  sections += [
+      html_page.Section("Results", [_RESULTS_NOTE]),
+      *[html_page.Section(m.upper(), tables=[results_table(frame, m)],
+                          level=3)
+        for m in table_modes(frame)],
+      html_page.Section(
+          "Estimators ranked",
+          [f"{_RANK_HEADINGS[m]} " + ", ".join(
+              f"{i + 1}. {e} ({_pct(a)})" for i, (e, a) in
+              enumerate(ranked[m])) for m in ranked if ranked[m]]
+          + [_ranking_note(frame)]),
+      html_page.Section("Rank stability across seeds", [_STABILITY_NOTE],
+                        tables=[stability_table(stability)]),
+  ]
+  sections += [html_page.Section(h, figures=[fig(n) for n in names])
+               for h, names in extra_figures]
+  if ctx["config"] is not None:
+    sections.append(html_page.Section(
+        "Config",
+        [f"config hash (fingerprint): "
+         f"{results_lib.config_hash(ctx['config'])}"],
+        preformatted=config_text(ctx["config"])))
+  return html_page.page(_title(ctx), _intro(ctx), sections)
 
 
 def build_report(wd: workdir_lib.Workdir, records, no_retrain, *,
                  config=None, expected_units: int | None = None,
-                 base_accuracy: float | None = None) -> dict[str, Any]:
-  """Writes `W/report/`: results.csv, roar.png, kar.png, no_retrain.png and
-  summary.md.
+                 base_accuracy: float | None = None,
+                 num_classes: int | None = None,
+                 dataset: str | None = None,
+                 model: str | None = None) -> dict[str, Any]:
+  """Writes `W/report/`: results.csv, rank_stability.csv, a figure per mode
+  run (PNG and PDF), summary.md and index.html.
 
   Args:
     wd: the experiment workdir.
     records: the result records to count (those of the current config).
     no_retrain: (estimator, mode, threshold) -> accuracy of the base model on
       that degraded test split, without retraining.
-    config: the experiment config, quoted in the summary.
+    config: the experiment config, quoted with its hash.
     expected_units: how many retrains the full grid has; fewer results mark
       the report partial.
     base_accuracy: the unmodified base model's test accuracy.
+    num_classes: the number of classes, for the chance line (default: what
+      the config states, see `num_classes_of`; no line when unknown).
+    dataset: the dataset's name in titles (default: config.data.name).
+    model: the model's name in titles (default: config.model.name).
 
   Returns:
-    {'rows': aggregated rows, 'partial': bool, 'num_results': int}.
+    {'rows': aggregated rows (REPORT_COLUMNS), 'partial': bool,
+     'num_results': int, 'modes': the modes drawn}.
   """
-  rows = results_lib.aggregate(records, no_retrain)
-  write_csv(wd.report("results.csv"), rows)
-  for mode in ("roar", "kar"):
-    _retrained_plot(wd.report(f"{mode}.png"), rows, mode,
-                    _MODE_TITLES[mode] + ", retrained")
-  _no_retrain_plot(wd.report("no_retrain.png"), rows)
-  partial = expected_units is not None and len(records) < expected_units
-  _write_summary(wd.report("summary.md"), rows, config=config,
-                 partial=partial, num_results=len(records),
-                 expected_units=expected_units, base_accuracy=base_accuracy)
-  return {"rows": rows, "partial": partial, "num_results": len(records)}
-
-
-def _fmt(v: float) -> str:
-  return "–" if math.isnan(v) else f"{100 * v:.2f}"
-
-
-def _write_summary(path, rows, *, config, partial, num_results,
-                   expected_units, base_accuracy):
-  lines = ["# ROAR / KAR report", ""]
-  if partial:
-    lines += [f"**Partial report:** {num_results} of {expected_units} "
-              "retrains have finished; rerun the grid to complete it.", ""]
-  else:
-    lines += [f"{num_results} retrains.", ""]
-  if base_accuracy is not None:
-    lines += [f"Base model (unmodified data) test accuracy: "
-              f"{100 * base_accuracy:.2f}%.", ""]
-  lines += ["Accuracies in %, mean ± std over seeds; 'no retrain' is the base "
-            "model on the same degraded test split.", "",
-            "| estimator | mode | fraction | seeds | accuracy | no retrain |",
-            "|---|---|---|---|---|---|"]
-  for r in rows:
-    lines.append(
-        f"| {r['estimator']} | {r['mode']} | {r['threshold']:.2f} | "
-        f"{r['num_seeds']} | {_fmt(r['mean_accuracy'])} ± "
-        f"{_fmt(r['std_accuracy'])} | {_fmt(r['no_retrain_accuracy'])} |")
-  ranked = rank_estimators(rows)
-  lines += ["", "## Estimators ranked", "",
-            "ROAR (best first: lowest accuracy after removing its most "
-            "important pixels):", ""]
-  lines += [f"{i + 1}. {e} ({_fmt(a)})" for i, (e, a) in
-            enumerate(ranked["roar"])]
-  lines += ["", "KAR (best first: highest accuracy keeping only its most "
-            "important pixels):", ""]
-  lines += [f"{i + 1}. {e} ({_fmt(a)})" for i, (e, a) in
-            enumerate(ranked["kar"])]
-  lines += ["", "An estimator is informative only where it beats `random`.",
-            "", "Plots: roar.png, kar.png, no_retrain.png.", ""]
-  if config is not None:
-    lines += ["## Config", "", f"config hash `{results_lib.config_hash(config)}`",
-              "", "```", str(config), "```", ""]
-  workdir_lib.write_text(path, "\n".join(lines))
+  records = list(records)
+  frame = results_lib.aggregate_frame(records, no_retrain)
+  stability = statistics.rank_stability(results_lib.records_frame(records))
+  ctx = _context(records, frame, config=config, expected_units=expected_units,
+                 base_accuracy=base_accuracy,
+                 num_classes=num_classes or num_classes_of(config),
+                 dataset=dataset, model=model)
+  write_csv(wd.report("results.csv"), frame)
+  workdir_lib.write_text(wd.report("rank_stability.csv"), stability.to_csv(
+      index=False, float_format="%.6g", na_rep="nan", lineterminator="\n"))
+  modes = figures.write_mode_figures(
+      wd, frame, base_accuracy=base_accuracy, num_classes=ctx["num_classes"],
+      dataset=ctx["dataset"], model=ctx["model"])
+  extra = _extra_figures(wd)
+  workdir_lib.write_text(wd.report("summary.md"),
+                         _summary(frame, stability, modes, extra, ctx))
+  workdir_lib.write_text(wd.report("index.html"),
+                         _page(wd, frame, stability, modes, extra, ctx))
+  return {"rows": results_lib.rows_of(frame), "partial": ctx["partial"],
+          "num_results": len(records), "modes": modes}

@@ -5,19 +5,35 @@ Every finished (estimator, mode, threshold, seed) unit writes one record to
 atomically, with its fingerprint: an interrupted grid never holds half a
 result, a rerun never counts one twice, and a record of another config is
 never counted (`pipeline.report`).
+
+`aggregate_frame` turns the records into one row per (estimator, mode,
+threshold) with the contract columns of `results.csv` (CSV_COLUMNS) and the
+statistics of `statistics.py` (STAT_COLUMNS).
 """
 
-import collections
 import hashlib
 import json
-import math
 from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+from roar_jax.benchmark.roar import statistics
 
 REQUIRED_KEYS = ("estimator", "mode", "threshold", "seed", "test_accuracy",
                  "steps", "wall_time_s", "config_hash")
 
+# The contract columns of results.csv, in this order.
 CSV_COLUMNS = ("estimator", "mode", "threshold", "num_seeds", "mean_accuracy",
                "std_accuracy", "no_retrain_accuracy")
+# Statistics after them: a 95% Student-t interval of the mean over seeds and
+# the paired t-test's p-value against `random` (same mode and threshold).
+STAT_COLUMNS = ("ci95_low", "ci95_high", "p_vs_random")
+REPORT_COLUMNS = CSV_COLUMNS + STAT_COLUMNS
+
+KEYS = ["estimator", "mode", "threshold"]
+# Thresholds are fractions stored as floats; rounded, equal fractions of
+# different records group together.
+_THRESHOLD_DECIMALS = 4
 
 
 def config_hash(config) -> str:
@@ -34,39 +50,68 @@ def config_hash(config) -> str:
   return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-  mean = sum(values) / len(values)
-  # Sample standard deviation over seeds (0 for a single seed).
-  var = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-         if len(values) > 1 else 0.0)
-  return mean, math.sqrt(var)
+def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+  """One row per record (estimator, mode, threshold, seed, test_accuracy),
+  sorted by them."""
+  rows = [{"estimator": str(r["estimator"]), "mode": str(r["mode"]),
+           "threshold": round(float(r["threshold"]), _THRESHOLD_DECIMALS),
+           "seed": int(r["seed"]), "test_accuracy": float(r["test_accuracy"])}
+          for r in records]
+  frame = pd.DataFrame(rows, columns=KEYS + ["seed", "test_accuracy"])
+  frame = frame.astype({"estimator": str, "mode": str, "threshold": float,
+                        "seed": int, "test_accuracy": float})
+  # Sorted, so that every statistic sums in the same order whatever the
+  # order the records were read in.
+  return frame.sort_values(KEYS + ["seed"], kind="stable", ignore_index=True)
 
 
-def aggregate(records: Iterable[Mapping[str, Any]],
-              no_retrain: Mapping[tuple[str, str, float], float] | None = None
-              ) -> list[dict[str, Any]]:
-  """One row per (estimator, mode, threshold): mean and std over seeds.
+def _no_retrain_series(no_retrain) -> pd.Series:
+  index = pd.MultiIndex.from_tuples(
+      [(e, m, round(float(t), _THRESHOLD_DECIMALS))
+       for e, m, t in (no_retrain or {})], names=KEYS)
+  return pd.Series([float(a) for a in (no_retrain or {}).values()],
+                   index=index, name="no_retrain_accuracy", dtype=float)
+
+
+def aggregate_frame(records: Iterable[Mapping[str, Any]],
+                    no_retrain: Mapping[tuple[str, str, float], float]
+                    | None = None) -> pd.DataFrame:
+  """One row per (estimator, mode, threshold), sorted by them.
+
+  Columns: REPORT_COLUMNS, then `paired_seeds` and `mean_diff_vs_random`
+  (the mean over paired seeds of accuracy minus random's accuracy) used for
+  the verdicts. A key with a no-retrain score but no retrain yet has
+  num_seeds 0 and NaN statistics.
 
   Args:
     records: result records.
     no_retrain: (estimator, mode, threshold) -> accuracy of the base model on
       that degraded test split, without retraining.
-
-  Returns:
-    Rows with the CSV_COLUMNS keys, sorted by estimator, mode, threshold.
   """
-  groups = collections.defaultdict(list)
-  for r in records:
-    groups[(r["estimator"], r["mode"], round(float(r["threshold"]), 4))].append(
-        float(r["test_accuracy"]))
-  no_retrain = {(e, m, round(float(t), 4)): a
-                for (e, m, t), a in (no_retrain or {}).items()}
-  rows = []
-  for key in sorted(set(groups) | set(no_retrain)):
-    accs = groups.get(key, [])
-    mean, std = _mean_std(accs) if accs else (float("nan"), float("nan"))
-    rows.append({"estimator": key[0], "mode": key[1], "threshold": key[2],
-                 "num_seeds": len(accs), "mean_accuracy": mean,
-                 "std_accuracy": std,
-                 "no_retrain_accuracy": no_retrain.get(key, float("nan"))})
-  return rows
+  frame = records_frame(records)
+  stats = statistics.seed_statistics(frame, KEYS)
+  paired = statistics.paired_vs_control(frame, KEYS)
+  out = stats.join(paired, how="left").join(_no_retrain_series(no_retrain),
+                                             how="outer")
+  out = out.reset_index().sort_values(KEYS, kind="stable", ignore_index=True)
+  out["num_seeds"] = out["num_seeds"].fillna(0).astype(int)
+  out["paired_seeds"] = out["paired_seeds"].fillna(0).astype(int)
+  return out[list(REPORT_COLUMNS) + ["paired_seeds", "mean_diff_vs_random"]]
+
+
+def aggregate(records: Iterable[Mapping[str, Any]],
+              no_retrain: Mapping[tuple[str, str, float], float] | None = None
+              ) -> list[dict[str, Any]]:
+  """`aggregate_frame` as a list of dicts (plain Python numbers).
+
+  Rows hold the REPORT_COLUMNS keys, sorted by estimator, mode, threshold;
+  std_accuracy is the sample std over seeds (NaN for a single seed: one seed
+  has no spread to report, not a spread of 0).
+  """
+  return rows_of(aggregate_frame(records, no_retrain))
+
+
+def rows_of(frame: pd.DataFrame) -> list[dict[str, Any]]:
+  """The REPORT_COLUMNS of an aggregated frame as dicts of Python values."""
+  return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+          for r in frame[list(REPORT_COLUMNS)].to_dict("records")]
