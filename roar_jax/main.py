@@ -9,6 +9,7 @@ sanity (the sanity checks). Every mode reads and writes under --workdir and can
 be interrupted and rerun: finished work is skipped.
 """
 
+import copy
 import logging as pylogging
 import os
 import re
@@ -110,6 +111,7 @@ def run(config, workdir: str, mode: str, *, recompute: bool = False):
   workdir; the processes of one multi-host run share it through process 0).
   """
   config_pkg.validate(config, mode)
+  config = _with_data_dir(config, workdir)
   lock = workdir_lib.Lock(workdir_lib.Workdir(workdir))
   if mode != "report" and jax_process_index() == 0:
     lock.acquire()
@@ -117,6 +119,17 @@ def run(config, workdir: str, mode: str, *, recompute: bool = False):
     return _run_mode(config, workdir, mode, recompute)
   finally:
     lock.release()
+
+
+def _with_data_dir(config, workdir: str):
+  """A dataset of one's own (`data.path`) is prepared inside the workdir
+  unless `data.data_dir` says where; TFDS datasets keep TFDS's data_dir."""
+  if not config.data.path or config.data.data_dir:
+    return config
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.data.data_dir = workdir_lib.Workdir(workdir).sub("data")
+  return config
 
 
 def jax_process_index() -> int:
@@ -203,8 +216,49 @@ def _config_value():
 
 def _quiet_libraries(record) -> bool:
   """Keeps INFO lines of the project; libraries (orbax logs every checkpoint
-  step in detail) speak only at WARNING and above."""
-  return record.levelno >= pylogging.WARNING or "roar_jax" in record.pathname
+  step in detail) speak only at WARNING and above. TFDS's notice that our
+  offline builders use a builder config is not news to anyone."""
+  if "roar_jax" in record.pathname:
+    return True
+  return (record.levelno >= pylogging.WARNING
+          and not str(record.msg).startswith("Using custom data configuration"))
+
+
+class _BarSafeStream:
+  """Log records written between progress bars: `tqdm.write` clears the
+  bars, prints the record on its own line and redraws them, so a bar and a
+  log record never share a line."""
+
+  def __init__(self, stream):
+    self.stream = stream
+
+  def write(self, text: str):
+    import tqdm  # pylint: disable=g-import-not-at-top
+    if text.strip():
+      tqdm.tqdm.write(text.rstrip("\n"), file=self.stream)
+
+  def flush(self):
+    self.stream.flush()
+
+  def close(self):
+    """The terminal stays open: absl closes its stream at exit."""
+
+  def __getattr__(self, name):
+    return getattr(self.stream, name)
+
+
+def _setup_logging():
+  """Project INFO lines, library warnings; records never share a line with
+  a progress bar; TFDS shows no bars of its own."""
+  if flags.FLAGS.verbosity < logging.INFO:
+    logging.set_verbosity(logging.INFO)
+  for handler in (*pylogging.getLogger().handlers,
+                  logging.get_absl_handler().python_handler):
+    handler.addFilter(_quiet_libraries)
+  python_handler = logging.get_absl_handler().python_handler
+  python_handler.stream = _BarSafeStream(python_handler.stream)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds.disable_progress_bar()
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -226,11 +280,7 @@ def _fail(prefix: str, error: BaseException):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if flags.FLAGS.verbosity < logging.INFO:
-    logging.set_verbosity(logging.INFO)
-  for handler in (*pylogging.getLogger().handlers,
-                  logging.get_absl_handler().python_handler):
-    handler.addFilter(_quiet_libraries)
+  _setup_logging()
   initialize_distributed()
   try:
     run(_config_value(), _WORKDIR.value, _MODE.value,

@@ -105,7 +105,7 @@ def test_interrupted_grid_gives_each_result_exactly_once(finished):
           for n in os.listdir(folder)} == before
   summary = open(os.path.join(workdir, "report", "summary.md")).read()
   assert "Partial" not in summary and "6 retrains" in summary
-  for name in ("roar.png", "kar.png", "no_retrain.png", "saliency.png"):
+  for name in ("roar.png", "kar.png", "index.html", "saliency.png"):
     assert os.path.getsize(os.path.join(workdir, "report", name)) > 0
 
 
@@ -152,3 +152,21 @@ def test_explain_mode_prints_its_gradient_passes(finished, capsys):
   assert (out["gradient_passes"], out["gradient_passes_alone"]) == (1, 1)
   assert ("gradient passes per image: 1 (1 if each estimator were computed "
           "alone)") in capsys.readouterr().out
+
+
+def test_load_gives_the_trained_model_and_its_data(finished):
+  config, workdir, *_ = finished
+  import roar_jax  # pylint: disable=g-import-not-at-top
+  from roar_jax import saliency, training  # pylint: disable=g-import-not-at-top
+  run = roar_jax.load(workdir)
+  assert list(run.config.explain.estimators) == list(config.explain.estimators)
+  images, labels = run.test_images(6, start=2)
+  assert images.shape == (6, 32, 32, 3) and labels.shape == (6,)
+  state = training.load_state(config, os.path.join(workdir, "base"))
+  module, _ = training.load_model(config, os.path.join(workdir, "base"))
+  expected = module.apply(training.variables_of(state), images, train=False)
+  np.testing.assert_allclose(np.asarray(run.model.logits(images)),
+                             np.asarray(expected), rtol=1e-5, atol=1e-5)
+  maps = saliency.explain(run.model, images, method="gradient")
+  fig = saliency.plot_grid(images, {"gradient": np.asarray(maps)})
+  assert len(fig.axes) == 6 * 2

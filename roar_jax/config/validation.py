@@ -39,9 +39,12 @@ def validate(config, mode: str = "train"):
   Raises:
     ConfigError: naming the first bad field or path.
   """
-  _require(config.data.name in DATASETS,
-           f"config.data.name={config.data.name!r} is not a known dataset; "
-           f"known: {sorted(DATASETS)}")
+  _require(isinstance(config.data.name, str) and (
+      config.data.name in DATASETS or config.data.path),
+           f"config.data.name={config.data.name!r} is not a known dataset "
+           f"(known: {sorted(DATASETS)}); a dataset of your own needs "
+           "--config.data.path= (an ImageFolder folder or .tar.gz, or a "
+           "folder of IDX files)")
   if config.data.name == "synthetic_linear":
     _require(mode in ("roar", "report"),
              f"--mode={mode}: the synthetic_linear experiment runs with "

@@ -25,6 +25,7 @@ import threading
 from typing import Any, Mapping
 
 import numpy as np
+from absl import logging
 import tensorflow_datasets as tfds
 
 from roar_jax.data import idx
@@ -154,24 +155,31 @@ def get_source(data_config: Mapping[str, Any]):
       is unusable.
   """
   name = data_config.get("name")
-  if name not in KNOWN_DATASETS:
-    raise ValueError(f"config.data.name={name!r} is not a known dataset; "
-                     f"known: {sorted(KNOWN_DATASETS)}")
+  path = data_config.get("path")
   caps = _caps(data_config)
   if name == "toy":
     src = _capped_array_source(synthetic.toy_source(data_config.get("toy")),
                                caps)
     _check_usable(src, "config.data.toy")
     return src
-  path = data_config.get("path")
-  if path:
+  if path:  # Any name: the user's own dataset.
     src = DirectorySource(prepare(data_config), name=name, caps=caps)
     _check_usable(src, f"config.data.path: {path}",
                   found_splits=src.builder.info.splits)
+    _log_dataset(src)
     return src
   src = _tfds_source(name, data_config, caps)
   _check_usable(src, f"dataset {name!r} at {src.builder.data_dir}")
+  _log_dataset(src)
   return src
+
+
+def _log_dataset(src):
+  info = src.info
+  logging.info("dataset %s: %s images, %d classes, %s", info.name,
+               " / ".join(f"{info.num_examples[s]} {s}" for s in sorted(
+                   info.num_examples, key=lambda s: (s != "train", s))),
+               info.num_classes, "x".join(map(str, info.image_shape)))
 
 
 def _unreachable(host: str, port: int, timeout: float) -> str | None:

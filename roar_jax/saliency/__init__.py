@@ -5,6 +5,7 @@ roar_jax.data or roar_jax.training.
 """
 
 from roar_jax.saliency import visualize
+from roar_jax.saliency.visualize import plot_grid
 from roar_jax.saliency.explainable import explainable
 from roar_jax.saliency.explaining import available_methods, explain
 from roar_jax.saliency.explaining import explain_all, gradient_passes

@@ -10,6 +10,7 @@ split (the last batch padded and masked, no test image dropped).
 import functools
 import hashlib
 import json
+import os
 import sys
 import time
 from typing import Any, Callable, Mapping
@@ -142,8 +143,12 @@ def _train_loop(config, workdir: str, state, start_step: int, source, mesh,
   num_steps = int(tc.num_steps)
   train_fn, _ = _compiled_steps(mesh, float(tc.label_smoothing))
   step_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
-  writer = (tensorboardX.SummaryWriter(workdir_lib.join(workdir, "tensorboard"))
-            if jax.process_index() == 0 else None)
+  run_name = os.path.basename(workdir.rstrip("/"))
+  writer = None
+  if jax.process_index() == 0:  # One writer per run, whatever the hosts.
+    writer = tensorboardX.SummaryWriter(
+        workdir_lib.join(workdir, "tensorboard"))
+    writer.add_text("config", f"<pre>{config}</pre>", start_step)
   # A resumed run reshuffles from a seed tied to its start step: it sees a
   # fresh order instead of replaying the batches before the interruption.
   batches = pipeline.train_iterator(
@@ -152,8 +157,10 @@ def _train_loop(config, workdir: str, state, start_step: int, source, mesh,
       process_index=jax.process_index(), process_count=jax.process_count())
   log_every = int(tc.log_every)
   ckpt_every = int(tc.checkpoint_every) or num_steps
-  bar = tqdm.tqdm(total=num_steps, initial=start_step, desc="train",
-                  disable=None, file=sys.stderr)
+  bar = tqdm.tqdm(total=num_steps, initial=start_step,
+                  desc=f"train {os.path.basename(workdir.rstrip('/'))}",
+                  disable=None, file=sys.stderr, leave=False)
+  learning_rate = optimizers.learning_rate_schedule(tc)
   tick, tick_step, window, last = time.time(), start_step, [], {}
   for step in range(start_step + 1, num_steps + 1):
     state, metrics = train_fn(state, mesh_lib.to_global(next(batches), mesh),
@@ -171,10 +178,12 @@ def _train_loop(config, workdir: str, state, start_step: int, source, mesh,
       now = time.time()
       last["steps_per_s"] = (step - tick_step) / max(now - tick, 1e-9)
       last["images_per_s"] = last["steps_per_s"] * tc.batch_size
+      last["learning_rate"] = float(learning_rate(step))
       tick, tick_step = now, step
       bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['accuracy']:.3f}")
-      logging.info("step %d/%d: loss %.4f, accuracy %.3f, %.1f images/s",
-                   step, num_steps, last["loss"], last["accuracy"],
+      logging.info("%s step %d/%d: loss %.4f, accuracy %.3f, lr %.3g, "
+                   "%.1f images/s", run_name, step, num_steps, last["loss"],
+                   last["accuracy"], last["learning_rate"],
                    last["images_per_s"])
       for k, v in last.items():
         if writer is not None:

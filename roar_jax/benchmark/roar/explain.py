@@ -107,8 +107,9 @@ def run(config, workdir, *, source=None, plan=None) -> dict[str, Any]:
   for split_id, split in enumerate(("test", "train")):
     stage.explain_split(split_id, split)
   rate = stage.images_done / max(stage.elapsed, 1e-9)
-  logging.info("explain: %d images ranked by %d estimators, %.1f images/s",
-               stage.images_done, len(stage.estimators), rate)
+  if stage.images_done:
+    logging.info("explain: %d images ranked by %d estimators, %.1f images/s",
+                 stage.images_done, len(stage.estimators), rate)
   return {"images_per_s": rate, "written_shards": stage.written, **passes}
 
 
@@ -133,6 +134,7 @@ class _Stage:
           "straddles two shards")
     self.written, self.images_done, self.elapsed = 0, 0, 0.0
     self.visualized = False
+    self.last_log = time.time()
 
   def explain_split(self, split_id: int, split: str):
     """Ranks this process's slice of `split`, shard by shard."""
@@ -165,6 +167,7 @@ class _Stage:
           self._rank_batch(split, batch, real, split_key, pending)
         pending_idx.append(batch["index"][real])
         bar.update(int(real.sum()))
+        self._log_progress(split, bar.n, local)
         if self.images_done:
           bar.set_postfix(
               img_per_s=f"{self.images_done / max(self.elapsed, 1e-9):.1f}")
@@ -174,6 +177,14 @@ class _Stage:
       while shard < first + per_process:
         self.written += flush(shard)
         shard += 1
+
+  def _log_progress(self, split: str, done: int, total: int):
+    """A log line every 10 s, for log files (the bar is for terminals)."""
+    now = time.time()
+    if now - self.last_log >= 10.0:
+      self.last_log = now
+      logging.info("explain %s: %d of %d images, %.1f images/s", split, done,
+                   total, self.images_done / max(self.elapsed, 1e-9))
 
   def _rank_batch(self, split, batch, real, split_key, pending):
     """Explains one batch with every estimator; appends its levels."""

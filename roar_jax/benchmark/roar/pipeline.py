@@ -106,18 +106,22 @@ def run(config, workdir, *, run_unit: UnitRunner = grid.run_unit,
   summary = None
   if jax.process_index() == 0:
     summary = report(config, workdir, plan=plan,
-                     base_accuracy=base["test_accuracy"])
+                     base_accuracy=base["test_accuracy"],
+                     num_classes=source.info.num_classes)
   return {"base": base, "report": summary, "units": len(todo)}
 
 
 def report(config, workdir, *, plan: artifacts_lib.Plan | None = None,
-           base_accuracy: float | None = None):
+           base_accuracy: float | None = None,
+           num_classes: int | None = None):
   """`--mode=report`: rebuilds the report from the stored results.
 
   Only results and no-retrain scores whose fingerprints match the config's
   plan are counted.
   """
   plan = plan or grid.plan_of(config, workdir)
+  if num_classes is None:  # For the chance line.
+    num_classes = sources.get_source(config.data).info.num_classes
   if base_accuracy is None:
     base = training.load_metrics(plan.base.path)
     base_accuracy = base and base.get("test_accuracy")
@@ -127,7 +131,8 @@ def report(config, workdir, *, plan: artifacts_lib.Plan | None = None,
                 if (r := _matching(a)) is not None}
   out = report_lib.build_report(
       plan.workdir, records, no_retrain, config=config,
-      expected_units=len(plan.results), base_accuracy=base_accuracy)
+      expected_units=len(plan.results), base_accuracy=base_accuracy,
+      num_classes=num_classes)
   logging.info("report: %s (%d results%s)", plan.workdir.report(),
                out["num_results"], ", partial" if out["partial"] else "")
   return out

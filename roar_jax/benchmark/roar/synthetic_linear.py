@@ -132,6 +132,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   curves = {key: {name: float(np.mean(v)) for name, v in acc.items()}
             for key, acc in curves.items()}
   report_lib.build_report(workdir_lib.Workdir(workdir), records, no_retrain,
-                          config=config, base_accuracy=float(np.mean(clean)))
+                          config=config, base_accuracy=float(np.mean(clean)),
+                          num_classes=2, model="least-squares linear")
   logging.info("synthetic_linear: clean accuracy %.3f", np.mean(clean))
   return {"curves": curves, "clean_accuracy": float(np.mean(clean))}

@@ -1,0 +1,104 @@
+"""`roar_jax.load(workdir)`: a finished run, for notebooks and scripts.
+
+  run = roar_jax.load("/tmp/roar_toy")
+  images, labels = run.test_images(8)
+  maps = saliency.explain(run.model, images, method="gradient")
+  saliency.plot_grid(images, {"gradient": maps})
+
+The run's config comes from `W/config.json` (what the run recorded), the model
+is the base model whose metrics were reported (`training.load_state` checks
+its step and checksum), and the images are the test split as the model sees
+them (preprocessed and normalized).
+"""
+
+import dataclasses
+import functools
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from roar_jax import workdir as workdir_lib
+
+
+@dataclasses.dataclass
+class Run:
+  """A workdir's config, base model and data.
+
+  Attributes:
+    workdir: the run's Workdir.
+    config: the config the run recorded.
+    model: the base model as a `saliency.Model` (logits, guided_logits,
+      features/head, deeplift parts).
+    module: the flax module of the base model.
+    variables: its trained variables.
+    source: the dataset's Source.
+  """
+  workdir: workdir_lib.Workdir
+  config: ml_collections.ConfigDict
+  model: Any
+  module: Any
+  variables: Any
+  source: Any
+
+  def test_images(self, n: int, *, start: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The first `n` test images (from `start`) in the model's input space.
+
+    Returns:
+      (images float32 [n, H, W, C] normalized, labels int32 [n]).
+    """
+    from roar_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+    images, labels, need = [], [], start + n
+    for batch in pipeline.eval_iterator(self.source, self.config.data, "test",
+                                        global_batch_size=min(need, 256)):
+      real = batch["mask"] > 0
+      images.append(batch["image"][real])
+      labels.append(batch["label"][real])
+      if sum(len(x) for x in labels) >= need:
+        break
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    if len(labels) < need:
+      raise ValueError(f"test_images: the test split has {len(labels)} "
+                       f"images, fewer than start + n = {need}")
+    return images[start:need], labels[start:need]
+
+  @functools.cached_property
+  def class_names(self) -> tuple[str, ...] | None:
+    return self.source.info.class_names
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+  """The config a run recorded in `W/config.json`."""
+  wd = workdir_lib.Workdir(workdir)
+  stored = workdir_lib.read_json(wd.config_file, missing_ok=True)
+  if stored is None:
+    raise workdir_lib.WorkdirError(
+        f"{wd.config_file} not found: {wd} holds no run (run roar_jax.main "
+        "with this --workdir first)")
+  return ml_collections.ConfigDict(stored["config"])
+
+
+def load(workdir) -> Run:
+  """The run in `workdir`: its config, base model and data.
+
+  Args:
+    workdir: a workdir where `--mode=train` (or any later stage) ran.
+
+  Returns:
+    The Run.
+
+  Raises:
+    workdir.WorkdirError: no run there, or its base model cannot be restored.
+  """
+  # pylint: disable=g-import-not-at-top
+  from roar_jax import saliency
+  from roar_jax import training
+  from roar_jax.data import sources
+  # pylint: enable=g-import-not-at-top
+  wd = workdir_lib.Workdir(workdir)
+  config = load_config(wd)
+  source = sources.get_source(config.data)
+  module, variables = training.load_model(config, wd.base, source=source)
+  return Run(wd, config, saliency.explainable(module, variables), module,
+             variables, source)
