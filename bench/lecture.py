@@ -85,7 +85,8 @@ def peers(net, x, targets, segments, args):
   """Images/s of Captum's and PAIR's methods on the first --peer-images."""
   import torch  # pylint: disable=g-import-not-at-top
   from captum import attr  # pylint: disable=g-import-not-at-top
-  from captum._utils.models import linear_model  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from captum._utils.models import linear_model
   n = args.peer_images
   xt = torch.tensor(np.transpose(x[:n], (0, 3, 1, 2)).copy())
   tt = torch.tensor(targets[:n].astype(np.int64))
@@ -123,7 +124,7 @@ def peers(net, x, targets, segments, args):
 
   def call_model(images, call_model_args=None, expected_keys=None):
     del expected_keys
-    t = torch.tensor(np.transpose(images, (0, 3, 1, 2)).copy(),
+    t = torch.tensor(np.transpose(images, (0, 3, 1, 2)).astype(np.float32),
                      requires_grad=True)
     logit = net(t)[:, call_model_args["target"]].sum()
     grad, = torch.autograd.grad(logit, t)
@@ -158,7 +159,8 @@ def run_model(name: str, args, bench) -> None:
   except ImportError as e:
     print(f"  (peers skipped: {e})")
     theirs = {}
-  print(f"\n{name}, batch {args.batch}, 32x32, {args.samples} samples, "
+  print(f"\n{name}, load {os.getloadavg()[0]:.1f}, batch {args.batch}, "
+        f"32x32, {args.samples} samples, "
         f"window {args.window}, XRAI {args.xrai_steps} IG steps")
   print(f"  {'method':<12} {'ours img/s':>11} {'peer img/s':>11} "
         f"{'ratio':>7}")
@@ -183,7 +185,9 @@ def main():
                       help="Captum's perturbations_per_eval")
   parser.add_argument("--repeats", type=int, default=2)
   args = parser.parse_args()
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}")
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, load average "
+        f"{os.getloadavg()[0]:.1f} (torch slows down more than XLA under "
+        "load: quote quiet-machine figures)")
   bench = _bench_saliency()
   for name in args.models.split(","):
     run_model(name, args, bench)

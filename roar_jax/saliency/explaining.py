@@ -112,6 +112,19 @@ def _extras_shapes(plan: plan_lib.Plan, image_shape) -> dict:
   return extras
 
 
+def _method_names(methods, model) -> tuple[str, ...]:
+  if isinstance(methods, str):
+    methods = (methods,)
+  methods = tuple(dict.fromkeys(methods))
+  if not methods:
+    raise ValueError("methods is empty; known: "
+                     f"{registry.available_methods()}")
+  if not isinstance(model, model_lib.Model):
+    raise ValueError("model must be a saliency.Model (see "
+                     f"saliency.explainable), got {type(model).__name__}")
+  return methods
+
+
 def explain_all(model: model_lib.Model, images, *, methods: Sequence[str],
                 key: Optional[Array] = None, target=None, indices=None,
                 **options) -> dict[str, Array]:
@@ -146,15 +159,7 @@ def explain_all(model: model_lib.Model, images, *, methods: Sequence[str],
     ValueError: an unknown method or option, a Model without a part a method
       needs, inputs of the wrong shape, a missing key for a random method.
   """
-  if isinstance(methods, str):
-    methods = (methods,)
-  methods = tuple(dict.fromkeys(methods))
-  if not methods:
-    raise ValueError("methods is empty; known: "
-                     f"{registry.available_methods()}")
-  if not isinstance(model, model_lib.Model):
-    raise ValueError("model must be a saliency.Model (see "
-                     f"saliency.explainable), got {type(model).__name__}")
+  methods = _method_names(methods, model)
   opts, arrays = options_lib.from_kwargs(options)
   plan = plan_lib.make_plan(methods, opts, target is None, model)
   shape = _image_shape(images)

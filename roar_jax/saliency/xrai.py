@@ -94,10 +94,6 @@ def greedy(attr: Array, masks: Array, min_pixel_diff: int) -> Array:
   return jnp.where(rest, rest_mean[:, None], out)
 
 
-def _xrai_steps(options) -> int:
-  return 2 * options.xrai_steps
-
-
 @registry.register("xrai", prepare=segments_lib.xrai_segments,
                    evaluations=1)
 def xrai(inputs: inputs_lib.Inputs) -> Array:
