@@ -16,7 +16,9 @@ manual_dir is required until the dataset is prepared in `data.data_dir`:
       --mode=train
 
 Expected (paper): unmodified top-1 66.65% (Table 1, mean of 10 runs). Table 2
-(mean of 5 retrains, %), fraction of pixels removed (ROAR) or kept (KAR):
+(mean of 5 retrains, %; GRAD and IG ranked by the signed value, as the paper's
+table was: the `gradient` and `integrated_gradients` rows of this grid),
+fraction of pixels removed (ROAR) or kept (KAR):
 
   estimator    ROAR 10  ROAR 50  ROAR 90  KAR 10  KAR 50  KAR 90
   Random        60.11    51.10    38.12   37.24   51.29   59.92

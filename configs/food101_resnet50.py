@@ -9,7 +9,9 @@ imagenet_resnet50.py). The paper's unmodified top-1 is 84.54%. TFDS `food101`
       --workdir=/tmp/food101 --mode=train
 
 With `--mode=roar` it runs the paper's grid (`defaults.paper_grid`).
-Expected (paper, Table 2, mean of 5 retrains, %):
+Expected (paper, Table 2, mean of 5 retrains, %; GRAD and IG
+ranked by the signed value, as the paper's table was: the `gradient` and
+`integrated_gradients` rows of this grid):
 
   estimator    ROAR 10  ROAR 50  ROAR 90  KAR 10  KAR 50  KAR 90
   Random        80.66    75.80    68.37   68.13   76.00   80.61

@@ -13,9 +13,11 @@ TFDS `imagenet2012` needs the ILSVRC2012 tar files in a manual_dir:
       --mode=train
 
 With `--mode=roar` it runs the paper's grid (`defaults.paper_grid`: the 14
-estimators of Table 2, per-value ranking, ImageNet-mean fill, thresholds
+estimators of Table 2 and the 3 squared ones of Fig. 6, per-value ranking, ImageNet-mean fill, thresholds
 10-90%, ROAR and KAR, 5 seeds). Expected (paper, Table 2, mean of 5 retrains,
-%), fraction of pixels removed (ROAR) or kept (KAR):
+%; GRAD and IG ranked by the signed value, as the paper's table was: the
+`gradient` and `integrated_gradients` rows of this grid), fraction of pixels
+removed (ROAR) or kept (KAR):
 
   estimator    ROAR 10  ROAR 50  ROAR 90  KAR 10  KAR 50  KAR 90
   Random        72.65    69.13    63.53   63.60   69.18   72.69

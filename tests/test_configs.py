@@ -1,8 +1,10 @@
 """Every config loads and validates; the paper configs carry the paper's grid."""
 
+import re
+
 import pytest
 
-from conftest import load_config
+from conftest import REPO, load_config
 from roar_jax.config import defaults as config_lib
 from roar_jax.config import validation as validate
 
@@ -25,8 +27,9 @@ def test_paper_configs(name, batch, base_lr, steps):
   assert c.model.name == "resnet50" and c.data.image_size == 224
   assert c.train.batch_size == batch and c.train.num_steps == steps
   assert c.train.learning_rate == pytest.approx(base_lr * batch / 256)
-  assert c.explain.estimators == config_lib.PAPER_ESTIMATORS
-  assert len(c.explain.estimators) == 14
+  assert c.explain.estimators == (config_lib.PAPER_ESTIMATORS
+                                  + config_lib.PAPER_SQUARED)
+  assert len(c.explain.estimators) == 17  # Table 2's 14 and Fig. 6's 3.
   assert c.explain.granularity == "value"
   assert (c.explain.num_samples, c.explain.ig_steps) == (15, 25)
   assert c.roar.thresholds == (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -74,9 +77,47 @@ def test_paper_grid_explains_in_432_gradient_passes():
   model = saliency.explainable(module, module.init(
       jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
   options = {**explain.explain_options(c), "baseline": 0.0}
-  methods = [e for e in c.explain.estimators if e not in ("random", "sobel")]
-  shared = saliency.gradient_passes(model, c.explain.estimators, (8, 8, 3),
-                                    **options)
+  # The squared rows (`sq.*`) rank maps the grid computes anyway.
+  maps = tuple(dict.fromkeys(explain.maps_method(e)
+                             for e in c.explain.estimators))
+  methods = [e for e in maps if e not in ("random", "sobel")]
+  shared = saliency.gradient_passes(model, maps, (8, 8, 3), **options)
   alone = sum(saliency.gradient_passes(model, (e,), (8, 8, 3), **options)
               for e in methods)
   assert (len(methods), shared, alone) == (12, 432, 1242)
+
+
+# Table 2's row names -> the estimator of the grid that computes that row,
+# and how the paper ranked it (supplement 6.4: the base rows signed).
+_TABLE2_ROWS = {
+    "Random": ("random", "abs"), "GRAD": ("gradient", "signed"),
+    "IG": ("integrated_gradients", "signed"),
+    "GB": ("guided_backprop", "signed"),
+    "SG-GRAD": ("sg.gradient", "signed"),
+    "SG-IG": ("sg.integrated_gradients", "signed"),
+    "SG-GB": ("sg.guided_backprop", "signed"),
+    "SG-SQ-GRAD": ("sg_sq.gradient", "abs"),
+    "SG-SQ-IG": ("sg_sq.integrated_gradients", "abs"),
+    "SG-SQ-GB": ("sg_sq.guided_backprop", "abs"),
+    "VAR-GRAD": ("var.gradient", "abs"), "VAR-IG": ("var.integrated_gradients",
+                                                     "abs"),
+    "VAR-GB": ("var.guided_backprop", "abs"),
+}
+
+
+@pytest.mark.parametrize("name", ["imagenet_resnet50", "food101_resnet50",
+                                  "birdsnap_resnet50"])
+def test_paper_configs_rank_table2_rows_as_the_paper_did(name):
+  from roar_jax.benchmark.roar import explain  # pylint: disable=g-import-not-at-top
+  c = load_config(name)
+  doc = open(f"{REPO}/configs/{name}.py").read().split('"""')[1]
+  promised = re.findall(r"^  ([A-Z][A-Za-z-]+)\s+\d", doc, re.M)
+  assert {"Random", "GRAD", "IG", "SG-SQ-GRAD", "VAR-GRAD"} <= set(promised)
+  for row in promised:
+    estimator, transform = _TABLE2_ROWS[row]
+    assert estimator in c.explain.estimators, row
+    assert explain.transform_for(c.explain, estimator) == transform, row
+  for squared in ("sq.gradient", "sq.integrated_gradients",
+                  "sq.guided_backprop"):
+    assert explain.transform_for(c.explain, squared) == "square"
+    assert explain.maps_method(squared) == squared[3:]

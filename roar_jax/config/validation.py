@@ -111,7 +111,8 @@ def _validate_benchmark(config, devices: int):
   """Checks `config.explain` and `config.roar`."""
   from roar_jax import saliency  # pylint: disable=g-import-not-at-top
   ec, rc = config.explain, config.roar
-  known = set(saliency.available_methods()) | {"oracle"}
+  methods = set(saliency.available_methods())
+  known = methods | {"oracle"} | {"sq." + m for m in methods}
   for est in ec.estimators:
     _require(est in known,
              f"config.explain.estimators: unknown estimator {est!r}; known: "
@@ -128,6 +129,13 @@ def _validate_benchmark(config, devices: int):
   _require(ec.transform in ("abs", "square", "signed"),
            f"config.explain.transform={ec.transform!r}: expected 'abs', "
            "'square' or 'signed'")
+  for pair in ec.transforms:
+    _require(isinstance(pair, (tuple, list)) and len(pair) == 2
+             and pair[0] in ec.estimators
+             and pair[1] in ("abs", "square", "signed"),
+             f"config.explain.transforms: {pair!r} must be (estimator, "
+             "transform) with an estimator of config.explain.estimators and "
+             "a transform of 'abs', 'square', 'signed'")
   _require(ec.batch_size > 0 and ec.batch_size % devices == 0,
            f"config.explain.batch_size={ec.batch_size} must be a positive "
            f"multiple of the number of devices ({devices})")

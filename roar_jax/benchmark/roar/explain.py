@@ -32,6 +32,24 @@ from roar_jax.data import sources
 from roar_jax.data import synthetic
 
 ORACLE = "oracle"
+# `sq.<estimator>`: the maps of <estimator>, ranked by their square (the ROAR
+# paper's squared variants, Fig. 6), whatever the transform of <estimator>.
+SQUARED = "sq."
+
+
+def maps_method(estimator: str) -> str:
+  """The saliency method whose maps rank `estimator`."""
+  return estimator[len(SQUARED):] if estimator.startswith(SQUARED) else (
+      estimator)
+
+
+def transform_for(explain_config, estimator: str) -> str:
+  """The ranking transform of one estimator: `sq.*` square; otherwise the
+  per-estimator `explain.transforms` entry, else `explain.transform`."""
+  if estimator.startswith(SQUARED):
+    return "square"
+  return dict(explain_config.transforms).get(estimator,
+                                             explain_config.transform)
 
 
 def black_image(config) -> np.ndarray:
@@ -102,7 +120,7 @@ def run(config, workdir, *, source=None, plan=None) -> dict[str, Any]:
         plan.ranks[est].write()
   module, variables = training.load_model(config, wd.base, source=source)
   stage = _Stage(config, wd, source, saliency.explainable(module, variables))
-  passes = _log_gradient_passes(config, stage.model, stage.model_estimators,
+  passes = _log_gradient_passes(config, stage.model, stage.methods,
                                 source, stage.options)
   for split_id, split in enumerate(("test", "train")):
     stage.explain_split(split_id, split)
@@ -123,6 +141,9 @@ class _Stage:
     self.store = rank_store_lib.RankStore(wd.root)
     self.estimators = tuple(ec.estimators)
     self.model_estimators = tuple(e for e in self.estimators if e != ORACLE)
+    # Each map is computed once, however many rankings it serves.
+    self.methods = tuple(dict.fromkeys(maps_method(e)
+                                       for e in self.model_estimators))
     self.options = explain_options(config)
     self.key = jax.random.fold_in(jax.random.key(config.seed), 7)
     self.pid, self.nproc = jax.process_index(), jax.process_count()
@@ -194,12 +215,12 @@ class _Stage:
                                  "index": batch["index"].astype(np.int32)},
                                 self.mesh)
     maps = saliency.explain_all(
-        self.model, images["image"], methods=self.model_estimators,
+        self.model, images["image"], methods=self.methods,
         key=split_key, indices=images["index"], target=None,
-        **self.options) if self.model_estimators else {}
+        **self.options) if self.methods else {}
     for e in self.model_estimators:
-      levels = saliency.rank(maps[e], granularity=ec.granularity,
-                             transform=ec.transform)
+      levels = saliency.rank(maps[maps_method(e)], granularity=ec.granularity,
+                             transform=transform_for(ec, e))
       pending[e].append(_local_rows(levels)[real])
     if ORACLE in self.estimators:
       oracle = _oracle_maps(self.config, split, batch["index"][real],
