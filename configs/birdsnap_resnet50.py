@@ -29,9 +29,9 @@ fraction of pixels removed (ROAR) or kept (KAR):
 
 Cost (derived in launch/README.md): one training run is 20k x 256 = 5.12M
 images, about 0.70 TPU-v3-chip-hours at 2,020 images/s per chip (or 0.58
-A100-hours at 2,470 images/s); the paper's full grid (14 estimators x 5
-thresholds x ROAR/KAR x 5 seeds + the base model = 701 runs) is about 494
-v3-chip-hours (404 A100-hours), and explaining all 49,829 images with the 12
+A100-hours at 2,470 images/s); the full grid (17 estimators x 5
+thresholds x ROAR/KAR x 5 seeds + the base model = 851 runs) is about 600
+v3-chip-hours (490 A100-hours), and explaining all 49,829 images with the 12
 model-based estimators about 2 more.
 """
 

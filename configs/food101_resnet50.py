@@ -21,8 +21,8 @@ ranked by the signed value, as the paper's table was: the `gradient` and
   VAR-GRAD      79.55    67.40    15.69   74.24   79.97   82.10
 
 Cost (derived in launch/README.md): one training run is 20k x 256 = 5.12M
-images, about 0.70 TPU-v3-chip-hours (0.58 A100-hours); the full grid (701
-runs) about 494 v3-chip-hours.
+images, about 0.70 TPU-v3-chip-hours (0.58 A100-hours); the full grid (851
+runs: 17 estimators) about 600 v3-chip-hours.
 """
 
 import ml_collections

@@ -28,7 +28,7 @@ removed (ROAR) or kept (KAR):
 
 Cost (derived in launch/README.md from published throughput): one training run
 is 32k x 4096 = 131M images, about 18 TPU-v3-chip-hours (15 A100-hours); the
-full grid (701 runs) about 12,600 v3-chip-hours, plus about 53 for explaining
+full grid (851 runs: 17 estimators) about 15,300 v3-chip-hours, plus about 53 for explaining
 every image with the 12 model-based estimators.
 """
 
