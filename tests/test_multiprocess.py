@@ -30,8 +30,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from roar_jax.benchmark.roar import report as report_lib
-from roar_jax.benchmark.roar import results as results_lib
+from roar_jax import workdir as workdir_lib
 from roar_jax.data import rank_store
 from roar_jax.data import writer as writer_lib
 
@@ -154,9 +153,13 @@ def test_rankings_match_one_process(runs):
     assert overlap > 0.3, overlap
 
 
+def _records(folder):
+  return [r for _, r in workdir_lib.iter_json(str(folder))]
+
+
 def _unit_accuracies(workdir):
   return {(r["estimator"], r["mode"]): r["test_accuracy"]
-          for r in results_lib.load_results(str(workdir))}
+          for r in _records(workdir / "results")}
 
 
 def test_every_unit_and_score_agrees(runs):
@@ -167,8 +170,8 @@ def test_every_unit_and_score_agrees(runs):
   for unit in ra:
     tolerance = SATURATED if unit in saturated else RETRAINED
     assert abs(ra[unit] - rb[unit]) < tolerance, (unit, ra[unit], rb[unit])
-  na, nb = (report_lib.load_no_retrain(str(two)),
-            report_lib.load_no_retrain(str(one)))
+  na, nb = ({(r["estimator"], r["mode"], r["threshold"]): r["test_accuracy"]
+             for r in _records(w / "no_retrain")} for w in (two, one))
   assert len(na) == 6 and set(na) == set(nb)
   for key in na:
     assert abs(na[key] - nb[key]) < NO_RETRAIN, (key, na[key], nb[key])
