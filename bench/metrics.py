@@ -1,0 +1,203 @@
+r"""No-retrain metrics against Quantus, on the same model, maps and images.
+
+  python bench/metrics.py [--images 128] [--imputation cg|scipy]
+
+Builds the toy config's small CNN (width 16) with random-init weights twice:
+as the project's Flax model and as a PyTorch twin holding the same weights
+(checked: equal logits), takes the toy test images and oracle-like maps (the
+ground-truth pattern plus noise), and times, in one run:
+
+- ROAD MoRF + LeRF at 10%, ..., 90%: ours (`metrics.curves`, noisy linear
+  imputation batched on the device) against Quantus's `ROAD` (MoRF only: run
+  once with the maps and once with the reversed maps (max + 1 - a), which removes the least
+  relevant first, i.e. LeRF). Quantus's ROAD ranks the C*H*W values but its
+  imputation indexes the H*W pixels (an IndexError on RGB images), so its
+  perturb_func is wrapped to map value indices to pixels; the maps are equal
+  in every channel, so both rank pixels alike;
+- deletion + insertion, 16 steps: ours against Quantus's `PixelFlipping`
+  (deletion only, 16 steps of 64 pixels, black baseline; its step must
+  divide H*W = 1024, so not 20), run once: ours does two curves in the time
+  printed, Quantus one.
+- `--mode=metrics`-equivalent work (all four curves) against one retrain of
+  the toy grid (the toy config's 300 training steps), whose time is measured
+  here with the project trainer.
+
+Timings of ours exclude compilation (run once before timing; the compile
+time is printed too). Quantus runs on the CPU with torch; ours runs on
+whatever JAX runs on.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from roar_jax import models  # noqa: E402
+from roar_jax import saliency  # noqa: E402
+from roar_jax.benchmark.roar import metrics  # noqa: E402
+from roar_jax.config import defaults as config_lib  # noqa: E402
+from roar_jax.data import preprocess  # noqa: E402
+from roar_jax.data import sources  # noqa: E402
+from roar_jax.data import synthetic  # noqa: E402
+
+
+def torch_twin(variables, width: int, num_classes: int):
+  """The SmallCNN in PyTorch, with the Flax variables' weights."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+
+  class Twin(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.c1 = nn.Conv2d(3, width, 3, padding=1)
+      self.c2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+      self.c3 = nn.Conv2d(2 * width, 4 * width, 3, padding=1)
+      self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x):
+      pool = nn.functional.max_pool2d
+      x = pool(torch.relu(self.c1(x)), 2)
+      x = pool(torch.relu(self.c2(x)), 2)
+      x = pool(torch.relu(self.c3(x)), 2)
+      return self.fc(x.mean(dim=(2, 3)))
+
+  twin = Twin().eval()
+  p = jax.tree.map(np.asarray, variables["params"])
+  with torch.no_grad():
+    for name, layer in (("conv1", twin.c1), ("conv2", twin.c2),
+                        ("conv3", twin.c3)):
+      layer.weight.copy_(torch.from_numpy(
+          p[name]["kernel"].transpose(3, 2, 0, 1).copy()))
+      layer.bias.copy_(torch.from_numpy(p[name]["bias"]))
+    twin.fc.weight.copy_(torch.from_numpy(p["logits"]["kernel"].T.copy()))
+    twin.fc.bias.copy_(torch.from_numpy(p["logits"]["bias"]))
+  return twin
+
+
+def timed(fn):
+  start = time.perf_counter()
+  out = fn()
+  return time.perf_counter() - start, out
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--images", type=int, default=128)
+  parser.add_argument("--imputation", default="cg")
+  parser.add_argument("--skip_retrain", action="store_true")
+  args = parser.parse_args()
+  import quantus  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count() or 1)
+
+  config = config_lib.load("toy")
+  source = sources.get_source(config.data)
+  images, labels = source.arrays("test")
+  n = args.images
+  images, labels = images[:n], labels[:n].astype(np.int64)
+  masks = synthetic.toy_masks(config.data.toy, "test")[:n]
+  rng = np.random.default_rng(0)
+  maps = (masks[..., None] + 0.5 * rng.random(images.shape[:3] + (1,))
+          ).astype(np.float32) * np.ones((1, 1, 1, 3), np.float32)
+  x = preprocess.normalize(images, config.data)
+
+  width = config.model.small_cnn.width
+  module = models.get_model(config.model, 4)
+  variables = module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  model = saliency.explainable(module, variables)
+  twin = torch_twin(variables, width, 4)
+  with torch.no_grad():
+    t_logits = twin(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  gap = np.abs(t_logits - np.asarray(model.logits(jnp.asarray(x)))).max()
+  print(f"{n} toy test images 32x32x3, small CNN width {width}; JAX on "
+        f"{jax.devices()[0].platform} ({jax.device_count()} device(s)); "
+        f"torch/Quantus {quantus.__version__} on CPU; |logits difference| "
+        f"{gap:.1e}")
+  assert gap < 1e-3
+
+  levels = np.asarray(saliency.rank(maps))  # Pixel granularity.
+  road = metrics.Options(names=("road_morf", "road_lerf"),
+                         imputation=args.imputation)
+  di = metrics.Options(names=("deletion", "insertion"), steps=16,
+                       fill="black")
+  every = metrics.Options(imputation=args.imputation, fill="black")
+  kw = dict(mean=config.data.mean, std=config.data.std,
+            fill_value=None)
+
+  def ours(options):
+    return metrics.curves(model.logits, images, labels, levels,
+                          np.arange(n), options=options, **kw)
+
+  rows = []
+  for name, options in (("ROAD MoRF+LeRF", road), ("deletion+insertion", di),
+                        ("all four curves", every)):
+    first, _ = timed(lambda: ours(options))
+    t, _ = timed(lambda: ours(options))
+    rows.append((name, first, t))
+
+  x_nchw = x.transpose(0, 3, 1, 2).copy()
+  a_nchw = maps.transpose(0, 3, 1, 2).copy()
+  from quantus.functions import perturb_func  # pylint: disable=g-import-not-at-top
+
+  def pixel_imputation(arr, indices, **kwargs):
+    # Quantus ranks the C*H*W values but imputes H*W pixels (its
+    # noisy_linear_imputation indexes a pixel mask): with the map equal in
+    # every channel, the top values are the top pixels' channels.
+    return perturb_func.noisy_linear_imputation(
+        arr=arr, indices=np.unique(np.asarray(indices) % (32 * 32)),
+        **kwargs)
+
+  q_road = quantus.ROAD(percentages=list(range(10, 100, 10)), noise=0.01,
+                        normalise=False, abs=False, disable_warnings=True,
+                        perturb_func=pixel_imputation)
+  common = dict(model=twin, x_batch=x_nchw, y_batch=labels, device="cpu",
+                batch_size=n)
+  tq_morf, _ = timed(lambda: q_road(a_batch=a_nchw, **common))
+  reverse = a_nchw.max() + 1.0 - a_nchw  # Least relevant first, positive.
+  tq_lerf, _ = timed(lambda: q_road(a_batch=reverse, **common))
+  q_pf = quantus.PixelFlipping(features_in_step=32 * 32 // 16,
+                               perturb_baseline="black", normalise=False,
+                               abs=False, disable_warnings=True)
+  tq_pf, _ = timed(lambda: q_pf(a_batch=a_nchw, **common))
+
+  print(f"{'':24s}{'ours (s)':>10s}{'compile+1st':>13s}{'Quantus (s)':>13s}"
+        f"{'ratio':>8s}")
+  road_q = tq_morf + tq_lerf
+  print(f"{'ROAD MoRF+LeRF':24s}{rows[0][2]:10.2f}{rows[0][1]:13.2f}"
+        f"{road_q:13.2f}{road_q / rows[0][2]:7.1f}x   (Quantus: ROAD run "
+        f"twice, a and max+1-a: {tq_morf:.2f} + {tq_lerf:.2f} s)")
+  print(f"{'deletion+insertion':24s}{rows[1][2]:10.2f}{rows[1][1]:13.2f}"
+        f"{tq_pf:13.2f}{tq_pf / rows[1][2]:7.1f}x   (Quantus: PixelFlipping,"
+        " deletion only, 16 steps)")
+  print(f"{'all four curves':24s}{rows[2][2]:10.2f}{rows[2][1]:13.2f}"
+        f"{road_q + tq_pf:13.2f}{(road_q + tq_pf) / rows[2][2]:7.1f}x")
+  target = 20.0
+  for label, ratio in (("ROAD", road_q / rows[0][2]),
+                       ("deletion/insertion", tq_pf / rows[1][2])):
+    print(f"{label}: {ratio:.1f}x Quantus (target >= {target:.0f}x): "
+          f"{'met' if ratio >= target else 'NOT met'}")
+
+  if not args.skip_retrain:
+    from roar_jax import training  # pylint: disable=g-import-not-at-top
+    with tempfile.TemporaryDirectory() as tmp:
+      t_train, _ = timed(lambda: training.train_and_evaluate(
+          config, tmp, source=source))
+    per_image = rows[2][2] / n
+    full = per_image * source.info.num_examples["test"]
+    print(f"one toy retrain ({config.train.num_steps} steps + test eval): "
+          f"{t_train:.1f} s; all four curves for one estimator over the "
+          f"{source.info.num_examples['test']} test images (extrapolated "
+          f"from {n}): {full:.1f} s = {full / t_train:.2f} retrains")
+
+
+if __name__ == "__main__":
+  main()
