@@ -33,7 +33,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for all outputs.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "explain", "roar", "report", "sanity"],
+    "mode", "train",
+    ["train", "explain", "roar", "metrics", "report", "sanity"],
     "Which stage to run.")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False,
@@ -157,6 +158,11 @@ def _run_mode(config, workdir: str, mode: str, recompute: bool):
       print(f"report: {wd.report()}")
     return out
   plan = roar.open_run(config, workdir, mode=mode, recompute=recompute)
+  if mode == "metrics":
+    out = roar.run_metrics(config, plan)
+    if jax_process_index() == 0:
+      print(f"metrics: {wd.report('metrics.csv')}")
+    return out
   if mode == "train":
     from roar_jax.data import sources
     result = roar.train_base(config, plan, sources.get_source(config.data))

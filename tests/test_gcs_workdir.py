@@ -28,10 +28,11 @@ BUCKET = "roar-test"
 _OVERRIDES = (
     "--config.explain.estimators=('oracle','random')",
     "--config.data.toy.num_train=512", "--config.data.toy.num_test=128",
-    "--config.train.num_steps=20", "--config.train.checkpoint_every=10",
+    "--config.train.num_steps=20", "--config.train.checkpoint_every=20",
     "--config.train.eval_batch_size=64", "--config.explain.batch_size=64",
     "--config.explain.shard_size=256", "--config.roar.thresholds=(0.5,)",
     "--config.roar.modes=('roar',)", "--config.roar.num_seeds=1",
+    "--config.metrics.with_roar=False",
 )
 
 
@@ -58,10 +59,21 @@ def gcs():
 
 
 def _roar(workdir: str, env) -> subprocess.CompletedProcess:
-  return subprocess.run(
-      [sys.executable, "-m", "roar_jax.main", "--config=configs/toy.py",
-       f"--workdir={workdir}", "--mode=roar", *_OVERRIDES],
-      capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+  """The toy grid; rerun (it resumes) when the emulator garbles a reply.
+
+  The emulator now and then sends an object generation that tensorstore
+  cannot parse ("Malformed StorageGeneration") in the middle of a checkpoint
+  save; GCS itself does not. The rerun resumes from what was stored, which is
+  what a user does after any interruption.
+  """
+  for _ in range(3):
+    out = subprocess.run(
+        [sys.executable, "-m", "roar_jax.main", "--config=configs/toy.py",
+         f"--workdir={workdir}", "--mode=roar", *_OVERRIDES],
+        capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    if out.returncode == 0 or "Malformed StorageGeneration" not in out.stderr:
+      return out
+  return out
 
 
 def _read(path: str, env) -> str:
@@ -89,11 +101,11 @@ def test_toy_roar_on_gcs_gives_the_local_results(gcs, tmp_path):
   # The base model's checkpoint, the rank store and TensorBoard are there.
   listing = subprocess.run(
       [sys.executable, "-c",
-       "import sys; from etils import epath; "
-       "print('\\n'.join(str(p) for p in epath.Path(sys.argv[1]).rglob('*')))",
+       "import sys, gcsfs; "
+       "print('\\n'.join(gcsfs.GCSFileSystem().find(sys.argv[1])))",
        remote], capture_output=True, text=True, timeout=120, env=gcs,
       check=True).stdout
-  for part in ("/base/checkpoints/20/", "/ranks/oracle/test-00000-of-",
+  for part in ("run/base/checkpoints/20/", "/ranks/oracle/test-00000-of-",
                "/base/tensorboard/events.out.tfevents",
                "/base/provenance.json", "/config.json"):
     assert part in listing, part

@@ -28,6 +28,7 @@ def _config():
     config.roar.num_seeds = 1
     config.train.num_steps = 200
     config.train.checkpoint_every = 100
+    config.metrics.num_images = 50  # The metrics stage runs in the grid.
   return config
 
 
@@ -170,3 +171,22 @@ def test_load_gives_the_trained_model_and_its_data(finished):
   maps = saliency.explain(run.model, images, method="gradient")
   fig = saliency.plot_grid(images, {"gradient": np.asarray(maps)})
   assert len(fig.axes) == 6 * 2
+
+
+def test_metrics_ran_inside_the_grid(finished):
+  _, workdir, *_ = finished
+  folder = os.path.join(workdir, "report")
+  import csv  # pylint: disable=g-import-not-at-top
+  rows = list(csv.DictReader(open(os.path.join(folder, "metrics.csv"))))
+  assert {(r["estimator"], r["metric"]) for r in rows} == {
+      (e, m) for e in ("oracle", "random", "gradient")
+      for m in ("deletion_auc", "insertion_auc", "road_morf_auc",
+                "road_lerf_auc")}
+  assert all(int(r["n"]) == 50 for r in rows)
+  by = {(r["estimator"], r["metric"]): float(r["value"]) for r in rows}
+  # A model trained to 100%: removing the oracle's pixels first destroys the
+  # evidence fastest; keeping them (LeRF) keeps it.
+  assert by["oracle", "road_morf_auc"] < by["random", "road_morf_auc"]
+  assert by["oracle", "road_lerf_auc"] > by["random", "road_lerf_auc"]
+  leak = list(csv.DictReader(open(os.path.join(folder, "leakage.csv"))))
+  assert len(leak) == 6 and all(float(r["chance"]) == 0.25 for r in leak)

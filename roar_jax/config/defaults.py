@@ -134,6 +134,8 @@ def _grid_defaults(c: ml_collections.ConfigDict):
 def _metrics_defaults(c: ml_collections.ConfigDict):
   # ---- No-retrain metrics (benchmark/roar/metrics.py, leakage.py) ----
   c.metrics = ml_collections.ConfigDict()
+  # --mode=roar computes them too (--mode=metrics always does).
+  c.metrics.with_roar = True
   # Which curves: any of 'deletion', 'insertion', 'road_morf', 'road_lerf'.
   c.metrics.names = ("deletion", "insertion", "road_morf", "road_lerf")
   c.metrics.steps = 20  # Deletion / insertion: K steps, 0%, 5%, ..., 100%.

@@ -85,8 +85,16 @@ def create_state(config, num_classes: int, image_shape, mesh: Mesh,
   Returns:
     The train state at step 0, replicated over the mesh.
   """
-  module, tx = _model_and_optimizer(_config_json(config.model),
-                                    _config_json(config.train), num_classes)
+  return _compiled_init(_config_json(config.model), _config_json(config.train),
+                        num_classes, tuple(image_shape), mesh)(rng)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_init(model_json: str, train_json: str, num_classes: int,
+                   image_shape: tuple[int, ...], mesh: Mesh):
+  """The jitted initializer, compiled once per model, optimizer and shape
+  (every retrain of a grid initializes the same model)."""
+  module, tx = _model_and_optimizer(model_json, train_json, num_classes)
 
   def init(rng):
     variables = module.init(rng, jnp.zeros((1, *image_shape), jnp.float32))
@@ -94,7 +102,7 @@ def create_state(config, num_classes: int, image_shape, mesh: Mesh,
         apply_fn=module.apply, params=variables["params"], tx=tx,
         batch_stats=variables.get("batch_stats"))
 
-  return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(rng)
+  return jax.jit(init, out_shardings=mesh_lib.replicated(mesh))
 
 
 def _input_shape(config, info) -> tuple[int, int, int]:

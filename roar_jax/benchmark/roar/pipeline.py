@@ -20,6 +20,8 @@ from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.roar import artifacts as artifacts_lib
 from roar_jax.benchmark.roar import explain
 from roar_jax.benchmark.roar import grid
+from roar_jax.benchmark.roar import leakage as leakage_lib
+from roar_jax.benchmark.roar import metrics as metrics_lib
 from roar_jax.benchmark.roar import report as report_lib
 from roar_jax.data import sources
 
@@ -49,12 +51,31 @@ def open_run(config, workdir, *, mode: str, recompute: bool = False
   plan = grid.plan_of(config, workdir)
   wd = plan.workdir
   if jax.process_index() == 0:
-    provenance_lib.settle(plan.all(), wd, recompute=recompute)
+    provenance_lib.settle([*plan.all(), *metric_artifacts(config, plan)], wd,
+                          recompute=recompute)
     workdir_lib.write_config(wd, config, mode)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("workdir checked")
   return plan
+
+
+def metric_artifacts(config, plan: artifacts_lib.Plan
+                     ) -> list[provenance_lib.Artifact]:
+  """The no-retrain metric records and leakage probes of the config."""
+  probes = leakage_lib.plan_artifacts(config, plan).values()
+  return [*metrics_lib.plan_artifacts(config, plan).values(),
+          *[a for pair in probes for a in pair]]
+
+
+def run_metrics(config, plan: artifacts_lib.Plan, source=None):
+  """`--mode=metrics`: base model, rank store, channel mean, then the
+  no-retrain metrics and the leakage probe (`metrics.run`)."""
+  source = source or sources.get_source(config.data)
+  train_base(config, plan, source)
+  explain.run(config, plan.workdir.root, source=source, plan=plan)
+  fill = grid.channel_mean(config, plan, source)
+  return metrics_lib.run(config, plan, source, fill)
 
 
 def train_base(config, plan: artifacts_lib.Plan, source) -> dict[str, Any]:
@@ -92,6 +113,8 @@ def run(config, workdir, *, run_unit: UnitRunner = grid.run_unit,
       config, plan,
       lambda: training.load_state(config, plan.base.path, source=source),
       source, fill)
+  if config.metrics.with_roar:  # They cost little next to the retrains.
+    metrics_lib.run(config, plan, source, fill)
   units = list(plan.units)
   todo = [u for u in units if not grid.is_done(plan, u)]
   logging.info("grid: %d units, %d finished, %d to run", len(units),
@@ -133,6 +156,9 @@ def report(config, workdir, *, plan: artifacts_lib.Plan | None = None,
       plan.workdir, records, no_retrain, config=config,
       expected_units=len(plan.results), base_accuracy=base_accuracy,
       num_classes=num_classes)
+  rows = report_lib.read_csv(plan.workdir.report("results.csv"))
+  metrics_lib.report(config, plan, results_rows=rows)
+  leakage_lib.write_csv(plan.workdir, leakage_lib.stored_rows(config, plan))
   logging.info("report: %s (%d results%s)", plan.workdir.report(),
                out["num_results"], ", partial" if out["partial"] else "")
   return out
