@@ -61,21 +61,7 @@ def validate(config, mode: str = "train"):
     _require(path is None or os.path.exists(os.path.expanduser(path)),
              f"config.data.{field}: {path} does not exist")
   devices = jax.device_count()
-  for field in ("batch_size", "eval_batch_size"):
-    value = config.train[field]
-    _require(isinstance(value, int) and value > 0 and value % devices == 0,
-             f"config.train.{field}={value} must be a positive multiple of "
-             f"the number of devices ({devices})")
-  _require(config.train.num_steps > 0,
-           f"config.train.num_steps={config.train.num_steps} must be > 0")
-  for field, low in (("log_every", 1), ("checkpoint_every", 0)):
-    value = config.train[field]
-    _require(isinstance(value, int) and value >= low,
-             f"config.train.{field}={value!r} must be an int >= {low}")
-  _require(isinstance(config.data.shuffle_buffer, int)
-           and config.data.shuffle_buffer > 0,
-           f"config.data.shuffle_buffer={config.data.shuffle_buffer!r} must "
-           "be a positive int")
+  _validate_train(config, devices)
   # Building the model checks its options (config.model.<name>.*).
   try:
     models.get_model(config.model, 2)
@@ -91,6 +77,25 @@ def validate(config, mode: str = "train"):
       sanity.validate_config(config)
     except ValueError as e:
       raise ConfigError(str(e)) from None
+
+
+def _validate_train(config, devices: int):
+  """Checks `config.train` and the input pipeline's fields."""
+  for field in ("batch_size", "eval_batch_size"):
+    value = config.train[field]
+    _require(isinstance(value, int) and value > 0 and value % devices == 0,
+             f"config.train.{field}={value} must be a positive multiple of "
+             f"the number of devices ({devices})")
+  _require(config.train.num_steps > 0,
+           f"config.train.num_steps={config.train.num_steps} must be > 0")
+  for field, low in (("log_every", 1), ("checkpoint_every", 0)):
+    value = config.train[field]
+    _require(isinstance(value, int) and value >= low,
+             f"config.train.{field}={value!r} must be an int >= {low}")
+  _require(isinstance(config.data.shuffle_buffer, int)
+           and config.data.shuffle_buffer > 0,
+           f"config.data.shuffle_buffer={config.data.shuffle_buffer!r} must "
+           "be a positive int")
 
 
 def _check_distinct_percents(thresholds):
@@ -110,7 +115,7 @@ def _check_distinct_percents(thresholds):
 def _validate_benchmark(config, devices: int):
   """Checks `config.explain` and `config.roar`."""
   from roar_jax import saliency  # pylint: disable=g-import-not-at-top
-  ec, rc = config.explain, config.roar
+  ec = config.explain
   methods = set(saliency.available_methods())
   known = methods | {"oracle"} | {"sq." + m for m in methods}
   for est in ec.estimators:
@@ -139,6 +144,12 @@ def _validate_benchmark(config, devices: int):
   _require(ec.batch_size > 0 and ec.batch_size % devices == 0,
            f"config.explain.batch_size={ec.batch_size} must be a positive "
            f"multiple of the number of devices ({devices})")
+  _validate_roar(config)
+
+
+def _validate_roar(config):
+  """Checks `config.roar` and `config.grid`."""
+  rc = config.roar
   for t in rc.thresholds:
     _require(isinstance(t, (int, float)) and 0.0 <= t <= 1.0,
              f"config.roar.thresholds: {t!r} is outside [0, 1] (thresholds "

@@ -19,11 +19,7 @@ examples in index order, exactly like the source.
 
 Every file is written under a temporary name and renamed. A process whose
 record exists skips that split on a rerun; a finished dataset (COMPLETE.json)
-is skipped as a whole.
-
-Usage with several processes: every process calls `write_dataset(...,
-process_index=i, process_count=n)`, then after a barrier process 0 calls
-`write_metadata(out_dir)`. With one process `write_dataset` does both.
+is skipped as a whole. Several processes: see `write_dataset`.
 """
 
 import json
@@ -38,7 +34,6 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from roar_jax import workdir as workdir_lib
-
 from roar_jax.data import source_protocol as source_lib
 from roar_jax.data import sources as sources_lib
 
@@ -83,14 +78,6 @@ def _record_path(out_dir: str, split: str, process_index: int,
   return os.path.join(out_dir, RECORDS_DIR,
                       f"{split}-{process_index:05d}-of-{process_count:05d}"
                       ".json")
-
-
-def _read_json(path: str) -> dict[str, Any]:
-  return workdir_lib.read_json(path)
-
-
-def _write_json(path: str, payload: dict[str, Any]) -> None:
-  workdir_lib.write_json(path, payload)
 
 
 def is_complete(out_dir: str) -> bool:
@@ -196,6 +183,23 @@ def _write_shard_files(it, features, out_dir: str, *, name, split,
   return shards
 
 
+def _already_written(out_dir: str, record_path: str, identity) -> bool:
+  """Whether this process's part of the split is written (and the same)."""
+  if not tf.io.gfile.exists(record_path):
+    return False
+  record = workdir_lib.read_json(record_path)
+  stale = {k: (record.get(k), v) for k, v in identity.items()
+           if record.get(k) != v}
+  if stale:
+    raise ValueError(f"{out_dir} already holds a different dataset "
+                     f"({record_path}: stored vs. now {stale}); use another "
+                     "out_dir or remove it")
+  logging.info("%s: split %s, process %d of %d already written.", out_dir,
+               identity["split"], identity["process_index"],
+               identity["process_count"])
+  return True
+
+
 def _write_split(source, features, out_dir: str, *, split: str, name: str,
                  process_index: int, process_count: int,
                  examples_per_shard: int) -> str:
@@ -217,16 +221,7 @@ def _write_split(source, features, out_dir: str, *, split: str, name: str,
               "num_classes": int(info.num_classes),
               "class_names": (list(info.class_names) if info.class_names
                               else None)}
-  if tf.io.gfile.exists(record_path):
-    record = _read_json(record_path)
-    stale = {k: (record.get(k), v) for k, v in identity.items()
-             if record.get(k) != v}
-    if stale:
-      raise ValueError(f"{out_dir} already holds a different dataset "
-                       f"({record_path}: stored vs. now {stale}); use another "
-                       "out_dir or remove it")
-    logging.info("%s: split %s, process %d of %d already written.", out_dir,
-                 split, process_index, process_count)
+  if _already_written(out_dir, record_path, identity):
     return record_path
 
   tf.io.gfile.makedirs(out_dir)
@@ -255,7 +250,7 @@ def _write_split(source, features, out_dir: str, *, split: str, name: str,
                "(%.1f images/s), %d shard files.", out_dir, split,
                process_index, process_count, stop - start, elapsed, rate,
                len(shards))
-  _write_json(record_path, {
+  workdir_lib.write_json(record_path, {
       **identity, "start": start, "stop": stop, "first_shard": first_shard,
       "num_shards": num_shards, "shards": shards,
       "source_metadata": getattr(source, "metadata", None),
@@ -315,7 +310,7 @@ def write_metadata(out_dir: str, *, splits: Sequence[str] | None = None
   if tf.io.gfile.isdir(records_dir):
     for file_name in sorted(tf.io.gfile.listdir(records_dir)):
       if file_name.endswith(".json"):
-        record = _read_json(os.path.join(records_dir, file_name))
+        record = workdir_lib.read_json(os.path.join(records_dir, file_name))
         by_split.setdefault(record["split"], []).append(record)
   wanted = list(splits) if splits is not None else sorted(by_split)
   if not wanted:
@@ -342,7 +337,7 @@ def write_metadata(out_dir: str, *, splits: Sequence[str] | None = None
   tfds.folder_dataset.write_metadata(
       data_dir=out_dir, features=features, split_infos=split_infos,
       filename_template=None, check_data=False, description=description)
-  _write_json(os.path.join(out_dir, COMPLETE_FILE), {
+  workdir_lib.write_json(os.path.join(out_dir, COMPLETE_FILE), {
       "name": first["name"],
       "num_examples": {s.name: s.num_examples for s in split_infos},
       "source_metadata": source_metadata})

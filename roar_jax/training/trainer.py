@@ -143,6 +143,15 @@ def params_checksum(state) -> str:
   return digest.hexdigest()[:16]
 
 
+def _summary_writer(config, workdir: str, step: int):
+  """TensorBoard writer of process 0 (one per run, whatever the hosts)."""
+  if jax.process_index() != 0:
+    return None
+  writer = tensorboardX.SummaryWriter(workdir_lib.join(workdir, "tensorboard"))
+  writer.add_text("config", f"<pre>{config}</pre>", step)
+  return writer
+
+
 def _train_loop(config, workdir: str, state, start_step: int, source, mesh,
                 mngr, step_callback) -> tuple[Any, dict[str, float]]:
   """Runs the steps after `start_step`; returns (state, last logged metrics).
@@ -152,11 +161,7 @@ def _train_loop(config, workdir: str, state, start_step: int, source, mesh,
   train_fn, _ = _compiled_steps(mesh, float(tc.label_smoothing))
   step_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
   run_name = os.path.basename(workdir.rstrip("/"))
-  writer = None
-  if jax.process_index() == 0:  # One writer per run, whatever the hosts.
-    writer = tensorboardX.SummaryWriter(
-        workdir_lib.join(workdir, "tensorboard"))
-    writer.add_text("config", f"<pre>{config}</pre>", start_step)
+  writer = _summary_writer(config, workdir, start_step)
   # A resumed run reshuffles from a seed tied to its start step: it sees a
   # fresh order instead of replaying the batches before the interruption.
   batches = pipeline.train_iterator(
