@@ -19,7 +19,11 @@ import pytest
 from conftest import load_config
 from jax.sharding import Mesh
 
+from roar_jax import provenance as provenance_lib
+from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.sanity import checks as sanity
+from roar_jax.benchmark.sanity import maps as sanity_maps
+from roar_jax.benchmark.sanity import models as sanity_models
 from roar_jax.benchmark.sanity import report as sanity_report
 
 ESTIMATORS = ("gradient", "gradcam", "sg.gradient")
@@ -27,6 +31,16 @@ ESTIMATORS = ("gradient", "gradcam", "sg.gradient")
 # (the trainer's tests cover its sharding), and on a 2-core machine eight
 # simulated devices only add all-reduce overhead to these small models.
 MESH = Mesh(np.array(jax.devices()[:1]), ("data",))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compiles():
+  """XLA without most optimizations: this module compiles more than it runs
+  (each model's trainer, initializer and estimators)."""
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def _config(shared_data):
@@ -162,7 +176,8 @@ def test_report_files_and_csv(result):
     path = os.path.join(report, name)
     assert os.path.getsize(path) > 1000, name
   rows = sanity_report.read_csv(os.path.join(report, "sanity.csv"))
-  assert len(rows) == sum(len(r["rows"]) for r in out["records"])
+  assert len(rows) == sum(len(r["rows"]) + len(r["control_rows"])
+                          for r in out["records"])
   for r in rows:
     assert r["init"] == "original" and r["target"] == "predicted"
     assert r["seed"] == config.seed and r["batch_norm"].startswith("no ")
@@ -179,27 +194,38 @@ def test_report_files_and_csv(result):
 
 def test_rerun_skips_finished_parts(result, monkeypatch):
   config, workdir, out = result
+  before = _report_bytes(workdir)
 
   def fail(*args, **kwargs):
     raise AssertionError("a finished part was recomputed")
 
-  monkeypatch.setattr(sanity, "explain", fail)
-  monkeypatch.setattr(sanity.training, "train_and_evaluate", fail)
+  monkeypatch.setattr(sanity_maps, "explain", fail)
+  monkeypatch.setattr(sanity_models.training, "train_and_evaluate", fail)
   again = sanity.run(config, workdir, mesh=MESH)
   key = lambda r: (r["test"], r["model"])
   assert sorted(map(key, again["records"])) == sorted(map(key, out["records"]))
   by_key = {key(r): r for r in out["records"]}
   for r in again["records"]:
-    assert json.dumps(r["rows"], sort_keys=True) == json.dumps(
-        by_key[key(r)]["rows"], sort_keys=True)
+    for part in ("rows", "control_rows"):
+      assert json.dumps(r[part], sort_keys=True) == json.dumps(
+          by_key[key(r)][part], sort_keys=True)
+  # An unchanged rerun writes the same report, byte for byte, readable by
+  # others (0644 under the default umask).
+  assert _report_bytes(workdir) == before
+  umask = os.umask(0)
+  os.umask(umask)
+  for name in before:
+    mode = os.stat(os.path.join(workdir, "report", name)).st_mode & 0o777
+    assert mode == 0o666 & ~umask, (name, oct(mode))
 
 
 def test_refuses_to_compare_below_the_accuracy_floor(result, tmp_path):
   config, workdir, _ = result
   config = copy.deepcopy(config)  # The fixture's config stays as it was.
   # Reuse the trained MLP; train the random-label one for one step only.
-  shutil.copytree(os.path.join(workdir, "sanity_mlp", "true_labels"),
-                  tmp_path / "sanity_mlp" / "true_labels")
+  shutil.copytree(os.path.join(workdir, "sanity", "sanity_mlp",
+                               "true_labels"),
+                  tmp_path / "sanity" / "sanity_mlp" / "true_labels")
   config.sanity.models = ("sanity_mlp",)
   config.sanity.tests = ("data",)
   config.sanity.random_labels.num_steps = 1
@@ -228,21 +254,24 @@ def test_random_label_training_doubles_steps_until_the_floor(
     return {"train_eval_accuracy": cfg.train.num_steps / 100,
             "test_accuracy": 0.1, "steps": cfg.train.num_steps}
 
-  monkeypatch.setattr(sanity.training, "train_and_evaluate", fake_train)
+  monkeypatch.setattr(sanity_models.training, "train_and_evaluate",
+                      fake_train)
   c = _config(shared_data)
   c.sanity.random_labels.num_steps = 10
   c.sanity.random_labels.max_steps = 120
-  out = sanity.train_random_labels(c, str(tmp_path), None)
+  out = sanity_models.train_random_labels(c, str(tmp_path), None)
   assert calls == [10, 20, 40, 80, 120] and out["steps"] == 120
   calls.clear()
   c.sanity.min_train_accuracy = 0.3
-  assert sanity.train_random_labels(c, str(tmp_path), None)["steps"] == 40
+  out = sanity_models.train_random_labels(c, str(tmp_path), None)
+  assert out["steps"] == 40
   assert calls == [10, 20, 40]
   # A rerun after an earlier doubling continues from the round it reached.
   calls.clear()
   with open(tmp_path / "metrics.json", "w") as f:
     json.dump({"steps": 80, "train_eval_accuracy": 0.8}, f)
-  assert sanity.train_random_labels(c, str(tmp_path), None)["steps"] == 80
+  out = sanity_models.train_random_labels(c, str(tmp_path), None)
+  assert out["steps"] == 80
   assert calls == []
 
 
@@ -259,3 +288,103 @@ def test_bad_config_names_the_field(shared_data):
   c.sanity.similarity.hog_correlation = "kendall"
   with pytest.raises(ValueError, match="hog_correlation"):
     sanity.validate_config(c)
+
+
+# ---------------------------------------------------------------------------
+# Provenance: a changed config never reuses artifacts made under another.
+
+
+def _report_bytes(workdir):
+  report = os.path.join(workdir, "report")
+  return {n: open(os.path.join(report, n), "rb").read()
+          for n in sorted(os.listdir(report))}
+
+
+def test_artifacts_live_under_sanity_with_provenance(result):
+  _, workdir, _ = result
+  root = os.path.join(workdir, "sanity", "sanity_cnn")
+  for folder in ("true_labels", "random_labels_64", "reference/gradient",
+                 "cascading/gradcam", "independent/sg.gradient",
+                 "data/gradient"):
+    prov = json.load(open(os.path.join(root, folder, "provenance.json")))
+    assert len(prov["fingerprint"]) == 16, folder
+  # The random-label model's fields: its own training, not the steps of a
+  # round; the true-label model's: no other model's options.
+  prov = json.load(open(os.path.join(root, "random_labels_64",
+                                     "provenance.json")))
+  assert prov["fields"]["sanity.random_labels.num_train"] == 64
+  assert "train.num_steps" not in prov["fields"]
+  prov = json.load(open(os.path.join(root, "true_labels", "provenance.json")))
+  assert prov["fields"]["train.learning_rate"] == 1e-3
+  assert not any(k.startswith("model.sanity_mlp") for k in prov["fields"])
+  # The test records chain to the reference maps, and those to the model.
+  ref = json.load(open(os.path.join(root, "reference", "gradient",
+                                    "provenance.json")))
+  assert ref["inputs"] == {"model": prov["fingerprint"]}
+  rec = json.load(open(os.path.join(root, "data", "gradient",
+                                    "provenance.json")))
+  assert rec["inputs"]["reference"] == ref["fingerprint"]
+  assert not os.path.exists(os.path.join(workdir, "sanity_cnn"))
+
+
+def test_changed_config_stops_before_any_work_naming_the_field(
+    result, monkeypatch):
+  config, workdir, _ = result
+  config = copy.deepcopy(config)
+  config.train.learning_rate = 2e-3
+  before = _report_bytes(workdir)
+
+  def fail(*args, **kwargs):
+    raise AssertionError("work was done")
+
+  monkeypatch.setattr(sanity_models.training, "train_and_evaluate", fail)
+  monkeypatch.setattr(sanity_maps, "explain", fail)
+  with pytest.raises(workdir_lib.WorkdirError) as e:
+    sanity.run(config, workdir, mesh=MESH)
+  message = str(e.value)
+  assert "\n" not in message and "train.learning_rate" in message
+  assert "sanity true-label model" in message and "--recompute" in message
+  assert _report_bytes(workdir) == before
+
+
+def test_recompute_moves_only_the_stale_artifacts_aside(result, tmp_path,
+                                                        monkeypatch):
+  config, workdir, _ = result
+  copy_dir = tmp_path / "w"
+  shutil.copytree(workdir, copy_dir)
+  config = copy.deepcopy(config)
+  config.sanity.init_std = 0.02  # Only the randomization records use it.
+
+  class Stop(Exception):
+    pass
+
+  def stop(*args, **kwargs):
+    raise Stop()
+
+  monkeypatch.setattr(sanity, "_run_model", stop)
+  with pytest.raises(workdir_lib.WorkdirError, match="sanity.init_std"):
+    sanity.run(config, str(copy_dir), mesh=MESH)
+  with pytest.raises(Stop):
+    sanity.run(config, str(copy_dir), mesh=MESH, recompute=True)
+  (stamp,) = os.listdir(copy_dir / "stale")
+  moved = copy_dir / "stale" / stamp / "sanity" / "sanity_cnn"
+  assert sorted(os.listdir(moved)) == ["cascading", "independent"]
+  assert sorted(os.listdir(moved / "cascading")) == sorted(ESTIMATORS)
+  root = copy_dir / "sanity" / "sanity_cnn"
+  assert not (root / "cascading").exists() or not os.listdir(
+      root / "cascading")
+  for kept in ("true_labels", "random_labels_64", "data/gradient",
+               "reference/gradient"):
+    assert (root / kept / "provenance.json").exists(), kept
+
+
+def test_extending_the_estimators_reuses_every_finished_artifact(result):
+  config, workdir, _ = result
+  config = copy.deepcopy(config)
+  config.sanity.estimators = ESTIMATORS + ("gradient_x_input",)
+  source = sanity.sources.get_source(config.data)
+  plan = sanity.make_plan(config, workdir_lib.Workdir(workdir), source)
+  assert provenance_lib.check(plan.all()) == []
+  for mplan in plan.models:
+    for test in config.sanity.tests:
+      assert mplan.pending(test) == ("gradient_x_input",)

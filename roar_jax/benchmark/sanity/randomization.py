@@ -18,6 +18,11 @@ Re-initialization distributions (`INITS`):
   Layer i (its index in `layer_names()`) always draws from the key
   `jax.random.fold_in(key, i)`, so a layer gets the same new values in every
   step and in both tests, whatever else is randomized with it.
+  One exception: a BatchNorm scale whose initializer gives zeros (the last
+  BatchNorm of a ResNet v1.5 block, so that each block starts as the
+  identity) is set to ones, the standard BatchNorm scale. Re-run as is, it
+  would zero the residual branch and the "randomized" block would pass its
+  input through: randomizing it would remove it, not randomize it.
 - 'truncated_normal': every parameter of the layer (weights, biases, and
   BatchNorm scale and offset) from a normal of mean 0 and std `init_std`
   truncated at two standard deviations, the paper's App. B statement
@@ -83,9 +88,15 @@ def independent_steps(names: Sequence[str]) -> list[tuple[str, ...]]:
 
 @functools.lru_cache(maxsize=16)
 def _jitted_init(module: nn.Module, input_shape: tuple[int, ...]):
-  """module.init as a function of the key alone, compiled once per shape."""
+  """module.init as a function of the key alone, compiled once per shape;
+  zero-initialized BatchNorm scales come back as ones (`unit_zero_scales`)."""
   dummy = jnp.zeros((1, *input_shape), jnp.float32)
-  return jax.jit(lambda key: module.init(key, dummy))
+
+  def init(key):
+    variables = dict(module.init(key, dummy))
+    variables["params"] = unit_zero_scales(variables["params"])
+    return variables
+  return jax.jit(init)
 
 
 def _check_init(init: str, input_shape):
@@ -147,6 +158,21 @@ def fresh_layer(module: nn.Module, variables: Variables, layer: str,
   if layer in variables.get("batch_stats", {}):
     out["batch_stats"] = _reset_stats(variables["batch_stats"][layer])
   return out
+
+
+def unit_zero_scales(params):
+  """`params` with every all-zero BatchNorm `scale` replaced by ones.
+
+  A zero-initialized scale (ResNet v1.5's last BatchNorm of a block) makes
+  the residual branch output exactly zero; ones is what a standard BatchNorm
+  scale starts from, so the re-initialized block is random, not removed.
+  """
+  def fix(path, leaf):
+    name = str(getattr(path[-1], "key", path[-1]))
+    if name != "scale":
+      return leaf
+    return jnp.where(jnp.any(leaf != 0), leaf, jnp.ones_like(leaf))
+  return jax.tree_util.tree_map_with_path(fix, params)
 
 
 def randomize(module: nn.Module, variables: Variables, layers: Sequence[str],
