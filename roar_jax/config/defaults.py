@@ -96,6 +96,23 @@ def _explain_defaults(c: ml_collections.ConfigDict):
   c.explain.batch_size = 256
   c.explain.shard_size = 4096  # Images per rank-store shard.
   c.explain.num_visualize = 8
+  # Options of the lecture's methods, e.g. --config.explain.methods.
+  # rise_masks=1000: `saliency.Options` holds their defaults, read from there.
+  c.explain.methods = _method_options()
+  c.explain.num_references = 16  # DeepSHAP: training images as references.
+
+
+def _method_options() -> ml_collections.ConfigDict:
+  """The lecture methods' options with `saliency.Options`'s defaults (an
+  unset one, None, takes an int: a window or a stride)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from roar_jax.saliency import options  # pylint: disable=g-import-not-at-top
+  skip = ("num_samples", "noise_scale", "ig_steps", "chunk_size",
+          "pixel_mean", "pixel_std")
+  return ml_collections.ConfigDict({
+      f.name: (ml_collections.FieldReference(None, field_type=int)
+               if f.default is None else f.default)
+      for f in dataclasses.fields(options.Options) if f.name not in skip})
 
 
 def _roar_defaults(c: ml_collections.ConfigDict):

@@ -4,6 +4,7 @@ Everything here runs before any data is read or any model is compiled, so a
 typo costs a second, not a crashed job an hour later.
 """
 
+import dataclasses
 import os
 
 import jax
@@ -141,6 +142,15 @@ def _validate_benchmark(config, devices: int):
              f"config.explain.transforms: {pair!r} must be (estimator, "
              "transform) with an estimator of config.explain.estimators and "
              "a transform of 'abs', 'square', 'signed'")
+  fields = {f.name for f in dataclasses.fields(saliency.Options)}
+  for name in ec.methods:
+    _require(name in fields and name not in (
+        "num_samples", "noise_scale", "ig_steps", "chunk_size"),
+             f"config.explain.methods.{name}: not an option of the lecture's "
+             f"methods; known: {sorted(fields)}")
+  _require(isinstance(ec.num_references, int) and ec.num_references > 0,
+           f"config.explain.num_references={ec.num_references!r} must be a "
+           "positive int")
   _require(ec.batch_size > 0 and ec.batch_size % devices == 0,
            f"config.explain.batch_size={ec.batch_size} must be a positive "
            f"multiple of the number of devices ({devices})")

@@ -42,7 +42,10 @@ def register(name: str, *, overwrite: bool = False):
       ...
 
   Call it in the config file (or a module the config file imports), so that
-  every process that loads the config, Ray workers included, registers it.
+  every process that loads the config file registers it (the processes of a
+  multi-host run do). Ray workers receive the config's values, not its file:
+  a model of one's own there must be importable on the workers (a module of
+  an installed package that registers it on import).
 
   Args:
     name: the value of `config.model.name` that selects the model.

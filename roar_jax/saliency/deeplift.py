@@ -1,4 +1,4 @@
-"""DeepLIFT and DeepSHAP (DESIGN.md, "Estimators of the lecture").
+"""DeepLIFT and DeepSHAP (docs/design.md, "Estimators of the lecture").
 
 Both read `Model.deeplift_logits` (see `rescale.py` and `model.py`): a
 function whose gradient is DeepLIFT's Rescale multiplier.

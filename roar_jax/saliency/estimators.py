@@ -1,4 +1,4 @@
-"""The base estimators (DESIGN.md, "Base estimators").
+"""The base estimators (docs/design.md, "Base estimators").
 
 Each is a function of an `Inputs` batch that returns maps shaped like the
 images; `api.explain_all` wraps the ensemble-able ones in noise ensembles.

@@ -1,4 +1,4 @@
-"""Maps -> removal order, quantized to 100 levels (DESIGN.md, "Ranking").
+"""Maps -> removal order, quantized to 100 levels (docs/design.md, "Ranking").
 
 Level q of an image holds the positions whose rank r (0 = most important)
 satisfies floor(100 r / P), P = positions per image. Removing every level

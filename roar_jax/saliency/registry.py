@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence, Union
 
 from roar_jax.saliency import model as model_lib
 
-# Noise-ensemble prefixes (DESIGN.md): SmoothGrad, SmoothGrad-squared, VarGrad.
+# Noise-ensemble prefixes (docs/design.md): SmoothGrad, SmoothGrad-squared, VarGrad.
 ENSEMBLES = ("sg", "sg_sq", "var")
 
 

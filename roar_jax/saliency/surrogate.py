@@ -1,4 +1,4 @@
-"""LIME and KernelSHAP: a linear surrogate over superpixels (DESIGN.md).
+"""LIME and KernelSHAP: a linear surrogate over superpixels (docs/design.md).
 
 Features are superpixels (`segments.superpixels`: SLIC, or the `segments=`
 option); a sample turns some segments off (filled with the baseline). The

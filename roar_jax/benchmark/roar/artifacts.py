@@ -30,7 +30,7 @@ MODEL_FREE = frozenset({"random", "sobel", "oracle"})
 _DATA_LOCATION = ("data_dir", "manual_dir", "cache", "path")
 _TRAIN_LOGISTICS = ("log_every", "checkpoint_every", "eval_batch_size")
 _EXPLAIN_LOGISTICS = ("estimators", "batch_size", "chunk_size",
-                      "num_visualize")
+                      "num_visualize", "transform", "transforms")
 
 
 def data_fields(data_config) -> dict[str, Any]:
@@ -58,7 +58,11 @@ def training_fields(config) -> dict[str, Any]:
 
 
 def explain_fields(config, estimator: str) -> dict[str, Any]:
-  out = {"estimator": estimator, "seed": config.seed}
+  """The fields that determine one estimator's rank store: the explain
+  options, and its own ranking transform (not the other estimators')."""
+  from roar_jax.benchmark.roar import explain  # pylint: disable=g-import-not-at-top
+  out = {"estimator": estimator, "seed": config.seed,
+         "transform": explain.transform_for(config.explain, estimator)}
   out.update({f"explain.{k}": v for k, v in
               provenance_lib.flatten(config.explain.to_dict()).items()
               if k.split(".")[0] not in _EXPLAIN_LOGISTICS})

@@ -32,6 +32,8 @@ from roar_jax.data import sources
 from roar_jax.data import synthetic
 
 ORACLE = "oracle"
+# Methods whose features are superpixels of the image in pixel space.
+SEGMENTED = ("lime", "kernel_shap", "xrai")
 # `sq.<estimator>`: the maps of <estimator>, ranked by their square (the ROAR
 # paper's squared variants, Fig. 6), whatever the transform of <estimator>.
 SQUARED = "sq."
@@ -63,12 +65,26 @@ def explain_options(config, *, baseline: bool = True) -> dict[str, Any]:
   takes them; integrated gradients start from the black image."""
   ec = config.explain
   options = {"num_samples": ec.num_samples, "noise_scale": ec.noise_scale,
-             "ig_steps": ec.ig_steps}
-  if ec.get("chunk_size"):
+             "ig_steps": ec.ig_steps,
+             **{k: v for k, v in ec.methods.items() if v is not None}}
+  if ec.chunk_size:
     options["chunk_size"] = ec.chunk_size
+  if any(maps_method(e) in SEGMENTED for e in ec.estimators):
+    # Superpixels are computed on the images in pixel space.
+    options["pixel_mean"] = tuple(config.data.mean)
+    options["pixel_std"] = tuple(config.data.std)
   if baseline:
     options["baseline"] = black_image(config)
   return options
+
+
+def deepshap_references(config, source) -> np.ndarray:
+  """DeepSHAP's references: the first `explain.num_references` training
+  images, as the model sees them."""
+  batch = next(iter(pipeline.eval_iterator(
+      source, config.data, "train",
+      global_batch_size=config.explain.num_references)))
+  return batch["image"][batch["mask"] > 0]
 
 
 def _oracle_maps(config, split: str, indices: np.ndarray, shape) -> np.ndarray:
@@ -114,11 +130,11 @@ def run(config, workdir, *, source=None, plan=None) -> dict[str, Any]:
   source = source or sources.get_source(config.data)
   wd = workdir_lib.Workdir(workdir)
   plan = plan or grid.plan_of(config, workdir)
+  module, variables = training.load_model(config, wd.base, source=source)
   if jax.process_index() == 0:
     for est in config.explain.estimators:
       if not workdir_lib.exists(plan.ranks[est].path):
         plan.ranks[est].write()
-  module, variables = training.load_model(config, wd.base, source=source)
   stage = _Stage(config, wd, source, saliency.explainable(module, variables))
   passes = _log_gradient_passes(config, stage.model, stage.methods,
                                 source, stage.options)
@@ -145,6 +161,8 @@ class _Stage:
     self.methods = tuple(dict.fromkeys(maps_method(e)
                                        for e in self.model_estimators))
     self.options = explain_options(config)
+    if "deepshap" in self.methods:
+      self.options["references"] = deepshap_references(config, source)
     self.key = jax.random.fold_in(jax.random.key(config.seed), 7)
     self.pid, self.nproc = jax.process_index(), jax.process_count()
     local_batch = ec.batch_size // self.nproc
