@@ -27,7 +27,7 @@ FIXTURES = REPO / "tests" / "fixtures"
 
 def load_config(name: str):
   """`get_config()` of configs/<name>.py, as --config=configs/<name>.py gives."""
-  from roar_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from roar_jax.config import defaults as config_lib  # pylint: disable=g-import-not-at-top
   return config_lib.load(name)
 
 

@@ -23,7 +23,7 @@ AUC: the trapezoid rule over the fractions, divided by the largest fraction
 (1 for deletion / insertion, 0.9 for ROAD by default), i.e. the curve's mean
 over [0, f_max]; computed per image, then averaged. Lower is better for
 deletion and MoRF, higher for insertion and LeRF. Each value comes with a 95%
-Student-t confidence interval over the images (DESIGN.md, "Statistics").
+Student-t confidence interval over the images (docs/design.md, "Statistics").
 
 Work is batched over images and curve steps in one jitted call per chunk
 (`metrics.batch_size` model inputs at most), so memory stays flat whatever
