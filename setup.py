@@ -43,7 +43,8 @@ setuptools.setup(
         # gs:// workdirs: TensorBoard event files (tensorboardX) need the
         # google-cloud-storage client; gcsfs serves etils.epath without TF.
         "gcs": ["google-cloud-storage>=2.14", "gcsfs>=2024.2"],
-        "bench": ["torch", "captum"],
+        # Peers the benches compare with: Captum, PAIR saliency, Quantus.
+        "bench": ["torch>=2.1", "captum>=0.7", "saliency>=0.2", "quantus>=0.5"],
         "ray": ["ray[default]>=2.9"],
     },
 )
