@@ -33,16 +33,6 @@ ESTIMATORS = ("gradient", "gradcam", "sg.gradient")
 MESH = Mesh(np.array(jax.devices()[:1]), ("data",))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-  """XLA without most optimizations: this module compiles more than it runs
-  (each model's trainer, initializer and estimators)."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
-
-
 def _config(shared_data):
   c = load_config("fashion_mnist_sanity")
   c.data.path = str(shared_data / "fashion-mnist")
