@@ -113,7 +113,9 @@ def run(config, workdir, *, run_unit: UnitRunner = grid.run_unit,
       config, plan,
       lambda: training.load_state(config, plan.base.path, source=source),
       source, fill)
-  if config.metrics.with_roar:  # They cost little next to the retrains.
+  # One unit of a shared grid (`roar.unit`) leaves the metrics to
+  # --mode=metrics, run once for the grid.
+  if config.metrics.with_roar and not config.roar.unit:
     metrics_lib.run(config, plan, source, fill)
   units = list(plan.units)
   todo = [u for u in units if not grid.is_done(plan, u)]
