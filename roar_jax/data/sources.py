@@ -242,9 +242,10 @@ def _tfds_source(name: str, data_config: Mapping[str, Any],
                       split_map={"train": "train", "test": "test"}, caps=caps)
   if name not in TFDS_SPLITS:
     raise ValueError(
-        f"config.data.name={name!r} has no TFDS builder: set config.data.path "
-        "to its images in ImageFolder layout (train/<class>/*.jpg, "
-        "test/<class>/*.jpg)")
+        f"config.data.name={name!r} is not a known dataset (known: "
+        f"{sorted(KNOWN_DATASETS)}): set config.data.path to its images in "
+        "ImageFolder layout (train/<class>/*.jpg, test/<class>/*.jpg) or IDX "
+        "files")
   builder = tfds.builder(name, data_dir=data_dir)
   if not os.path.exists(os.path.join(os.fspath(builder.data_dir),
                                      "dataset_info.json")):
