@@ -3,9 +3,15 @@
 Follows the original benchmark code's ResNet (its `utils/resnet_model.py`):
 the stride of a bottleneck block sits on its 3x3 convolution (v1.5), the last
 BatchNorm scale of every block starts at zero (so each block starts as the
-identity), BatchNorm momentum 0.9 and epsilon 1e-5, convolutions without bias
-and He (fan-in, truncated normal) initialization, and a dense head initialized
-from N(0, 0.01).
+identity), BatchNorm momentum 0.9 and epsilon 1e-5, convolutions without bias,
+and a dense head initialized from N(0, 0.01).
+
+One departure: convolutions start from He et al.'s variance scaling for ReLU
+networks (scale 2.0, fan-in, truncated normal), where the original code's
+`tf.variance_scaling_initializer()` uses TensorFlow's default scale 1.0. Every
+convolution here is followed by BatchNorm, which rescales its output in the
+first steps, so the scale only sets where training starts; 2.0 is the value
+the Flax and big_vision ResNets use.
 
 `stem='imagenet'` is the 7x7/2 convolution plus 3x3/2 max-pool; `stem='cifar'`
 is a single 3x3/1 convolution and no pooling, for 32x32 inputs.
