@@ -11,8 +11,7 @@ networks (scale 2.0, fan-in, truncated normal), where the original code's
 `tf.variance_scaling_initializer()` uses TensorFlow's default scale 1.0. Every
 convolution here is followed by BatchNorm, which rescales its output in the
 first steps, so the scale only sets where training starts; 2.0 keeps the
-variance of activations through ReLUs (He et al. 2015), and the sanity
-checks' re-initialized layers then have the magnitude of trained ones.
+variance of activations through ReLUs (He et al. 2015).
 
 `stem='imagenet'` is the 7x7/2 convolution plus 3x3/2 max-pool; `stem='cifar'`
 is a single 3x3/1 convolution and no pooling, for 32x32 inputs.
