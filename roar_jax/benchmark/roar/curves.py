@@ -229,7 +229,7 @@ def curves(logits_fn: Callable[[jax.Array], jax.Array], images, labels, levels,
   mesh = _mesh_of(mesh)
   fn = _as_partial(logits_fn)
   images = np.asarray(images)
-  n, channels = images.shape[0], images.shape[-1]
+  channels = images.shape[-1]
   mean = jnp.asarray(np.broadcast_to(np.asarray(mean, np.float32),
                                      (channels,)))
   std = jnp.asarray(np.broadcast_to(np.asarray(std, np.float32), (channels,)))
@@ -243,39 +243,50 @@ def curves(logits_fn: Callable[[jax.Array], jax.Array], images, labels, levels,
   out: dict[str, list[np.ndarray]] = {}
   names = set(options.names)
   if names & {"deletion", "insertion"}:
-    per = _rows_per_call(options, 2 * (options.steps + 1), mesh)
-    for sl in _chunks(n, per):
-      x, lv = _put(mesh, per, images[sl], levels[sl])
-      d, i, t = _deletion_insertion_chunk(
-          fn, x, lv, value, mean, std, steps=options.steps, fill=options.fill,
-          start=options.insertion_start, blur_sigma=float(options.blur_sigma))
-      m = sl.stop - sl.start
-      out.setdefault("deletion", []).append(np.asarray(d)[:m])
-      out.setdefault("insertion", []).append(np.asarray(i)[:m])
-      out.setdefault("target", []).append(np.asarray(t)[:m])
+    _deletion_insertion(fn, images, levels, value, mean, std, options, mesh,
+                        out)
   if names & {"road_morf", "road_lerf"}:
-    ks = tuple(int(round(f * 100)) for f in road_fractions(
-        options.road_thresholds))
-    per = _rows_per_call(options, 2 * len(ks), mesh)
-    labels = np.asarray(labels)
-    indices = np.asarray(indices)
-    for sl in _chunks(n, per):
-      noise = imputation_lib.noise(indices[sl], images.shape[1:], seed=seed,
-                                   std=options.noise_std)
-      x, lv, lab, nz = _put(mesh, per, images[sl], levels[sl], labels[sl],
-                            noise.astype(np.float32))
-      removed = _road_masks(lv, ks=ks)
-      imputed = _road_impute(x, removed, nz, solver=options.imputation,
-                             precision=options.precision, mesh=mesh)
-      correct = np.asarray(_road_correct(fn, imputed, lab, mean, std))
-      m = sl.stop - sl.start
-      out.setdefault("road_morf", []).append(correct[:m, 0].astype(
-          np.float32))
-      out.setdefault("road_lerf", []).append(correct[:m, 1].astype(
-          np.float32))
+    _road(fn, images, labels, levels, indices, mean, std, options, seed, mesh,
+          out)
   result = {k: np.concatenate(v) for k, v in out.items()}
   return {k: v for k, v in result.items()
           if k in names or k == "target"}
+
+
+def _deletion_insertion(fn, images, levels, value, mean, std,
+                        options: Options, mesh: Mesh, out):
+  """Deletion and insertion curves, chunk by chunk, appended to `out`."""
+  per = _rows_per_call(options, 2 * (options.steps + 1), mesh)
+  for sl in _chunks(images.shape[0], per):
+    x, lv = _put(mesh, per, images[sl], levels[sl])
+    d, i, t = _deletion_insertion_chunk(
+        fn, x, lv, value, mean, std, steps=options.steps, fill=options.fill,
+        start=options.insertion_start, blur_sigma=float(options.blur_sigma))
+    m = sl.stop - sl.start
+    out.setdefault("deletion", []).append(np.asarray(d)[:m])
+    out.setdefault("insertion", []).append(np.asarray(i)[:m])
+    out.setdefault("target", []).append(np.asarray(t)[:m])
+
+
+def _road(fn, images, labels, levels, indices, mean, std, options: Options,
+          seed: int, mesh: Mesh, out):
+  """ROAD's MoRF and LeRF correctness, chunk by chunk, appended to `out`."""
+  ks = tuple(int(round(f * 100)) for f in road_fractions(
+      options.road_thresholds))
+  per = _rows_per_call(options, 2 * len(ks), mesh)
+  labels, indices = np.asarray(labels), np.asarray(indices)
+  for sl in _chunks(images.shape[0], per):
+    noise = imputation_lib.noise(indices[sl], images.shape[1:], seed=seed,
+                                 std=options.noise_std)
+    x, lv, lab, nz = _put(mesh, per, images[sl], levels[sl], labels[sl],
+                          noise.astype(np.float32))
+    removed = _road_masks(lv, ks=ks)
+    imputed = _road_impute(x, removed, nz, solver=options.imputation,
+                           precision=options.precision, mesh=mesh)
+    correct = np.asarray(_road_correct(fn, imputed, lab, mean, std))
+    m = sl.stop - sl.start
+    out.setdefault("road_morf", []).append(correct[:m, 0].astype(np.float32))
+    out.setdefault("road_lerf", []).append(correct[:m, 1].astype(np.float32))
 
 
 def summarize(per_image: Mapping[str, np.ndarray], options: Options

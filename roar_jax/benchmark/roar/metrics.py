@@ -33,6 +33,7 @@ store; fields: the metric options) and is reused while its fingerprint
 matches.
 """
 
+import time
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -135,6 +136,15 @@ def _gather(values: np.ndarray) -> np.ndarray:
                          enumerate(np.asarray(counts).reshape(-1))])
 
 
+def _base_logits(config, plan, source):
+  """The logits of the plan's base model."""
+  from roar_jax import saliency  # pylint: disable=g-import-not-at-top
+  from roar_jax import training  # pylint: disable=g-import-not-at-top
+  module, variables = training.load_model(config, plan.base.path,
+                                          source=source)
+  return saliency.explainable(module, variables).logits
+
+
 def compute(config, plan, source, channel_mean=None, *, logits_fn=None
             ) -> dict[str, dict[str, Any]]:
   """Computes every estimator's metrics whose record does not match yet.
@@ -162,18 +172,11 @@ def compute(config, plan, source, channel_mean=None, *, logits_fn=None
   todo = [est for est, r in records.items() if r is None]
   if not todo:
     return records
-  if logits_fn is None:
-    from roar_jax import saliency  # pylint: disable=g-import-not-at-top
-    from roar_jax import training  # pylint: disable=g-import-not-at-top
-    module, variables = training.load_model(config, plan.base.path,
-                                            source=source)
-    logits_fn = saliency.explainable(module, variables).logits
+  logits_fn = logits_fn or _base_logits(config, plan, source)
   fill = _fill_value(config, options, source, channel_mean)
   store = rank_store_lib.RankStore(plan.workdir.root)
   per_image: dict[str, dict[str, list[np.ndarray]]] = {e: {} for e in todo}
-  import time  # pylint: disable=g-import-not-at-top
-  start = time.time()
-  count = 0
+  start, count = time.time(), 0
   for batch in _test_batches(config, source, options, rows=1024):
     for est in todo:
       levels = store.lookup(est, "test", batch["index"])
