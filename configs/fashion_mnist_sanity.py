@@ -62,7 +62,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.explain.num_samples = 15
   c.explain.noise_scale = 0.15
   c.explain.ig_steps = 25
-  c.explain.chunk_size = 0
 
   c.sanity = ml_collections.ConfigDict()
   c.sanity.models = ("sanity_cnn", "sanity_mlp")
@@ -70,9 +69,8 @@ def get_config() -> ml_collections.ConfigDict:
       "gradient", "gradient_x_input", "integrated_gradients",
       "guided_backprop", "gradcam", "guided_gradcam", "sg.gradient",
       "var.gradient")
-  # Model-free maps put through every test beside the estimators (Binder et
-  # al. 2023): their similarity to an estimator's trained maps is what a
-  # metric gives for free; the report says which estimators beat them.
+  # Model-free maps through every test (Binder et al. 2023): what a metric
+  # gives for free; the report says which estimators beat them.
   c.sanity.controls = ("random", "sobel")
   c.sanity.tests = ("cascading", "independent", "data")
   c.sanity.num_images = 200
