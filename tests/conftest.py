@@ -37,3 +37,23 @@ def shared_data():
   if not SHARED_DATA.is_dir():
     pytest.skip(f"full datasets not found at {SHARED_DATA} (CI has them)")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def fast_compiles():
+  """XLA without most optimizations, for modules that compile far more than
+  they run (a ResNet's initializer takes minutes to optimize on a CPU)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def data_config(**fields):
+  """`config.data` with the defaults, and `fields` set."""
+  from roar_jax.config import defaults  # pylint: disable=g-import-not-at-top
+  c = defaults.base_config().data
+  for k, v in fields.items():
+    c[k] = v
+  return c

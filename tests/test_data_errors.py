@@ -11,13 +11,13 @@ import struct
 import tarfile
 import time
 
-import ml_collections
 import numpy as np
 import PIL.Image
 import pytest
 
+from conftest import data_config
+
 import roar_jax.data
-from roar_jax.config import defaults as config_lib
 from roar_jax.data import idx
 from roar_jax.data import image_folder
 from roar_jax.data import sources
@@ -27,11 +27,6 @@ FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 FASHION_MINI = os.path.join(FIXTURES, "fashion-mnist-mini")
 
 
-def _data_config(**fields) -> ml_collections.ConfigDict:
-  c = config_lib.base_config().data
-  for k, v in fields.items():
-    c[k] = v
-  return c
 
 
 def _encoded(value: int, fmt: str = "JPEG", size: int = 8) -> bytes:
@@ -74,7 +69,7 @@ def test_data_error_is_exported_and_a_value_error():
 def test_changed_folder_is_prepared_again(tmp_path):
   root = _make_folder(tmp_path / "pets", {"train": {"cat": 3, "dog": 3},
                                           "test": {"cat": 1, "dog": 1}})
-  config = _data_config(name="cifar10", path=root,
+  config = data_config(name="cifar10", path=root,
                         data_dir=str(tmp_path / "tfds"))
   before = sources.get_source(config)
   assert before.info.num_examples == {"train": 6, "test": 2}
@@ -178,7 +173,7 @@ def test_truncated_archive_is_named(tmp_path):
   data = archive.read_bytes()
   archive.write_bytes(data[:len(data) * 2 // 3])
   with pytest.raises(DataError) as e:
-    sources.get_source(_data_config(name="cifar10", path=str(archive),
+    sources.get_source(data_config(name="cifar10", path=str(archive),
                                     data_dir=str(tmp_path / "tfds")))
   message = _one_line(e)
   assert message.startswith(f"{archive}: cannot read the archive after member")
@@ -192,13 +187,13 @@ def test_one_class_and_no_test_split_are_refused_naming_the_path(tmp_path):
   one = _make_folder(tmp_path / "one", {"train": {"cat": 2},
                                         "test": {"cat": 1}})
   with pytest.raises(DataError) as e:
-    sources.get_source(_data_config(name="cifar10", path=one,
+    sources.get_source(data_config(name="cifar10", path=one,
                                     data_dir=str(tmp_path / "tfds")))
   assert _one_line(e) == (f"config.data.path: {one} has 1 class ['cat']; a "
                           "classification benchmark needs at least 2")
   no_test = _make_folder(tmp_path / "notest", {"train": {"a": 2, "b": 2}})
   with pytest.raises(DataError) as e:
-    sources.get_source(_data_config(name="cifar10", path=no_test,
+    sources.get_source(data_config(name="cifar10", path=no_test,
                                     data_dir=str(tmp_path / "tfds")))
   assert _one_line(e).startswith(f"config.data.path: {no_test} has no 'test' "
                                  "split (found ['train'])")
@@ -241,7 +236,7 @@ def test_layout_errors_are_one_line_naming_the_file(tmp_path, layout,
     (root / name).write_bytes(content if isinstance(content, bytes) else
                               _encoded(content))
   with pytest.raises(DataError) as e:
-    sources.get_source(_data_config(name="cifar10", path=str(root),
+    sources.get_source(data_config(name="cifar10", path=str(root),
                                     data_dir=str(tmp_path / "tfds")))
   assert _one_line(e).startswith(expected.format(root=root))
 
@@ -253,7 +248,7 @@ def test_damaged_prepared_copy_is_named(tmp_path):
   with open(os.path.join(prepared, "dataset_info.json"), "w") as f:
     f.write("{ not json")
   with pytest.raises(DataError) as e:
-    sources.get_source(_data_config(name="cifar10", path=root,
+    sources.get_source(data_config(name="cifar10", path=root,
                                     data_dir=str(tmp_path / "tfds")))
   assert _one_line(e).startswith(f"{prepared}: cannot read the prepared "
                                  "dataset")
@@ -284,7 +279,7 @@ def test_bad_idx_files_are_named(tmp_path, damage, expected):
   with open(target, "wb") as f:
     f.write(damage(data))
   with pytest.raises(DataError) as e:
-    sources.get_source(_data_config(name="fashion_mnist", path=raw,
+    sources.get_source(data_config(name="fashion_mnist", path=raw,
                                     data_dir=str(tmp_path / "tfds")))
   message = _one_line(e)
   assert message.startswith(f"{target}: {expected}"), message
@@ -326,7 +321,7 @@ def test_tfds_name_without_network_fails_at_once(tmp_path, monkeypatch):
   data_dir = str(tmp_path / "fresh")
   start = time.monotonic()
   with pytest.raises(DataError) as e:
-    sources.get_source(_data_config(name="cifar10", data_dir=data_dir))
+    sources.get_source(data_config(name="cifar10", data_dir=data_dir))
   assert time.monotonic() - start < 5
   message = _one_line(e)
   assert probed == [("www.cs.toronto.edu", 443)]

@@ -6,6 +6,8 @@ import tarfile
 import ml_collections
 import numpy as np
 import pytest
+
+from conftest import data_config
 import tensorflow_datasets as tfds
 
 from roar_jax.config import defaults as config_lib
@@ -19,11 +21,6 @@ CIFAR_MINI = os.path.join(FIXTURES, "cifar10-mini.tar.gz")
 FASHION_MINI = os.path.join(FIXTURES, "fashion-mnist-mini")
 
 
-def _data_config(**fields) -> ml_collections.ConfigDict:
-  c = config_lib.base_config().data
-  for k, v in fields.items():
-    c[k] = v
-  return c
 
 
 def _read_all(source, split, **kwargs):
@@ -50,7 +47,7 @@ def validation_folder(tmp_path_factory):
 
 def test_unknown_name_is_named_with_the_known_ones():
   with pytest.raises(ValueError) as e:
-    sources.get_source(_data_config(name="cifar100"))
+    sources.get_source(data_config(name="cifar100"))
   msg = str(e.value)
   assert "config.data.name='cifar100'" in msg
   for known in sources.KNOWN_DATASETS:
@@ -61,12 +58,12 @@ def test_missing_or_unusable_path_is_named(tmp_path):
   missing = str(tmp_path / "no_such_dir")
   with pytest.raises(ValueError, match=f"config.data.path: {missing} does "
                      "not exist"):
-    sources.get_source(_data_config(name="cifar10", path=missing))
+    sources.get_source(data_config(name="cifar10", path=missing))
   plain = tmp_path / "notes.txt"
   plain.write_text("hello")
   with pytest.raises(ValueError, match="config.data.path: .*notes.txt is "
                      "neither"):
-    sources.get_source(_data_config(name="cifar10", path=str(plain)))
+    sources.get_source(data_config(name="cifar10", path=str(plain)))
 
 
 def test_image_folder_without_test_split_is_named(tmp_path):
@@ -77,17 +74,17 @@ def test_image_folder_without_test_split_is_named(tmp_path):
     for g in os.listdir(root / "test" / f):
       os.remove(root / "test" / f / g)
   with pytest.raises(ValueError, match="trainonly has no 'test' split"):
-    sources.get_source(_data_config(name="cifar10", path=str(root),
+    sources.get_source(data_config(name="cifar10", path=str(root),
                                     data_dir=str(tmp_path / "tfds")))
 
 
 def test_bad_caps_and_catalog_requirements_are_named(tmp_path):
   with pytest.raises(ValueError, match="config.data.num_train=0"):
-    sources.get_source(_data_config(name="toy", num_train=0))
+    sources.get_source(data_config(name="toy", num_train=0))
   with pytest.raises(ValueError, match="config.data.manual_dir"):
-    sources.get_source(_data_config(name="birdsnap", data_dir=str(tmp_path)))
+    sources.get_source(data_config(name="birdsnap", data_dir=str(tmp_path)))
   with pytest.raises(ValueError, match="config.data.manual_dir"):
-    sources.get_source(_data_config(name="imagenet2012",
+    sources.get_source(data_config(name="imagenet2012",
                                     data_dir=str(tmp_path)))
 
 
@@ -108,7 +105,7 @@ def test_toy_source_and_caps():
 
 
 def test_image_folder_path_with_caps_and_process_slices(data_dir):
-  config = _data_config(name="cifar10", path=CIFAR_MINI, data_dir=data_dir)
+  config = data_config(name="cifar10", path=CIFAR_MINI, data_dir=data_dir)
   full = sources.get_source(config)
   assert full.info.name == "cifar10"
   assert full.info.num_examples == {"train": 200, "test": 100}
@@ -132,7 +129,7 @@ def test_image_folder_path_with_caps_and_process_slices(data_dir):
 
 
 def test_idx_path_gets_fashion_mnist_class_names(data_dir):
-  src = sources.get_source(_data_config(name="fashion_mnist",
+  src = sources.get_source(data_config(name="fashion_mnist",
                                         path=FASHION_MINI, data_dir=data_dir))
   assert src.info.class_names == idx.FASHION_MNIST_CLASSES
   assert src.info.num_examples == {"train": 150, "test": 50}
@@ -159,7 +156,7 @@ def test_catalog_names_map_our_splits_to_tfds_splits(validation_folder,
     return tfds.builder_from_directory(prepared)
 
   monkeypatch.setattr(sources.tfds, "builder", fake_builder)
-  config = _data_config(name="food101", data_dir="/tmp/somewhere",
+  config = data_config(name="food101", data_dir="/tmp/somewhere",
                         num_train=30)
   src = sources.get_source(config)
   assert asked == [("food101", "/tmp/somewhere")]

@@ -26,14 +26,8 @@ NETS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-  """XLA without most optimizations: these tests compile far more than they
-  run (a ResNet's initializer takes minutes to optimize on a CPU)."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+# These tests compile far more than they run.
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 @functools.lru_cache(maxsize=None)
