@@ -13,6 +13,9 @@ import numpy as np
 NUM_LEVELS = 100
 MODES = ("roar", "kar")
 FILLS = ("channel_mean", "noisy_linear")
+# The fill whose files carry no fill in their names: a grid of this fill
+# alone keeps the names it had before the fill became a grid axis.
+UNNAMED_FILL = "channel_mean"
 
 
 def threshold_level(threshold: float) -> int:
@@ -47,6 +50,23 @@ def check_fill(fill: str) -> str:
   if fill not in FILLS:
     raise ValueError(f"fill={fill!r} must be one of {FILLS}")
   return fill
+
+
+def fills_of(value) -> tuple[str, ...]:
+  """`config.roar.fill` as a tuple: one fill ('noisy_linear') or several
+  (('channel_mean', 'noisy_linear'): the fill is then a grid axis)."""
+  if isinstance(value, str):
+    return (value,)
+  try:
+    return tuple(value)
+  except TypeError:
+    raise ValueError(f"fill={value!r} must be a fill name or a tuple of "
+                     f"them, from {FILLS}") from None
+
+
+def fill_suffix(fill: str) -> str | None:
+  """The part of a file name that names the fill (None for UNNAMED_FILL)."""
+  return None if fill == UNNAMED_FILL else fill
 
 
 def removal_mask(levels: np.ndarray, *, threshold: float,

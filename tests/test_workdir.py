@@ -167,7 +167,7 @@ def test_unchanged_config_reuses_every_artifact(tmp_path):
 @pytest.mark.parametrize("field,value,affected", [
     ("train.learning_rate", 0.01,
      "1 base model, 1 rank store, 3 retrains, 3 results"),
-    ("roar.fill", "noisy_linear", "3 retrains, 3 results"),
+    ("roar.fill_value", (128.0, 128.0, 128.0), "3 retrains, 3 results"),
     ("explain.granularity", "value",
      "3 rank stores, 3 retrains, 3 results"),
     ("seed", 3, "1 base model, 3 rank stores, 3 retrains, 3 results"),
@@ -229,6 +229,24 @@ def test_extending_the_grid_keeps_finished_units(tmp_path):
   assert done == {grid.Unit(e, "roar", 0.5, 0)
                   for e in config.explain.estimators}
   assert len(plan.units) == 3 * 2 * 2 * 2
+
+
+def test_a_second_fill_keeps_the_first_fills_units(tmp_path):
+  """The fill is a grid axis: adding one runs its units beside the others,
+  under names that carry it; the channel mean's units keep their names."""
+  _lay_down(_config(), str(tmp_path), accuracy=0.25)
+  config = _config()
+  with config.unlocked():
+    config.roar.fill = ("channel_mean", "noisy_linear")
+  plan = pipeline.open_run(config, str(tmp_path), mode="roar")
+  done = {u for u in plan.units if grid.is_done(plan, u)}
+  assert done == {grid.Unit(e, "roar", 0.5, 0, "channel_mean")
+                  for e in config.explain.estimators}
+  new = sorted(u.name for u in plan.units if u not in done)
+  assert new == sorted(f"{e}__roar__t050__noisy_linear__seed0"
+                       for e in config.explain.estimators)
+  # Datasets of both fills, from one rank store per estimator.
+  assert len(plan.datasets) == 6 and len(plan.removals()) == 3
 
 
 def test_report_counts_only_results_of_the_current_config(tmp_path):

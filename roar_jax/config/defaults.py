@@ -121,10 +121,16 @@ def _roar_defaults(c: ml_collections.ConfigDict):
   c.roar.thresholds = (0.1, 0.3, 0.5, 0.7, 0.9)
   c.roar.modes = ("roar", "kar")
   c.roar.num_seeds = 5
-  c.roar.fill = "channel_mean"  # or 'noisy_linear' (ROAD).
+  # 'channel_mean' or 'noisy_linear' (ROAD), or a tuple of both: the fill is
+  # then a grid axis, every unit runs under each, and the report sets the
+  # fills side by side.
+  c.roar.fill = ml_collections.FieldReference("channel_mean",
+                                              field_type=object)
   c.roar.fill_value = ()  # Pinned fill in [0, 255] pixel units, else computed.
   c.roar.degrade = "on_the_fly"  # or 'write': TFRecord datasets first.
-  c.roar.unit = ""  # 'estimator/mode/threshold/seed': run that unit alone.
+  # 'estimator/mode/threshold/seed[/fill]': run that unit alone (the fill
+  # may be left out when the grid has one).
+  c.roar.unit = ""
 
 
 def _grid_defaults(c: ml_collections.ConfigDict):

@@ -168,8 +168,7 @@ def _validate_roar(config):
   for m in rc.modes:
     _require(m in MODES, f"config.roar.modes: unknown mode {m!r}; known: "
              f"{list(MODES)}")
-  _require(rc.fill in FILLS, f"config.roar.fill={rc.fill!r}: expected one of "
-           f"{list(FILLS)}")
+  _check_fills(rc.fill)
   _require(rc.degrade in ("on_the_fly", "write"),
            f"config.roar.degrade={rc.degrade!r}: expected 'on_the_fly' or "
            "'write'")
@@ -186,12 +185,28 @@ def _validate_roar(config):
   if rc.unit:
     from roar_jax.benchmark.roar import grid  # pylint: disable=g-import-not-at-top
     try:
-      unit = grid.parse_unit(rc.unit)
+      unit = grid.parse_unit(rc.unit, levels_lib.fills_of(rc.fill))
     except ValueError as e:
       raise ConfigError(str(e)) from None
     _require(unit.mode in MODES and 0.0 <= unit.threshold <= 1.0,
              f"config.roar.unit={rc.unit!r}: mode must be one of "
              f"{list(MODES)} and threshold in [0, 1]")
+
+
+def _check_fills(value):
+  """`config.roar.fill`: one known fill, or a tuple of distinct ones."""
+  expected = (f"expected one of {list(FILLS)}, or a tuple of them such as "
+              f"{FILLS!r}")
+  _require(isinstance(value, (str, tuple, list)),
+           f"config.roar.fill={value!r}: {expected}")
+  fills = levels_lib.fills_of(value)
+  _require(fills, f"config.roar.fill=(): {expected}")
+  for fill in fills:
+    _require(fill in FILLS, f"config.roar.fill={value!r}: unknown fill "
+             f"{fill!r}; {expected}")
+  repeated = sorted({f for f in fills if fills.count(f) > 1})
+  _require(not repeated, f"config.roar.fill={value!r}: {repeated} named more "
+           "than once")
 
 
 def _validate_metrics(config):

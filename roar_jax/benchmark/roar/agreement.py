@@ -5,7 +5,8 @@ report how far two metrics' rankings agree with Spearman's rho. Scores are
 oriented so that higher is better before ranking: deletion and MoRF areas
 are negated (a good ranking makes them small), as is ROAR's accuracy (the
 mean over the grid's thresholds of the retrained accuracy); insertion, LeRF
-and KAR count as they are. rho = 1: the two metrics order the estimators
+and KAR count as they are. ROAR and KAR under a fill other than the channel
+mean are metrics of their own, e.g. `roar_noisy_linear`. rho = 1: the two metrics order the estimators
 alike; -1: in reverse; NaN: fewer than 3 shared estimators, or a metric that
 ties them all.
 
@@ -20,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import scipy.stats
 
+from roar_jax import levels
 from roar_jax import workdir as workdir_lib
 
 # Oriented so that higher is better.
@@ -38,19 +40,21 @@ def scores(metric_rows: Sequence[Mapping[str, Any]],
   Args:
     metric_rows: metrics.csv rows (estimator, metric, value).
     results_rows: results.csv rows (estimator, mode, threshold,
-      mean_accuracy), for 'roar' and 'kar'.
+      mean_accuracy, fill), for 'roar' and 'kar'.
   """
   out: dict[str, dict[str, float]] = {}
   for r in metric_rows:
     sign = _SIGN.get(r["metric"], 1.0)
     out.setdefault(r["metric"], {})[r["estimator"]] = sign * float(r["value"])
-  grouped: dict[tuple[str, str], list[float]] = {}
+  grouped: dict[tuple[str, str, str], list[float]] = {}
   for r in results_rows or ():
     acc = float(r["mean_accuracy"])
+    fill = levels.fill_suffix(r.get("fill") or levels.UNNAMED_FILL)
     if math.isfinite(acc):
-      grouped.setdefault((r["mode"], r["estimator"]), []).append(acc)
-  for (mode, est), accs in grouped.items():
-    out.setdefault(mode, {})[est] = _SIGN[mode] * float(np.mean(accs))
+      grouped.setdefault((r["mode"], fill, r["estimator"]), []).append(acc)
+  for (mode, fill, est), accs in grouped.items():
+    name = mode if fill is None else f"{mode}_{fill}"
+    out.setdefault(name, {})[est] = _SIGN[mode] * float(np.mean(accs))
   return out
 
 

@@ -18,6 +18,7 @@ left alone and not reported.
 import dataclasses
 from typing import Any, Iterable
 
+from roar_jax import levels as levels_lib
 from roar_jax import provenance as provenance_lib
 from roar_jax import workdir as workdir_lib
 from roar_jax.provenance import Artifact
@@ -98,14 +99,18 @@ def _artifact(kind, path, fields, inputs=None) -> Artifact:
 
 @dataclasses.dataclass
 class Plan:
-  """Every artifact a run of the config uses, by role."""
+  """Every artifact a run of the config uses, by role.
+
+  Datasets and no-retrain scores are keyed by (estimator, mode, threshold,
+  fill); units and results by `grid.Unit`.
+  """
   workdir: workdir_lib.Workdir
   data: str  # The data's fingerprint (not an artifact of the workdir).
   base: Artifact
   channel_mean: Artifact | None
   ranks: dict[str, Artifact]
-  datasets: dict[tuple[str, str, float], Artifact]
-  no_retrain: dict[tuple[str, str, float], Artifact]
+  datasets: dict[tuple[str, str, float, str], Artifact]
+  no_retrain: dict[tuple[str, str, float, str], Artifact]
   units: dict[Any, Artifact]  # grid.Unit -> its retrain folder
   results: dict[Any, Artifact]  # grid.Unit -> its result record
 
@@ -116,6 +121,36 @@ class Plan:
     for group in (self.ranks, self.datasets, self.no_retrain, self.units,
                   self.results):
       yield from group.values()
+
+  def removals(self) -> list[tuple[str, str, float]]:
+    """The (estimator, mode, threshold) of the grid, whatever the fill."""
+    return sorted({key[:3] for key in self.datasets})
+
+
+def dataset_name(key: tuple[str, str, float, str]) -> str:
+  """The file name of the degraded dataset (and no-retrain score) of key =
+  (estimator, mode, threshold, fill)."""
+  estimator, mode, threshold, fill = key
+  return workdir_lib.unit_name(estimator, mode, threshold,
+                               fill=levels_lib.fill_suffix(fill))
+
+
+def _fill_artifacts(config, wd: workdir_lib.Workdir, data):
+  """The channel mean's artifact (None when no fill uses a computed mean),
+  and per fill the fields and inputs that determine a dataset's fill."""
+  rc = config.roar
+  fills = levels_lib.fills_of(rc.fill)
+  mean = None
+  if "channel_mean" in fills and not rc.fill_value:
+    mean = _artifact("channel mean", wd.channel_mean, data)
+  out = {}
+  for fill in fills:
+    fields = {"roar.fill": fill, "roar.fill_value": list(rc.fill_value),
+              "seed": config.seed}
+    inputs = {"channel_mean": mean} if (
+        fill == "channel_mean" and mean is not None) else {}
+    out[fill] = (fields, inputs)
+  return mean, out
 
 
 def plan(config, wd: workdir_lib.Workdir, units) -> Plan:
@@ -133,14 +168,7 @@ def plan(config, wd: workdir_lib.Workdir, units) -> Plan:
   data_fp = provenance_lib.fingerprint(data)
   base = _artifact("base model", wd.base,
                    {**data, **training_fields(config)})
-  rc = config.roar
-  fill_fields = {"roar.fill": rc.fill, "roar.fill_value": list(rc.fill_value),
-                 "seed": config.seed}
-  fill_inputs = {}
-  mean = None
-  if rc.fill == "channel_mean" and not rc.fill_value:
-    mean = _artifact("channel mean", wd.channel_mean, data)
-    fill_inputs["channel_mean"] = mean
+  mean, fill_of = _fill_artifacts(config, wd, data)
   ranks = {}
   for est in config.explain.estimators:
     source = {"data": data} if est in MODEL_FREE else {"base": base}
@@ -149,9 +177,10 @@ def plan(config, wd: workdir_lib.Workdir, units) -> Plan:
   datasets, no_retrain, unit_dirs, results = {}, {}, {}, {}
   train = training_fields(config)
   for unit in units:
-    key = (unit.estimator, unit.mode, unit.threshold)
+    key = unit.key
     if key not in datasets:
-      name = workdir_lib.unit_name(*key)
+      name = dataset_name(key)
+      fill_fields, fill_inputs = fill_of[unit.fill]
       fields = {**fill_fields, "mode": unit.mode,
                 "threshold_percent": round(unit.threshold * 100)}
       datasets[key] = _artifact(
@@ -167,5 +196,3 @@ def plan(config, wd: workdir_lib.Workdir, units) -> Plan:
     results[unit] = _artifact("result", wd.result(unit.name), fields, inputs)
   return Plan(wd, data_fp, base, mean, ranks, datasets, no_retrain,
               unit_dirs, results)
-
-

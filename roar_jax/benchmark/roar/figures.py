@@ -1,7 +1,8 @@
 """The ROAR and KAR figures: accuracy against the fraction of pixels.
 
-One figure per mode that was run (`roar.png`/`.pdf`, `kar.png`/`.pdf`), with
-the retrained curves (solid, 95% Student-t intervals over seeds as error
+One figure per mode that was run (`roar.png`/`.pdf`, `kar.png`/`.pdf`), a
+panel per fill when the grid has several (`config.roar.fill`), with the
+retrained curves (solid, 95% Student-t intervals over seeds as error
 bars) and the base model's no-retrain curves (dotted, hollow markers) of every
 estimator on the same axes, so the gap between the two is read directly.
 
@@ -64,8 +65,10 @@ def seeds_text(num_seeds: pd.Series) -> str:
 
 
 def caption(mode: str, *, base_accuracy: float | None,
-            num_classes: int | None, has_ci: bool = True) -> str:
-  """What the figure of `mode` shows, for summary.md and index.html."""
+            num_classes: int | None, has_ci: bool = True,
+            fills: Sequence[str] = ()) -> str:
+  """What the figure of `mode` shows, for summary.md and index.html
+  (`fills`: the panels' fills, when there are several)."""
   name, verb = _MODE_TEXT[mode]
   spread = ("mean over seeds with 95% Student-t confidence intervals"
             if has_ci else "a single seed: no interval")
@@ -81,6 +84,9 @@ def caption(mode: str, *, base_accuracy: float | None,
     parts.append(f"Dashed grey line and star: the base model's accuracy on "
                  f"unmodified data ({100 * base_accuracy:.2f}%), the curves' "
                  f"end point at {at}.")
+  if fills:
+    parts.append("One panel per fill of the removed pixels, left to right: "
+                 + ", ".join(fills) + ".")
   if num_classes:
     parts.append(f"Dash-dotted line: chance, 1/{num_classes}"
                  + (" (KAR at fraction 0 keeps nothing: chance)."
@@ -156,27 +162,18 @@ def _styles_line(rows: pd.DataFrame, has_ci: bool) -> str:
   return "; ".join(parts)
 
 
-def mode_figure(rows: pd.DataFrame, mode: str, *, style_of,
-                base_accuracy: float | None = None,
-                num_classes: int | None = None, dataset: str = "",
-                model: str = ""):
-  """The figure of one mode (rows: `results.aggregate_frame` of that mode)."""
-  name, verb = _MODE_TEXT[mode]
-  seeds = seeds_text(rows["num_seeds"])
+def _draw_panel(ax, rows: pd.DataFrame, mode: str, present, *,
+                base_accuracy: float | None, num_classes: int | None):
+  """The curves of one mode and fill on `ax`, with the reference lines."""
+  _, verb = _MODE_TEXT[mode]
   anchor = None
   if base_accuracy is not None:
     anchor = (0.0, base_accuracy) if mode == "roar" else (1.0, base_accuracy)
-  # A bare Figure (no pyplot): no global state, no backend to select.
-  fig = mfigure.Figure(figsize=(7.8, 4.6))
-  ax = fig.subplots()
-  if base_accuracy is not None:
     ax.axhline(base_accuracy, color=_REFERENCE, linestyle=(0, (6, 3)),
                linewidth=1.0, zorder=1)
   if num_classes:
     ax.axhline(1.0 / num_classes, color=_REFERENCE, linestyle="-.",
                linewidth=1.0, zorder=1)
-  present = {e: s for e, s in style_of.items()
-             if e in set(rows["estimator"])}
   for est, style in present.items():
     _draw_estimator(ax, rows[rows["estimator"] == est], style, anchor)
   if anchor is not None:
@@ -185,17 +182,43 @@ def mode_figure(rows: pd.DataFrame, mode: str, *, style_of,
   ax.set_xlim(-0.02, 1.02)
   ax.set_ylim(0.0, 1.0)
   ax.set_xlabel(f"fraction of pixels {verb} (most important first)")
-  ax.set_ylabel("test accuracy (axis fixed at 0 to 1)")
+  ax.grid(alpha=0.3, linewidth=0.6)
+
+
+def mode_figure(rows: pd.DataFrame, mode: str, *, style_of,
+                base_accuracy: float | None = None,
+                num_classes: int | None = None, dataset: str = "",
+                model: str = ""):
+  """The figure of one mode (rows: `results.aggregate_frame` of that mode):
+  one panel per fill, side by side on the same y axis."""
+  name, _ = _MODE_TEXT[mode]
+  seeds = seeds_text(rows["num_seeds"])
+  fills = sorted(set(rows["fill"])) if "fill" in rows else [None]
+  # A bare Figure (no pyplot): no global state, no backend to select.
+  fig = mfigure.Figure(figsize=(1.8 + 6.0 * len(fills), 4.6))
+  axes = fig.subplots(1, len(fills), sharey=True, squeeze=False)[0]
+  present = {e: s for e, s in style_of.items()
+             if e in set(rows["estimator"])}
+  for ax, fill in zip(axes, fills):
+    sub = rows if fill is None else rows[rows["fill"] == fill]
+    _draw_panel(ax, sub, mode, present, base_accuracy=base_accuracy,
+                num_classes=num_classes)
+    if len(fills) > 1:
+      ax.set_title(f"fill: {fill}", fontsize=10)
+  axes[0].set_ylabel("test accuracy (axis fixed at 0 to 1)")
   has_ci = bool(rows["ci95_low"].notna().any())
   what = ", ".join(p for p in (dataset, model) if p)
-  ax.set_title(f"{name}{': ' + what if what else ''} ({seeds})\n"
-               + _styles_line(rows, has_ci), fontsize=10)
-  ax.grid(alpha=0.3, linewidth=0.6)
-  ax.legend(handles=_legend_handles(
+  title = (f"{name}{': ' + what if what else ''} ({seeds})\n"
+           + _styles_line(rows, has_ci))
+  if len(fills) > 1:
+    fig.suptitle(title, fontsize=10)
+  else:
+    axes[0].set_title(title, fontsize=10)
+  axes[-1].legend(handles=_legend_handles(
       present, base_accuracy=base_accuracy, num_classes=num_classes,
       has_ci=has_ci, seeds=seeds),
-            loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8,
-            frameon=False)
+                  loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8,
+                  frameon=False)
   return fig
 
 

@@ -1,6 +1,6 @@
 """The ROAR/KAR retraining grid: units, their data, and running one unit.
 
-A unit is one (estimator, mode, threshold, seed): a model trained from random
+A unit is one (estimator, mode, threshold, seed, fill): a model trained from random
 initialization on the train split degraded by that estimator's ranking, and
 evaluated on the equally degraded test split. Units are independent: each has
 its own workdir (checkpoints, resumable) and leaves exactly one result record
@@ -37,26 +37,43 @@ class Unit:
   mode: str
   threshold: float
   seed: int
+  fill: str = levels_lib.UNNAMED_FILL
 
   @property
   def name(self) -> str:
     return workdir_lib.unit_name(self.estimator, self.mode, self.threshold,
-                                 self.seed)
+                                 self.seed, levels_lib.fill_suffix(self.fill))
 
   @property
-  def dataset_name(self) -> str:
-    return workdir_lib.unit_name(self.estimator, self.mode, self.threshold)
+  def key(self) -> tuple[str, str, float, str]:
+    """(estimator, mode, threshold, fill): the degraded dataset it trains
+    on; the units of every seed share it."""
+    return (self.estimator, self.mode, self.threshold, self.fill)
 
 
-def parse_unit(text: str) -> Unit:
-  """Parses `estimator/mode/threshold/seed`, e.g. `gradient/roar/0.5/0`."""
+def parse_unit(text: str, fills: tuple[str, ...]) -> Unit:
+  """Parses `estimator/mode/threshold/seed[/fill]`, e.g. `gradient/roar/0.5/0`.
+
+  Args:
+    text: the unit, as `config.roar.unit` names it.
+    fills: the grid's fills; the fill may be left out when there is one.
+  """
   parts = text.split("/")
-  if len(parts) != 4:
-    raise ValueError(f"config.roar.unit={text!r}: expected "
-                     "'estimator/mode/threshold/seed', e.g. 'gradient/roar/0.5/0'")
-  est, mode, thr, seed = parts
+  form = ("expected 'estimator/mode/threshold/seed[/fill]', e.g. "
+          "'gradient/roar/0.5/0'")
+  if len(parts) not in (4, 5):
+    raise ValueError(f"config.roar.unit={text!r}: {form}")
+  if len(parts) == 4:
+    if len(fills) != 1:
+      raise ValueError(f"config.roar.unit={text!r}: the grid has fills "
+                       f"{list(fills)}; name one, e.g. '{text}/{fills[0]}'")
+    parts.append(fills[0])
+  est, mode, thr, seed, fill = parts
+  if fill not in fills:
+    raise ValueError(f"config.roar.unit={text!r}: fill {fill!r} is not one "
+                     f"of the grid's, {list(fills)} (config.roar.fill)")
   try:
-    return Unit(est, mode, float(thr), int(seed))
+    return Unit(est, mode, float(thr), int(seed), fill)
   except ValueError:
     raise ValueError(f"config.roar.unit={text!r}: threshold must be a number "
                      "and seed an integer") from None
@@ -65,11 +82,13 @@ def parse_unit(text: str) -> Unit:
 def all_units(config) -> list[Unit]:
   """Every unit of the grid `config.roar` describes, or the one it names."""
   rc = config.roar
+  fills = levels_lib.fills_of(rc.fill)
   if rc.get("unit"):
-    return [parse_unit(rc.unit)]
-  return [Unit(e, m, float(t), s)
-          for e in config.explain.estimators for m in rc.modes
-          for t in rc.thresholds for s in range(rc.num_seeds)]
+    return [parse_unit(rc.unit, fills)]
+  return [Unit(e, m, float(t), s, f)
+          for f in fills for e in config.explain.estimators
+          for m in rc.modes for t in rc.thresholds
+          for s in range(rc.num_seeds)]
 
 
 def is_done(plan: artifacts_lib.Plan, unit: Unit) -> bool:
@@ -99,19 +118,19 @@ def _degraded_image_config(config):
 
 
 def degraded_source(config, plan: artifacts_lib.Plan, base_source,
-                    key: tuple[str, str, float], channel_mean):
-  """The degraded dataset of key = (estimator, mode, threshold).
+                    key: tuple[str, str, float, str], channel_mean):
+  """The degraded dataset of key = (estimator, mode, threshold, fill).
 
   `config.roar.degrade='on_the_fly'` masks images in the input pipeline from
   the rank store; 'write' materializes the dataset once as TFRecord files
   under `<workdir>/datasets/` (every process its own shards, metadata from
   process 0) and reads it back. Both give identical images.
   """
-  estimator, mode, threshold = key
+  estimator, mode, threshold, fill = key
   source = degraded_lib.DegradedSource(
       base_source, rank_store_lib.RankStore(plan.workdir.root),
       estimator=estimator, mode=mode, threshold=threshold,
-      fill=config.roar.fill, channel_mean=channel_mean, seed=config.seed,
+      fill=fill, channel_mean=channel_mean, seed=config.seed,
       eval_geometry=lambda image: preprocess.eval_geometry(image, config.data))
   if config.roar.degrade == "on_the_fly":
     return source
@@ -156,14 +175,14 @@ def run_unit(config, plan: artifacts_lib.Plan, unit: Unit, base_source,
     plan: the grid's artifacts (`plan_of`).
     unit: what to run.
     base_source: the undegraded dataset.
-    channel_mean: the fill of `fill='channel_mean'`, [C] in pixel units.
+    channel_mean: the fill of `fill='channel_mean'`, [C] in pixel units
+      (None when the grid has no such fill).
     **train_kwargs: passed to `training.train_and_evaluate`.
 
   Returns:
     The result record.
   """
-  key = (unit.estimator, unit.mode, unit.threshold)
-  source = degraded_source(config, plan, base_source, key, channel_mean)
+  source = degraded_source(config, plan, base_source, unit.key, channel_mean)
   folder = plan.units[unit]
   if jax.process_index() == 0:
     folder.write()
@@ -210,12 +229,13 @@ def evaluate_no_retrain(config, plan: artifacts_lib.Plan, base_state_fn,
     eval_config = copy.deepcopy(config)
     with eval_config.unlocked():
       eval_config.data = _degraded_image_config(config)
-    est, mode, thr = key
+    est, mode, thr, fill = key
     metrics = training.evaluate(state, source, eval_config, mesh, "test",
-                                desc=f"no-retrain {est} {mode} {thr:.2f}")
+                                desc=f"no-retrain {est} {mode} {thr:.2f} "
+                                f"{fill}")
     if jax.process_index() == 0:
       workdir_lib.write_json(artifact.path, {
-          "estimator": est, "mode": mode, "threshold": thr,
+          "estimator": est, "mode": mode, "threshold": thr, "fill": fill,
           "test_accuracy": metrics["accuracy"],
           "fingerprint": artifact.fingerprint,
           "provenance": dict(artifact.record)})

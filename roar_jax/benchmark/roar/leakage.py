@@ -32,7 +32,6 @@ from absl import logging
 from roar_jax import levels as levels_lib
 from roar_jax import provenance as provenance_lib
 from roar_jax import workdir as workdir_lib
-from roar_jax.data import degradation as degrade_lib
 from roar_jax.data import rank_store as rank_store_lib
 from roar_jax.data import source_protocol as source_lib
 
@@ -147,7 +146,8 @@ def plan_artifacts(config, plan) -> dict[tuple[str, str, float],
   from roar_jax.benchmark.roar import artifacts as artifacts_lib  # pylint: disable=g-import-not-at-top
   train = artifacts_lib.training_fields(probe_config(config))
   out = {}
-  for key in sorted(plan.datasets):
+  # The mask does not depend on the fill: one probe serves every fill.
+  for key in plan.removals():
     est, mode, thr = key
     name = workdir_lib.unit_name(est, mode, thr)
     fields = {**train, "mode": mode, "threshold_percent": round(thr * 100)}

@@ -150,7 +150,9 @@ def report(config, workdir, *, plan: artifacts_lib.Plan | None = None,
   if base_accuracy is None:
     base = training.load_metrics(plan.base.path)
     base_accuracy = base and base.get("test_accuracy")
-  records = [r for u in plan.results
+  # A record written before the fill was a grid axis has no fill: its
+  # unit's (under the same fingerprint) is the fill it ran under.
+  records = [{**r, "fill": u.fill} for u in plan.results
              if (r := _matching(plan.results[u])) is not None]
   no_retrain = {key: r["test_accuracy"] for key, a in plan.no_retrain.items()
                 if (r := _matching(a)) is not None}

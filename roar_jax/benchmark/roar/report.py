@@ -4,14 +4,17 @@
 partial grid gives a partial report, marked as such. It writes under
 `W/report/`:
 
-- `results.csv`: one row per (estimator, mode, threshold): the contract
-  columns, a 95% Student-t interval over seeds (`ci95_low`, `ci95_high`) and
-  the paired t-test's p-value against `random` (`p_vs_random`);
+- `results.csv`: one row per (estimator, mode, threshold, fill): the
+  contract columns, a 95% Student-t interval over seeds (`ci95_low`,
+  `ci95_high`), the paired t-test's p-value against `random` at the same
+  mode, threshold and fill (`p_vs_random`), and the fill;
 - `rank_stability.csv`: how consistently the seeds order the estimators;
 - `roar.png`/`.pdf`, `kar.png`/`.pdf`: one figure per mode that was run,
-  retrained and no-retrain curves on the same axes (`figures.py`);
+  retrained and no-retrain curves on the same axes, a panel per fill
+  (`figures.py`);
 - `summary.md`: the tables with a verdict against `random` per estimator and
-  threshold, the ranking, the figures (`![](roar.png)`) and the config;
+  threshold (`tables.py`), under each fill and, for several fills, side by
+  side; the ranking, the figures (`![](roar.png)`) and the config;
 - `index.html`: all of it on one self-contained page, with the saliency grid
   (`saliency.png`) and the sanity-check and metrics figures when present.
 
@@ -21,7 +24,6 @@ unchanged report is byte-identical.
 
 import csv
 import io
-import math
 from typing import Any
 
 import pandas as pd
@@ -31,6 +33,7 @@ from roar_jax.benchmark.roar import figures
 from roar_jax.benchmark.roar import html_page
 from roar_jax.benchmark.roar import results as results_lib
 from roar_jax.benchmark.roar import statistics
+from roar_jax.benchmark.roar import tables
 
 # Figures written by other stages that index.html embeds when present.
 _SALIENCY = "saliency.png"
@@ -47,7 +50,7 @@ def read_csv(path: str) -> list[dict[str, Any]]:
   """results.csv back as dicts: numbers as floats, num_seeds as int."""
   rows = list(csv.DictReader(io.StringIO(
       workdir_lib.read_bytes(path).decode())))
-  numeric = set(results_lib.REPORT_COLUMNS) - {"estimator", "mode",
+  numeric = set(results_lib.REPORT_COLUMNS) - {"estimator", "mode", "fill",
                                                 "num_seeds"}
   for r in rows:
     for k in numeric & set(r):
@@ -56,7 +59,8 @@ def read_csv(path: str) -> list[dict[str, Any]]:
   return rows
 
 
-def rank_estimators(rows) -> dict[str, list[tuple[str, float]]]:
+def rank_estimators(rows, fill: str | None = None
+                    ) -> dict[str, list[tuple[str, float]]]:
   """Estimators ordered best first, per mode.
 
   ROAR: a better estimator's removed pixels matter more, so the retrained
@@ -65,13 +69,17 @@ def rank_estimators(rows) -> dict[str, list[tuple[str, float]]]:
 
   Args:
     rows: aggregated rows (dicts, or a DataFrame).
+    fill: rank the rows of this fill only (rows without a fill column, or
+      None: every row; do not mix fills).
 
   Returns:
     mode -> [(estimator, mean accuracy over its thresholds)], best first.
   """
   frame = pd.DataFrame(list(rows) if not isinstance(rows, pd.DataFrame)
-                       else rows, columns=["estimator", "mode",
-                                           "mean_accuracy"])
+                       else rows)
+  if fill is not None and "fill" in frame:
+    frame = frame[frame["fill"] == fill]
+  frame = frame.reindex(columns=["estimator", "mode", "mean_accuracy"])
   frame = frame.dropna(subset=["mean_accuracy"])
   ranked = {}
   for mode, best_low in (("roar", True), ("kar", False)):
@@ -107,72 +115,6 @@ def config_text(config) -> str:
   if hasattr(config, "to_json_best_effort"):
     return config.to_json_best_effort(indent=2, sort_keys=True)
   return str(config)
-
-
-def _pct(v: float) -> str:
-  return "–" if v is None or math.isnan(v) else f"{100 * v:.2f}"
-
-
-def _accuracy_cell(row) -> str:
-  if row["num_seeds"] == 0:
-    return "–"
-  if row["num_seeds"] == 1:
-    return f"{_pct(row['mean_accuracy'])} (single seed: no interval)"
-  return (f"{_pct(row['mean_accuracy'])} [{_pct(row['ci95_low'])}, "
-          f"{_pct(row['ci95_high'])}]")
-
-
-def table_modes(frame: pd.DataFrame) -> list[str]:
-  """The modes in the results: ROAR, then KAR, then any other."""
-  return sorted(set(frame["mode"]), key=lambda m: (m != "roar", m != "kar", m))
-
-
-def results_table(frame: pd.DataFrame, mode: str) -> pd.DataFrame:
-  """The rows of `mode` as the summary shows them (accuracies in %).
-
-  Ordered by fraction, then estimator with random first, so that the
-  estimators compared at one fraction sit together under their control.
-  """
-  sub = frame[frame["mode"] == mode].assign(
-      _not_control=lambda f: f["estimator"] != statistics.CONTROL)
-  sub = sub.sort_values(["threshold", "_not_control", "estimator"],
-                        kind="stable")
-  return pd.DataFrame({
-      "fraction": sub["threshold"].map(lambda t: f"{t:.2f}"),
-      "estimator": sub["estimator"],
-      "seeds": sub["num_seeds"],
-      "accuracy % [95% CI]": sub.apply(_accuracy_cell, axis=1),
-      "no retrain %": sub["no_retrain_accuracy"].map(_pct),
-      "p vs random": sub["p_vs_random"].map(statistics.format_p),
-      "vs random (paired t, 5% level)": sub.apply(
-          lambda r: statistics.verdict(r, mode), axis=1),
-  })
-
-
-def stability_table(stability: pd.DataFrame) -> pd.DataFrame:
-  def num(v):
-    return "–" if math.isnan(v) else f"{v:.3f}"
-  return pd.DataFrame({
-      "mode": stability["mode"],
-      "seeds": stability["seeds"],
-      "estimators": stability["estimators"],
-      "Kendall's W": stability["kendall_w"].map(num),
-      "mean pairwise Spearman": stability["mean_spearman"].map(num),
-      "best (mean over seeds)": stability["best"],
-      "first in seeds": [f"{k} of {m}" for k, m in
-                         zip(stability["best_in_seeds"], stability["seeds"])],
-  })
-
-
-def markdown_table(frame: pd.DataFrame) -> list[str]:
-  """A GitHub pipe table of `frame`'s cells as strings."""
-  def cell(v) -> str:
-    return str(v).replace("|", "\\|")
-  lines = ["| " + " | ".join(cell(c) for c in frame.columns) + " |",
-           "|" + "---|" * len(frame.columns)]
-  lines += ["| " + " | ".join(cell(v) for v in row) + " |"
-            for row in frame.itertuples(index=False)]
-  return lines
 
 
 _RESULTS_NOTE = (
@@ -233,23 +175,78 @@ def _title(ctx) -> str:
 
 
 def _captions(frame, modes, ctx) -> dict[str, str]:
+  several = len(tables.fills(frame)) > 1
   return {m: figures.caption(
       m, base_accuracy=ctx["base_accuracy"], num_classes=ctx["num_classes"],
-      has_ci=bool(frame.loc[frame["mode"] == m, "ci95_low"].notna().any()))
-          for m in modes}
+      has_ci=bool(frame.loc[frame["mode"] == m, "ci95_low"].notna().any()),
+      fills=tables.fills(frame) if several else ()) for m in modes}
 
 
 _RANK_HEADINGS = {
     "roar": ("ROAR (best first: lowest accuracy after removing its most "
-             "important pixels):"),
+             "important pixels)"),
     "kar": ("KAR (best first: highest accuracy keeping only its most "
-            "important pixels):")}
+            "important pixels)")}
+
+_FILLS_NOTE = (
+    "The same grid under each fill of the removed pixels. A constant fill "
+    "(channel_mean) leaves the mask's shape visible, which can carry class "
+    "information into the retrained model; ROAD's noisy linear imputation "
+    "(noisy_linear) hides it (Rong et al. 2022). 'verdict differs': the "
+    "estimator's verdict against random changes with the fill.")
 
 
 def _ranking_note(frame) -> str:
   if (frame["num_seeds"] == 1).any():
     return ("Single seed: this ordering is not tested. " + _RANK_NOTE)
   return _RANK_NOTE
+
+
+def _ranking_lines(frame) -> list[str]:
+  """One line per (mode, fill): the estimators, best first."""
+  several = len(tables.fills(frame)) > 1
+  lines = []
+  for fill in tables.fills(frame):
+    for mode, ranked in rank_estimators(frame, fill).items():
+      if ranked:
+        where = f", fill {fill}" if several else ""
+        lines.append(f"{_RANK_HEADINGS[mode]}{where}: " + ", ".join(
+            f"{i + 1}. {e} ({tables.pct(a)})"
+            for i, (e, a) in enumerate(ranked)))
+  return lines
+
+
+def _sections(frame, stability) -> list[html_page.Section]:
+  """Results, fills side by side, ranking and stability, for both the
+  summary and the page."""
+  several = len(tables.fills(frame)) > 1
+  out = [html_page.Section("Results", [_RESULTS_NOTE])]
+  out += [html_page.Section(
+      tables.panel_title(mode, fill, several),
+      tables=[tables.results_table(frame, mode, fill)], level=3)
+          for mode, fill in tables.panels(frame)]
+  if several:
+    out.append(html_page.Section("Fills side by side", [_FILLS_NOTE]))
+    out += [html_page.Section(mode.upper(),
+                              tables=[tables.fills_table(frame, mode)],
+                              level=3)
+            for mode in sorted(set(frame["mode"]), key=tables.mode_order)]
+  out += [
+      html_page.Section("Estimators ranked",
+                        _ranking_lines(frame) + [_ranking_note(frame)]),
+      html_page.Section("Rank stability across seeds", [_STABILITY_NOTE],
+                        tables=[tables.stability_table(stability, several)]),
+  ]
+  return out
+
+
+def _markdown(section: html_page.Section) -> list[str]:
+  lines = ["#" * section.level + f" {section.heading}", ""]
+  for paragraph in section.paragraphs:
+    lines += [paragraph, ""]
+  for table in section.tables:
+    lines += tables.markdown_table(table) + [""]
+  return lines
 
 
 def _summary(frame, stability, modes, extra_figures, ctx) -> str:
@@ -263,19 +260,8 @@ def _summary(frame, stability, modes, extra_figures, ctx) -> str:
     for m in modes:
       lines += [f"![{m.upper()}]({m}.png)", "", captions[m],
                 f"(Also {m}.pdf.)", ""]
-  lines += ["## Results", "", _RESULTS_NOTE, ""]
-  for mode in table_modes(frame):
-    lines += [f"### {mode.upper()}", ""]
-    lines += markdown_table(results_table(frame, mode)) + [""]
-  lines += ["## Estimators ranked", ""]
-  for mode, ranked in rank_estimators(frame).items():
-    if ranked:
-      lines += [_RANK_HEADINGS[mode], ""]
-      lines += [f"{i + 1}. {e} ({_pct(a)})" for i, (e, a) in
-                enumerate(ranked)] + [""]
-  lines += [_ranking_note(frame), "", "## Rank stability across seeds", "",
-            _STABILITY_NOTE, ""]
-  lines += markdown_table(stability_table(stability)) + [""]
+  for section in _sections(frame, stability):
+    lines += _markdown(section)
   for heading, names in extra_figures:
     lines += [f"## {heading}", ""] + [f"![]({n})" for n in names] + [""]
   lines += ["Files: results.csv, rank_stability.csv, "
@@ -311,21 +297,7 @@ def _page(wd, frame, stability, modes, extra_figures, ctx) -> str:
   if modes:
     sections.append(html_page.Section(
         "Figures", figures=[fig(f"{m}.png", captions[m]) for m in modes]))
-  ranked = rank_estimators(frame)
-  sections += [
-      html_page.Section("Results", [_RESULTS_NOTE]),
-      *[html_page.Section(m.upper(), tables=[results_table(frame, m)],
-                          level=3)
-        for m in table_modes(frame)],
-      html_page.Section(
-          "Estimators ranked",
-          [f"{_RANK_HEADINGS[m]} " + ", ".join(
-              f"{i + 1}. {e} ({_pct(a)})" for i, (e, a) in
-              enumerate(ranked[m])) for m in ranked if ranked[m]]
-          + [_ranking_note(frame)]),
-      html_page.Section("Rank stability across seeds", [_STABILITY_NOTE],
-                        tables=[stability_table(stability)]),
-  ]
+  sections += _sections(frame, stability)
   sections += [html_page.Section(h, figures=[fig(n) for n in names])
                for h, names in extra_figures]
   if ctx["config"] is not None:
@@ -349,8 +321,9 @@ def build_report(wd: workdir_lib.Workdir, records, no_retrain, *,
   Args:
     wd: the experiment workdir.
     records: the result records to count (those of the current config).
-    no_retrain: (estimator, mode, threshold) -> accuracy of the base model on
-      that degraded test split, without retraining.
+    no_retrain: (estimator, mode, threshold, fill) -> accuracy of the base
+      model on that degraded test split, without retraining (a key without
+      the fill: `levels.UNNAMED_FILL`'s).
     config: the experiment config, quoted with its hash.
     expected_units: how many retrains the full grid has; fewer results mark
       the report partial.

@@ -7,7 +7,7 @@ result, a rerun never counts one twice, and a record of another config is
 never counted (`pipeline.report`).
 
 `aggregate_frame` turns the records into one row per (estimator, mode,
-threshold) with the contract columns of `results.csv` (CSV_COLUMNS) and the
+threshold, fill) with the contract columns of `results.csv` (CSV_COLUMNS) and the
 statistics of `statistics.py` (STAT_COLUMNS).
 """
 
@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from roar_jax import levels
 from roar_jax.benchmark.roar import statistics
 
 REQUIRED_KEYS = ("estimator", "mode", "threshold", "seed", "test_accuracy",
@@ -28,9 +29,10 @@ CSV_COLUMNS = ("estimator", "mode", "threshold", "num_seeds", "mean_accuracy",
 # Statistics after them: a 95% Student-t interval of the mean over seeds and
 # the paired t-test's p-value against `random` (same mode and threshold).
 STAT_COLUMNS = ("ci95_low", "ci95_high", "p_vs_random")
-REPORT_COLUMNS = CSV_COLUMNS + STAT_COLUMNS
+# Last, the fill of the degraded images (`config.roar.fill`, a grid axis).
+REPORT_COLUMNS = CSV_COLUMNS + STAT_COLUMNS + ("fill",)
 
-KEYS = ["estimator", "mode", "threshold"]
+KEYS = ["estimator", "mode", "threshold", "fill"]
 # Thresholds are fractions stored as floats; rounded, equal fractions of
 # different records group together.
 _THRESHOLD_DECIMALS = 4
@@ -51,32 +53,39 @@ def config_hash(config) -> str:
 
 
 def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-  """One row per record (estimator, mode, threshold, seed, test_accuracy),
-  sorted by them."""
+  """One row per record (estimator, mode, threshold, fill, seed,
+  test_accuracy), sorted by them. A record without a fill (written before
+  the fill was a grid axis) counts as UNNAMED_FILL's; `pipeline.report`
+  gives every record its unit's fill."""
   rows = [{"estimator": str(r["estimator"]), "mode": str(r["mode"]),
            "threshold": round(float(r["threshold"]), _THRESHOLD_DECIMALS),
+           "fill": str(r.get("fill", levels.UNNAMED_FILL)),
            "seed": int(r["seed"]), "test_accuracy": float(r["test_accuracy"])}
           for r in records]
   frame = pd.DataFrame(rows, columns=KEYS + ["seed", "test_accuracy"])
   frame = frame.astype({"estimator": str, "mode": str, "threshold": float,
-                        "seed": int, "test_accuracy": float})
+                        "fill": str, "seed": int, "test_accuracy": float})
   # Sorted, so that every statistic sums in the same order whatever the
   # order the records were read in.
   return frame.sort_values(KEYS + ["seed"], kind="stable", ignore_index=True)
 
 
 def _no_retrain_series(no_retrain) -> pd.Series:
-  index = pd.MultiIndex.from_tuples(
-      [(e, m, round(float(t), _THRESHOLD_DECIMALS))
-       for e, m, t in (no_retrain or {})], names=KEYS)
+  """Keys (estimator, mode, threshold[, fill]) -> accuracy as a Series."""
+  def key(k):
+    e, m, t, *fill = k
+    return (e, m, round(float(t), _THRESHOLD_DECIMALS),
+            fill[0] if fill else levels.UNNAMED_FILL)
+  index = pd.MultiIndex.from_tuples([key(k) for k in (no_retrain or {})],
+                                    names=KEYS)
   return pd.Series([float(a) for a in (no_retrain or {}).values()],
                    index=index, name="no_retrain_accuracy", dtype=float)
 
 
 def aggregate_frame(records: Iterable[Mapping[str, Any]],
-                    no_retrain: Mapping[tuple[str, str, float], float]
-                    | None = None) -> pd.DataFrame:
-  """One row per (estimator, mode, threshold), sorted by them.
+                    no_retrain: Mapping[tuple, float] | None = None
+                    ) -> pd.DataFrame:
+  """One row per (estimator, mode, threshold, fill), sorted by them.
 
   Columns: REPORT_COLUMNS, then `paired_seeds` and `mean_diff_vs_random`
   (the mean over paired seeds of accuracy minus random's accuracy) used for
@@ -85,8 +94,9 @@ def aggregate_frame(records: Iterable[Mapping[str, Any]],
 
   Args:
     records: result records.
-    no_retrain: (estimator, mode, threshold) -> accuracy of the base model on
-      that degraded test split, without retraining.
+    no_retrain: (estimator, mode, threshold, fill) -> accuracy of the base
+      model on that degraded test split, without retraining (a key without
+      the fill: UNNAMED_FILL's).
   """
   frame = records_frame(records)
   stats = statistics.seed_statistics(frame, KEYS)
@@ -100,11 +110,12 @@ def aggregate_frame(records: Iterable[Mapping[str, Any]],
 
 
 def aggregate(records: Iterable[Mapping[str, Any]],
-              no_retrain: Mapping[tuple[str, str, float], float] | None = None
+              no_retrain: Mapping[tuple, float] | None = None
               ) -> list[dict[str, Any]]:
   """`aggregate_frame` as a list of dicts (plain Python numbers).
 
-  Rows hold the REPORT_COLUMNS keys, sorted by estimator, mode, threshold;
+  Rows hold the REPORT_COLUMNS keys, sorted by estimator, mode, threshold,
+  fill;
   std_accuracy is the sample std over seeds (NaN for a single seed: one seed
   has no spread to report, not a spread of 0).
   """

@@ -152,22 +152,26 @@ def _mean_pairwise_spearman(scores: pd.DataFrame) -> float:
   return float(upper.mean()) if upper.size else np.nan
 
 
-def seed_scores(frame: pd.DataFrame, mode: str) -> pd.DataFrame:
-  """(seeds x estimators): mean accuracy over the thresholds of `mode`.
+def seed_scores(frame: pd.DataFrame, mode: str,
+                fill: str | None = None) -> pd.DataFrame:
+  """(seeds x estimators): mean accuracy over the thresholds of `mode` (and
+  `fill`, when given).
 
   Only (seed, threshold) cells that every estimator has count, so each
   seed scores every estimator on the same thresholds.
   """
   sub = frame[frame["mode"] == mode]
+  if fill is not None:
+    sub = sub[sub["fill"] == fill]
   wide = sub.pivot_table(index=["seed", "threshold"], columns="estimator",
                          values="test_accuracy", aggfunc="mean").dropna()
   return wide.groupby(level="seed").mean()
 
 
 def rank_stability(frame: pd.DataFrame) -> pd.DataFrame:
-  """Per mode: how consistently the seeds order the estimators.
+  """Per mode and fill: how consistently the seeds order the estimators.
 
-  Columns: mode, seeds, estimators, kendall_w, mean_spearman, best (the
+  Columns: mode, fill, seeds, estimators, kendall_w, mean_spearman, best (the
   estimator ranked first by the mean over seeds: lowest accuracy in ROAR,
   highest in KAR), best_in_seeds (in how many seeds it is first).
 
@@ -176,11 +180,12 @@ def rank_stability(frame: pd.DataFrame) -> pd.DataFrame:
   """
   rows = []
   # ROAR first, then KAR (then any other mode, alphabetically).
-  for mode in sorted(frame["mode"].unique(), key=lambda m: (m != "roar",
-                                                           m != "kar", m)):
-    scores = seed_scores(frame, mode)
+  pairs = sorted(set(zip(frame["mode"], frame["fill"])),
+                 key=lambda p: (p[0] != "roar", p[0] != "kar", p))
+  for mode, fill in pairs:
+    scores = seed_scores(frame, mode, fill)
     m, n = scores.shape
-    row = {"mode": mode, "seeds": m, "estimators": n, "kendall_w": np.nan,
+    row = {"mode": mode, "fill": fill, "seeds": m, "estimators": n, "kendall_w": np.nan,
            "mean_spearman": np.nan, "best": "", "best_in_seeds": 0}
     if m and n:
       ascending = mode == "roar"
@@ -193,6 +198,6 @@ def rank_stability(frame: pd.DataFrame) -> pd.DataFrame:
         row.update(kendall_w=_kendall_w(ranks),
                    mean_spearman=_mean_pairwise_spearman(scores))
     rows.append(row)
-  return pd.DataFrame(rows, columns=["mode", "seeds", "estimators",
+  return pd.DataFrame(rows, columns=["mode", "fill", "seeds", "estimators",
                                      "kendall_w", "mean_spearman", "best",
                                      "best_in_seeds"])

@@ -1,0 +1,142 @@
+"""The tables of the ROAR/KAR report, as the summary and the page show them.
+
+Every table is a DataFrame of strings built from `results.aggregate_frame`
+(or `statistics.rank_stability`); `markdown_table` renders one for
+summary.md and `html_page` for index.html. A grid run under several fills
+(`config.roar.fill`) gets one results table per (mode, fill) and, per mode,
+`fills_table`: every estimator's accuracy and verdict against random under
+each fill, side by side, with the rows whose verdict the fill changes marked.
+"""
+
+import math
+
+import pandas as pd
+
+from roar_jax.benchmark.roar import statistics
+
+
+def pct(v: float | None) -> str:
+  """An accuracy fraction in %, 2 decimals; '–' for none."""
+  return "–" if v is None or math.isnan(v) else f"{100 * v:.2f}"
+
+
+def _accuracy_cell(row) -> str:
+  if row["num_seeds"] == 0:
+    return "–"
+  if row["num_seeds"] == 1:
+    return f"{pct(row['mean_accuracy'])} (single seed: no interval)"
+  return (f"{pct(row['mean_accuracy'])} [{pct(row['ci95_low'])}, "
+          f"{pct(row['ci95_high'])}]")
+
+
+def mode_order(mode: str):
+  """Sort key: ROAR, then KAR, then any other mode alphabetically."""
+  return (mode != "roar", mode != "kar", mode)
+
+
+def fills(frame: pd.DataFrame) -> list[str]:
+  """The fills in the results, sorted."""
+  return sorted(set(frame["fill"]))
+
+
+def panels(frame: pd.DataFrame) -> list[tuple[str, str]]:
+  """The (mode, fill) pairs in the results: ROAR first, then KAR."""
+  return sorted(set(zip(frame["mode"], frame["fill"])),
+                key=lambda p: (mode_order(p[0]), p[1]))
+
+
+def panel_title(mode: str, fill: str, several_fills: bool) -> str:
+  return mode.upper() + (f", fill {fill}" if several_fills else "")
+
+
+def _ordered(frame: pd.DataFrame, mode: str) -> pd.DataFrame:
+  """The rows of `mode` by fraction, then estimator with random first, so
+  that the estimators compared at one fraction sit under their control."""
+  sub = frame[frame["mode"] == mode].assign(
+      _not_control=lambda f: f["estimator"] != statistics.CONTROL)
+  return sub.sort_values(["threshold", "_not_control", "estimator", "fill"],
+                         kind="stable")
+
+
+def results_table(frame: pd.DataFrame, mode: str,
+                  fill: str | None = None) -> pd.DataFrame:
+  """The rows of `mode` (and `fill`, when given), accuracies in %."""
+  sub = _ordered(frame, mode)
+  if fill is not None:
+    sub = sub[sub["fill"] == fill]
+  return pd.DataFrame({
+      "fraction": sub["threshold"].map(lambda t: f"{t:.2f}"),
+      "estimator": sub["estimator"],
+      "seeds": sub["num_seeds"],
+      "accuracy % [95% CI]": sub.apply(_accuracy_cell, axis=1),
+      "no retrain %": sub["no_retrain_accuracy"].map(pct),
+      "p vs random": sub["p_vs_random"].map(statistics.format_p),
+      "vs random (paired t, 5% level)": sub.apply(
+          lambda r: statistics.verdict(r, mode), axis=1),
+  })
+
+
+def _tested(verdict: str) -> str | None:
+  """'better than random', 'worse than random' or 'not distinguishable'
+  without the p-value; None for a row without a test (one seed, ...)."""
+  word = verdict.split(" (")[0]
+  return word if word.startswith(("better", "worse", "not dist")) else None
+
+
+def fills_table(frame: pd.DataFrame, mode: str) -> pd.DataFrame:
+  """Per (fraction, estimator) of `mode`: accuracy, p and verdict under
+  every fill, side by side; `verdict differs` marks the rows whose tested
+  verdict against random the fill changes."""
+  sub = _ordered(frame, mode)
+  names = fills(frame)
+  out = {}
+  for (thr, est), group in sub.groupby(["threshold", "estimator"],
+                                       sort=False):
+    row = {"fraction": f"{thr:.2f}", "estimator": est}
+    words = set()
+    for fill in names:
+      r = group[group["fill"] == fill]
+      if r.empty:
+        row[f"{fill} %"] = row[f"{fill} vs random"] = "–"
+        continue
+      r = r.iloc[0]
+      verdict = statistics.verdict(r, mode)
+      words.add(_tested(verdict))
+      row[f"{fill} %"] = pct(r["mean_accuracy"])
+      row[f"{fill} vs random"] = verdict
+    # Only tested verdicts count: 'no test' beside 'better' is no change.
+    row["verdict differs"] = ("yes" if None not in words and len(words) > 1
+                              else "")
+    out[(thr, est)] = row
+  return pd.DataFrame(list(out.values()))
+
+
+def stability_table(stability: pd.DataFrame,
+                    several_fills: bool = False) -> pd.DataFrame:
+  """rank_stability.csv as shown: Kendall's W, Spearman, the best."""
+  def num(v):
+    return "–" if math.isnan(v) else f"{v:.3f}"
+  columns = {"mode": stability["mode"]}
+  if several_fills:
+    columns["fill"] = stability["fill"]
+  return pd.DataFrame({
+      **columns,
+      "seeds": stability["seeds"],
+      "estimators": stability["estimators"],
+      "Kendall's W": stability["kendall_w"].map(num),
+      "mean pairwise Spearman": stability["mean_spearman"].map(num),
+      "best (mean over seeds)": stability["best"],
+      "first in seeds": [f"{k} of {m}" for k, m in
+                         zip(stability["best_in_seeds"], stability["seeds"])],
+  })
+
+
+def markdown_table(frame: pd.DataFrame) -> list[str]:
+  """A GitHub pipe table of `frame`'s cells as strings."""
+  def cell(v) -> str:
+    return str(v).replace("|", "\\|")
+  lines = ["| " + " | ".join(cell(c) for c in frame.columns) + " |",
+           "|" + "---|" * len(frame.columns)]
+  lines += ["| " + " | ".join(cell(v) for v in row) + " |"
+            for row in frame.itertuples(index=False)]
+  return lines
