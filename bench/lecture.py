@@ -68,10 +68,12 @@ def _time(fn, repeats: int) -> float:
 
 
 def ours(model, x, targets, segments, args):
+  # baseline=0.0: the zero baseline Captum's methods are given below.
   opts = dict(target=targets, key=jax.random.key(0), segments=segments,
-              lime_samples=args.samples, shap_samples=args.samples,
-              rise_masks=args.samples, occlusion_window=args.window,
-              occlusion_stride=args.window // 2, xrai_steps=args.xrai_steps)
+              baseline=0.0, lime_samples=args.samples,
+              shap_samples=args.samples, rise_masks=args.samples,
+              occlusion_window=args.window, occlusion_stride=args.window // 2,
+              xrai_steps=args.xrai_steps)
   ready = lambda a: jax.block_until_ready(a)
   out = {}
   for m in METHODS:

@@ -259,7 +259,7 @@ def run_model(name: str, args, have_torch: bool) -> dict:
           api.explain_all(model, x, methods=ENSEMBLES, key=key, **opts))),
       "ours: integrated_gradients (25 steps)": (batch, lambda: ready(
           api.explain(model, x, method="integrated_gradients", key=key,
-                      ig_steps=25))),
+                      ig_steps=25, baseline=0.0))),
   }
   # The original code's way, with the same jitted gradient (batch 1).
   logits_fn = lowering.fast_pooling(model.logits)

@@ -29,7 +29,9 @@ class Run:
     workdir: the run's Workdir.
     config: the config the run recorded.
     model: the base model as a `saliency.Model` (logits, guided_logits,
-      features/head, deeplift parts).
+      features/head, deeplift parts), declaring the data's normalization
+      (`config.data.mean`/`std`), so integrated gradients and the
+      perturbation methods start from the black image by default.
     module: the flax module of the base model.
     variables: its trained variables.
     source: the dataset's Source.
@@ -92,13 +94,13 @@ def load(workdir) -> Run:
     workdir.WorkdirError: no run there, or its base model cannot be restored.
   """
   # pylint: disable=g-import-not-at-top
-  from roar_jax import saliency
   from roar_jax import training
+  from roar_jax.benchmark.roar import explain
   from roar_jax.data import sources
   # pylint: enable=g-import-not-at-top
   wd = workdir_lib.Workdir(workdir)
   config = load_config(wd)
   source = sources.get_source(config.data)
   module, variables = training.load_model(config, wd.base, source=source)
-  return Run(wd, config, saliency.explainable(module, variables), module,
-             variables, source)
+  return Run(wd, config, explain.explainable(config, module, variables),
+             module, variables, source)

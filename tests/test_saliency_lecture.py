@@ -197,7 +197,8 @@ def test_occlusion_1x1_on_linear_model(linear):
 def test_occlusion_windows_cover_the_image(linear):
   model, w, x = linear
   maps = saliency.explain(model, x, method="occlusion", occlusion_window=4,
-                          occlusion_stride=3, target=np.zeros(3, np.int32))
+                          occlusion_stride=3, target=np.zeros(3, np.int32),
+                          baseline=0.0)
   # Windows at 0 and 2 (the last meets the edge): pixel (0, 0) is in one.
   one = (x[:, :4, :4] * w[:4, :4]).sum(axis=(1, 2, 3))
   np.testing.assert_allclose(maps[:, 0, 0, 0], one, rtol=1e-4)
@@ -248,7 +249,7 @@ def test_kernel_shap_is_exact_shapley_on_nonlinear_model():
   model = saliency.Model(logits=logits)
   maps = np.asarray(saliency.explain(
       model, x, method="kernel_shap", key=KEY, target=np.zeros(2, np.int32),
-      segments=segments, shap_samples=14))
+      segments=segments, shap_samples=14, baseline=0.0))
 
   def value(i, coalition):
     keep = np.isin(segments, list(coalition))[..., None]

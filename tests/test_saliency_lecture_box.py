@@ -24,8 +24,11 @@ SEGMENTS = ((np.arange(H)[:, None] // 4) * 4 +
 METHODS = ("occlusion", "rise", "lime", "kernel_shap", "xrai", "deeplift",
            "random")
 RANDOM_METHODS = ("rise", "lime", "kernel_shap", "random")
+# MODEL declares no normalization: the perturbations fill with 0, darker
+# than every pixel of the images below.
 OPTIONS = dict(rise_masks=256, rise_cells=4, lime_samples=128,
-               shap_samples=128, xrai_steps=4, segments=SEGMENTS)
+               shap_samples=128, xrai_steps=4, segments=SEGMENTS,
+               baseline=0.0)
 
 
 def _logits(x):

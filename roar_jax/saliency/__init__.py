@@ -12,7 +12,7 @@ from roar_jax.saliency.explaining import explain_all, gradient_passes
 from roar_jax.saliency.inputs import Inputs
 from roar_jax.saliency.lowering import fast_pooling
 from roar_jax.saliency.model import Model, guided_relu
-from roar_jax.saliency.options import Options
+from roar_jax.saliency.options import Options, black_image
 from roar_jax.saliency.ranking import rank
 from roar_jax.saliency.registry import register
 from roar_jax.saliency.rescale import deeplift_logits

@@ -21,7 +21,8 @@ def multipliers(inputs: inputs_lib.Inputs, x: Array, x0: Array,
   return inputs_lib.target_gradient(lambda a: fn(a, x0), x, targets)
 
 
-@registry.register("deeplift", needs=("deeplift_logits",), evaluations=2)
+@registry.register("deeplift", needs=("deeplift_logits",), evaluations=2,
+                   baseline=True)
 def deeplift(inputs: inputs_lib.Inputs) -> Array:
   """(x - x0) * DeepLIFT multiplier, Rescale rule; sums to f(x) - f(x0).
 

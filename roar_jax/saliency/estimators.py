@@ -30,7 +30,8 @@ def _ig_steps(options) -> int:
   return options.ig_steps
 
 
-@register("integrated_gradients", ensemble=True, evaluations=_ig_steps)
+@register("integrated_gradients", ensemble=True, evaluations=_ig_steps,
+          baseline=True)
 def integrated_gradients(inputs: inputs_lib.Inputs) -> Array:
   """(x - x0) * mean_{k=1..m} grad(x0 + (k/m)(x - x0)).
 

@@ -50,12 +50,18 @@ def _relu_act(module: nn.Module) -> bool:
                                             saliency_model.guided_relu)
 
 
-def explainable(module: nn.Module, variables: Any) -> saliency_model.Model:
+def explainable(module: nn.Module, variables: Any, *, pixel_mean=None,
+                pixel_std=None) -> saliency_model.Model:
   """The `saliency.Model` of a project model with the given weights.
 
   Args:
     module: a flax.linen Module following the project's model contract.
     variables: its variables ({'params': ..., 'batch_stats': ...}).
+    pixel_mean: the normalization of its inputs, image = (pixel - mean) /
+      std with pixels in [0, 1], per channel or scalar (`config.data.mean`).
+      Declared, integrated gradients and the perturbation methods start from
+      the black image unless given `baseline=`; not declared, they need it.
+    pixel_std: its std (`config.data.std`).
 
   Returns:
     A saliency.Model; guided_logits is None unless the module has an `act`
@@ -80,4 +86,5 @@ def explainable(module: nn.Module, variables: Any) -> saliency_model.Model:
   logits = part(module)
   return saliency_model.Model(logits=logits, guided_logits=guided,
                               features=features, head=head,
-                              deeplift_logits=rescale.deeplift_logits(logits))
+                              deeplift_logits=rescale.deeplift_logits(logits),
+                              pixel_mean=pixel_mean, pixel_std=pixel_std)

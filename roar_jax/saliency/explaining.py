@@ -6,6 +6,7 @@ over devices is split. Host passes that estimators declare (superpixels) run
 once per batch before the jitted calls.
 """
 
+import dataclasses
 import functools
 from typing import Optional, Sequence
 
@@ -112,6 +113,51 @@ def _extras_shapes(plan: plan_lib.Plan, image_shape) -> dict:
   return extras
 
 
+def _declared(opts: options_lib.Options, model: model_lib.Model
+              ) -> options_lib.Options:
+  """The options with the model's normalization unless the call declares
+  one: one declaration serves both SLIC and the default baseline."""
+  if opts.declares_normalization():
+    return opts
+  return dataclasses.replace(opts, pixel_mean=model.pixel_mean,
+                             pixel_std=model.pixel_std)
+
+
+def _with_baseline(arrays: dict, opts: options_lib.Options, methods,
+                   shape) -> dict:
+  """`arrays` with the default baseline, the declared normalization's black
+  image. Without a declaration a method that reads a baseline is an error:
+  0 in the input space is the mean colour, not black, and a silently
+  different baseline changes every map."""
+  if "baseline" in arrays:
+    return arrays
+  if opts.declares_normalization():
+    black = options_lib.black_image(opts.pixel_mean, opts.pixel_std)
+    if black.shape[0] not in (1, shape[-1]):
+      raise ValueError(f"pixel_mean/pixel_std: {black.shape[0]} channels "
+                       f"declared for images with {shape[-1]} channels")
+    return {**arrays, "baseline": black}
+  readers = [m for m in methods if registry.parse(m)[1].baseline]
+  if readers:
+    raise ValueError(
+        f"baseline: {readers} start from a baseline and neither the call nor "
+        "the model declares the normalization; pass baseline= (an image in "
+        "the model's input space, e.g. saliency.black_image(mean, std)) or "
+        "declare pixel_mean=/pixel_std= (saliency.explainable(..., "
+        "pixel_mean=, pixel_std=) or as options)")
+  return arrays
+
+
+def _key_for(key, plan: plan_lib.Plan, methods):
+  """The run's key; a fixed one when no method draws random numbers."""
+  if key is not None:
+    return key
+  if plan.random():
+    raise ValueError(f"key: methods {list(methods)} draw random numbers; "
+                     "pass key=jax.random.key(seed)")
+  return jax.random.key(0)
+
+
 def _method_names(methods, model) -> tuple[str, ...]:
   if isinstance(methods, str):
     methods = (methods,)
@@ -145,30 +191,31 @@ def explain_all(model: model_lib.Model, images, *, methods: Sequence[str],
       Image i's randomness derives from fold_in(key, indices[i]) alone.
     **options: the fields of `options.Options` (num_samples, noise_scale,
       ig_steps, chunk_size, evaluations_per_step, fast_pooling, the lecture
-      methods' sample counts, window, cells, segments, kernel width, ...) and
-      the arrays: `baseline` (one image broadcast to all, or one per image
-      [B, H, W, C]; default 0: pass the black image in input space) of
-      integrated_gradients, deeplift, occlusion, rise, lime, kernel_shap;
-      `references` [R, H, W, C] of deepshap; `segments` (int labels [H, W] or
-      [B, H, W]) of lime and kernel_shap instead of SLIC.
+      methods' sample counts, window, cells, segments, kernel width, the
+      normalization pixel_mean/pixel_std, by default the model's) and the
+      arrays: `baseline` (one image broadcast to all, or one per image
+      [B, H, W, C]) of integrated_gradients, deeplift, occlusion, rise, lime,
+      kernel_shap: by default the black image of the declared normalization
+      (`black_image`), required when none is declared; `references`
+      [R, H, W, C] of deepshap; `segments` (int labels [H, W] or [B, H, W])
+      of lime and kernel_shap instead of SLIC.
 
   Returns:
     {method: float32 maps shaped like `images`}.
 
   Raises:
     ValueError: an unknown method or option, a Model without a part a method
-      needs, inputs of the wrong shape, a missing key for a random method.
+      needs, inputs of the wrong shape, a missing key or baseline.
   """
   methods = _method_names(methods, model)
   opts, arrays = options_lib.from_kwargs(options)
-  plan = plan_lib.make_plan(methods, opts, target is None, model)
+  plan = plan_lib.make_plan(methods, _declared(opts, model), target is None,
+                            model)
   shape = _image_shape(images)
   _check_arrays(arrays, shape, plan)
-  if key is None:
-    if plan.random():
-      raise ValueError(f"key: methods {list(methods)} draw random numbers; "
-                       "pass key=jax.random.key(seed)")
-    key = jax.random.key(0)
+  key = _key_for(key, plan, methods)
+  # Last: a wrong option or shape is named before a missing baseline.
+  arrays = _with_baseline(arrays, plan.options, methods, shape)
   layout = layout_lib.layout_of(images)
   batch = shape[0]
   if batch % layout.shards:

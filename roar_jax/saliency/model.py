@@ -5,6 +5,10 @@ be wrapped (`Model(logits=f)`) for the methods that need only logits (the
 gradient family, occlusion, RISE, LIME, KernelSHAP, XRAI); the project's Flax
 models build the full set with `saliency.explainable`.
 
+A Model may also declare the normalization of its inputs (`pixel_mean`,
+`pixel_std`): then the methods that start from a baseline default to the
+black image, and superpixels are computed in pixel space.
+
 A field may be a `jax.tree_util.Partial` (a function plus its weights as pytree
 leaves). `Model` is a pytree whose leaves are those weights, so the jitted
 estimators take the weights as arguments: explaining a model with new weights
@@ -18,6 +22,8 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+
+from roar_jax.saliency import options as options_lib
 
 Array = jax.Array
 ImageFn = Callable[[Array], Array]
@@ -56,14 +62,24 @@ class Model:
       and elementwise activations, `saliency.deeplift_logits(logits)` builds
       it by tracing `logits` (see `rescale.py`); a hand-written function
       with the same contract works too.
+    pixel_mean, pixel_std: the normalization of the model's inputs, per
+      channel or scalar: image = (pixel - mean) / std with pixels in [0, 1].
+      Declared (either one; the other defaults to 0 or 1), `baseline`
+      defaults to the black image (0 - mean) / std; None: the methods that
+      read a baseline need `baseline=`.
   """
   logits: ImageFn
   guided_logits: Optional[ImageFn] = None
   features: Optional[ImageFn] = None
   head: Optional[Callable[[Array], Array]] = None
   deeplift_logits: Optional[Callable[[Array, Array], Array]] = None
+  pixel_mean: Optional[tuple[float, ...]] = None
+  pixel_std: Optional[tuple[float, ...]] = None
 
   def __post_init__(self):
+    for name in NORMALIZATION:  # Tuples of floats: hashable, static.
+      object.__setattr__(self, name, options_lib.statistics(
+          name, getattr(self, name), "Model"))
     for name in PARTS:
       value = getattr(self, name)
       if name == "logits" and value is None:
@@ -75,6 +91,8 @@ class Model:
 
 
 _FIELDS = tuple(PARTS)
+# The declared normalization: static (part of the compilation cache key).
+NORMALIZATION = ("pixel_mean", "pixel_std")
 
 
 def _flatten(model: Model):
@@ -88,13 +106,15 @@ def _flatten(model: Model):
     else:
       children.append(None)
       static.append(value)
+  static.extend(getattr(model, name) for name in NORMALIZATION)
   return tuple(children), tuple(static)
 
 
 def _unflatten(static, children) -> Model:
   values = [c if s is None else s for s, c in zip(static, children)]
   model = object.__new__(Model)  # Skips validation: leaves may be tracers.
-  for name, value in zip(_FIELDS, values):
+  for name, value in zip(_FIELDS + NORMALIZATION,
+                         values + list(static[len(_FIELDS):])):
     object.__setattr__(model, name, value)
   return model
 

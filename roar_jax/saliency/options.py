@@ -64,10 +64,14 @@ class Options:
     xrai_max_segments: at most this many of XRAI's Felzenszwalb segments per
       image are kept (the largest; 512). PAIR's six scales give about 360.
     pixel_mean, pixel_std: per-channel (or scalar) statistics such that
-      image * std + mean is the image in pixel space in [0, 1]; SLIC reads
-      that. None: each image is rescaled from its own min and max to [0, 1]
-      (what PAIR's XRAI does for Felzenszwalb; equal to the pixel space up to
-      the per-channel differences of std).
+      image * std + mean is the image in pixel space in [0, 1]: the
+      normalization, declared here or by the Model (`saliency.explainable(
+      ..., pixel_mean=, pixel_std=)`; the call's values win). Declared, the
+      default `baseline` is the black image (`black_image`) and SLIC reads
+      the pixel space. None: no default baseline (methods that read one need
+      `baseline=`) and SLIC rescales each image from its own min and max to
+      [0, 1] (what PAIR's XRAI does for Felzenszwalb; equal to the pixel
+      space up to the per-channel differences of std).
   """
   num_samples: int = 15
   noise_scale: float = 0.15
@@ -91,10 +95,55 @@ class Options:
   pixel_mean: Optional[tuple[float, ...]] = None
   pixel_std: Optional[tuple[float, ...]] = None
 
+  def declares_normalization(self) -> bool:
+    """Whether pixel_mean or pixel_std is given (the other: 0 or 1)."""
+    return self.pixel_mean is not None or self.pixel_std is not None
+
   def occlusion_geometry(self, height: int, width: int) -> tuple[int, int]:
     """(window, stride) for an image of this size."""
     window = self.occlusion_window or max(1, min(height, width) // 8)
     return window, self.occlusion_stride or max(1, window // 2)
+
+
+def black_image(pixel_mean, pixel_std) -> np.ndarray:
+  """The black image (0 in pixel space) in the model's input space.
+
+  The one place that maps black into the input space: the default baseline
+  of `explain` and the explain stage's.
+
+  Args:
+    pixel_mean: per-channel (or scalar) mean of the normalization
+      x = (pixel - mean) / std; None stands for 0.
+    pixel_std: its standard deviation; None stands for 1.
+
+  Returns:
+    float32 [C] (or [1]), (0 - mean) / std: one pixel, broadcast over an
+    image. Computed in float32, as the input pipeline normalizes.
+  """
+  mean = np.asarray(0.0 if pixel_mean is None else pixel_mean, np.float32)
+  std = np.asarray(1.0 if pixel_std is None else pixel_std, np.float32)
+  return ((np.float32(0) - mean.reshape(-1)) / std.reshape(-1)).astype(
+      np.float32)
+
+
+def statistics(name: str, value, owner: str) -> Optional[tuple[float, ...]]:
+  """`pixel_mean`/`pixel_std` as a tuple of floats (None stays None).
+
+  Args:
+    name: 'pixel_mean' or 'pixel_std' (a std must be > 0).
+    value: a scalar or a per-channel sequence or array.
+    owner: who is given it, for the error message.
+
+  Returns:
+    The values, flattened to a tuple of floats.
+  """
+  if value is None:
+    return None
+  values = tuple(float(v) for v in np.ravel(value))
+  if not values or (name == "pixel_std" and not all(v > 0 for v in values)):
+    raise ValueError(f"{owner} {name}={values} must be one or more values"
+                     f"{' > 0' if name == 'pixel_std' else ''}")
+  return values
 
 
 # Options that are arrays (not hashable), passed to the jitted call as
@@ -150,11 +199,8 @@ def from_kwargs(kwargs: dict[str, Any]) -> tuple[Options, dict[str, Any]]:
         "lime_kernel_width")
     raise ValueError(f"saliency option {name}=0 must be > 0")
   for name in ("pixel_mean", "pixel_std"):
-    if static.get(name) is not None:
-      static[name] = tuple(float(v) for v in np.ravel(static[name]))
-  if static.get("pixel_std") and not all(v > 0 for v in static["pixel_std"]):
-    raise ValueError(f"saliency option pixel_std={static['pixel_std']} must "
-                     "be > 0")
+    if name in static:
+      static[name] = statistics(name, static[name], "saliency option")
   return Options(**static), arrays
 
 

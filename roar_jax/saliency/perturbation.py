@@ -56,7 +56,7 @@ def occlusion_windows(height: int, width: int, window: int,
                   np.int32)
 
 
-@registry.register("occlusion")
+@registry.register("occlusion", baseline=True)
 def occlusion(inputs: inputs_lib.Inputs) -> Array:
   """Zeiler and Fergus (2014): mean, over the windows covering a position,
   of f(x) - f(x with the window set to the baseline), in every channel.
@@ -115,7 +115,7 @@ def rise_masks(key: Array, ids: Array, height: int, width: int, cells: int,
   return jax.vmap(one)(ids)
 
 
-@registry.register("rise", random=True)
+@registry.register("rise", random=True, baseline=True)
 def rise(inputs: inputs_lib.Inputs) -> Array:
   """Petsiuk et al. (2018): sum_i f(x masked_i) M_i / (N p), in every channel.
 

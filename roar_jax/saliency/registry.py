@@ -40,6 +40,9 @@ class Estimator:
       function share its results.
     random: it draws random numbers from `inputs.keys` (explain then needs a
       key; noise ensembles always do).
+    baseline: it reads `inputs.baseline` (explain then needs `baseline=`
+      unless the normalization is declared, whose black image is the
+      default).
   """
   name: str
   fn: Callable
@@ -49,6 +52,7 @@ class Estimator:
   model_free: bool = False
   prepare: Optional[Callable] = None
   random: bool = False
+  baseline: bool = False
 
   def cost(self, options) -> int:
     n = self.evaluations(options) if callable(self.evaluations) else (
@@ -69,7 +73,7 @@ def version() -> int:
 def register(name: str, *, needs: Sequence[str] = (), ensemble: bool = False,
              evaluations: Union[int, Callable] = 1, model_free: bool = False,
              prepare: Optional[Callable] = None, random: bool = False,
-             replace: bool = False):
+             baseline: bool = False, replace: bool = False):
   """Decorator: registers `fn(inputs) -> maps` under `name`.
 
   Args:
@@ -81,6 +85,7 @@ def register(name: str, *, needs: Sequence[str] = (), ensemble: bool = False,
     model_free: it never calls the model.
     prepare: host pre-pass of the batch (see `Estimator.prepare`).
     random: it draws random numbers (needs explain's key).
+    baseline: it reads `inputs.baseline` (see `Estimator.baseline`).
     replace: allow replacing an existing estimator of the same name.
 
   Returns:
@@ -104,7 +109,7 @@ def register(name: str, *, needs: Sequence[str] = (), ensemble: bool = False,
                        "step cannot have noise ensembles")
     _REGISTRY[name] = Estimator(name, fn, tuple(needs), bool(ensemble),
                                 evaluations, bool(model_free), prepare,
-                                bool(random))
+                                bool(random), bool(baseline))
     _VERSION[0] += 1
     return fn
 

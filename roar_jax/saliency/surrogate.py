@@ -60,7 +60,8 @@ def _stats(bits, y, weight):
           "wzy": jnp.einsum("ngd,ng->nd", wz, y)}
 
 
-@registry.register("lime", prepare=segments_lib.superpixels, random=True)
+@registry.register("lime", prepare=segments_lib.superpixels, random=True,
+                   baseline=True)
 def lime(inputs: inputs_lib.Inputs) -> Array:
   """Ribeiro et al. (2016): weighted ridge regression of the logit on the
   segments' on/off bits.
@@ -145,7 +146,7 @@ def _shap_bits(key, ids, m, valid, exact):
 
 
 @registry.register("kernel_shap", prepare=segments_lib.superpixels,
-                   random=True)
+                   random=True, baseline=True)
 def kernel_shap(inputs: inputs_lib.Inputs) -> Array:
   """Lundberg and Lee (2017): Shapley values of the segments by weighted
   least squares under the efficiency constraint (they sum to f(x) - f(x0)).

@@ -54,15 +54,25 @@ def transform_for(explain_config, estimator: str) -> str:
                                              explain_config.transform)
 
 
+def explainable(config, module, variables) -> saliency.Model:
+  """The model as the estimators see it, declaring `config.data`'s
+  normalization: integrated gradients and the perturbation methods start
+  from the black image, superpixels are computed in pixel space."""
+  mean, std = preprocess.mean_std(config.data, len(config.data.mean))
+  return saliency.explainable(module, variables, pixel_mean=mean,
+                              pixel_std=std)
+
+
 def black_image(config) -> np.ndarray:
   """The black (0) pixel in the model's input space, per channel: -mean/std."""
-  mean, std = preprocess.mean_std(config.data, len(config.data.mean))
-  return (-np.asarray(mean) / np.asarray(std)).astype(np.float32)
+  return saliency.black_image(
+      *preprocess.mean_std(config.data, len(config.data.mean)))
 
 
-def explain_options(config, *, baseline: bool = True) -> dict[str, Any]:
+def explain_options(config) -> dict[str, Any]:
   """The estimator options of `config.explain`, as `saliency.explain_all`
-  takes them; integrated gradients start from the black image."""
+  takes them (the baseline, the black image, comes from the model that
+  `explainable` builds)."""
   ec = config.explain
   options = {"num_samples": ec.num_samples, "noise_scale": ec.noise_scale,
              "ig_steps": ec.ig_steps,
@@ -70,11 +80,11 @@ def explain_options(config, *, baseline: bool = True) -> dict[str, Any]:
   if ec.chunk_size:
     options["chunk_size"] = ec.chunk_size
   if any(maps_method(e) in SEGMENTED for e in ec.estimators):
-    # Superpixels are computed on the images in pixel space.
+    # Superpixels are computed on the images in pixel space. The model of
+    # `explainable` declares the same statistics; they stay here because the
+    # sanity records' provenance lists these options.
     options["pixel_mean"] = tuple(config.data.mean)
     options["pixel_std"] = tuple(config.data.std)
-  if baseline:
-    options["baseline"] = black_image(config)
   return options
 
 
@@ -135,7 +145,7 @@ def run(config, workdir, *, source=None, plan=None) -> dict[str, Any]:
     for est in config.explain.estimators:
       if not workdir_lib.exists(plan.ranks[est].path):
         plan.ranks[est].write()
-  stage = _Stage(config, wd, source, saliency.explainable(module, variables))
+  stage = _Stage(config, wd, source, explainable(config, module, variables))
   passes = _log_gradient_passes(config, stage.model, stage.methods,
                                 source, stage.options)
   for split_id, split in enumerate(("test", "train")):

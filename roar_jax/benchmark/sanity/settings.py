@@ -117,7 +117,7 @@ def model_config(config, name: str, **train_overrides):
 
 def estimator_options(config) -> dict[str, Any]:
   """Options of `config.explain` (IG's baseline is passed separately)."""
-  return explain_stage.explain_options(config, baseline=False)
+  return explain_stage.explain_options(config)
 
 
 black_image = explain_stage.black_image
