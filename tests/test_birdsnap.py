@@ -10,31 +10,9 @@ import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 
+from birdsnap_fake import (ROWS, SPECIES, TEST_PATHS, grouped_rows,
+                           make_manual_dir, value)
 from roar_jax.data import birdsnap
-
-SPECIES = [  # id, common, scientific, dir
-    (1, "Blue Jay", "Cyanocitta cristata", "Blue_Jay"),
-    (2, "Cooper's Hawk", "Accipiter cooperii", "Coopers_Hawk"),
-    (3, "Snow Goose", "Chen caerulescens", "Snow_Goose"),
-]
-# images.txt order, interleaved across species and not sorted by file name, so
-# that a builder that grouped or sorted the paths would be caught.
-ROWS = [(3, "Snow_Goose/0107.jpg"), (1, "Blue_Jay/0311.jpg"),
-        (2, "Coopers_Hawk/0005.jpg"), (1, "Blue_Jay/0002.jpg"),
-        (3, "Snow_Goose/0020.jpg"), (2, "Coopers_Hawk/0899.jpg"),
-        (1, "Blue_Jay/0150.jpg"), (3, "Snow_Goose/0003.jpg"),
-        (2, "Coopers_Hawk/0042.jpg"), (1, "Blue_Jay/0077.jpg"),
-        (2, "Coopers_Hawk/0300.jpg"), (3, "Snow_Goose/0500.jpg")]
-TEST_PATHS = ["Blue_Jay/0002.jpg", "Snow_Goose/0003.jpg",
-              "Coopers_Hawk/0300.jpg"]
-HEADER = ["url", "md5", "path", "species_id", "bb_x1", "bb_y1", "bb_x2",
-          "bb_y2", "back_x", "back_y", "beak_x", "beak_y"]
-
-
-def _value(row: int) -> int:
-  """The gray level of the image in images.txt row `row` (0-based)."""
-  return (10 + 20 * row) % 256
-
 
 def _expected(split: str, skip=()):
   """(path, label, gray level) of a split in stored order.
@@ -46,34 +24,8 @@ def _expected(split: str, skip=()):
   for row, (species_id, path) in enumerate(ROWS):
     if path in skip or (path in TEST_PATHS) != (split == "test"):
       continue
-    out.append((path, species_id - 1, _value(row)))
+    out.append((path, species_id - 1, value(row)))
   return sorted(out, key=lambda e: hashlib.sha1(e[0].encode()).digest())
-
-
-def make_manual_dir(root, rows=ROWS, test_paths=TEST_PATHS) -> str:
-  """Writes the list files and 16x16 JPEGs as get_birdsnap.py leaves them."""
-  root = str(root)
-  os.makedirs(root, exist_ok=True)
-  with open(os.path.join(root, "species.txt"), "w") as f:
-    f.write("id\tcommon\tscientific\tdir\n")
-    for s in SPECIES:
-      f.write("\t".join(map(str, s)) + "\n")
-  lines = ["\t".join(HEADER)]
-  for row, (species_id, path) in enumerate(rows):
-    file_path = os.path.join(root, birdsnap.IMAGE_SUBDIR, path)
-    os.makedirs(os.path.dirname(file_path), exist_ok=True)
-    image = np.full((16, 16, 3), _value(row), np.uint8)
-    PIL.Image.fromarray(image).save(file_path, format="JPEG", quality=95)
-    with open(file_path, "rb") as f:
-      md5 = hashlib.md5(f.read()).hexdigest()
-    lines.append("\t".join(
-        [f"http://example.com/{row}.jpg", md5, path, str(species_id)]
-        + ["10", "10", "90", "90", "50", "50", "20", "20"]))
-  with open(os.path.join(root, "images.txt"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-  with open(os.path.join(root, "test_images.txt"), "w") as f:
-    f.write("path\n" + "\n".join(test_paths) + "\n")
-  return root
 
 
 def _read(builder, split, decoders=None):
@@ -107,10 +59,10 @@ def test_examples_are_stored_in_path_hash_order(prepared, split):
   expected = _expected(split)
   assert [int(e["index"]) for e in examples] == list(range(len(expected)))
   assert [int(e["label"]) for e in examples] == [lab for _, lab, _ in expected]
-  for e, (path, _, value) in zip(examples, expected):
+  for e, (path, _, level) in zip(examples, expected):
     assert e["image"].shape == (16, 16, 3), path
     # A solid gray survives JPEG within a level or two.
-    np.testing.assert_allclose(e["image"].mean(), value, atol=2, err_msg=path)
+    np.testing.assert_allclose(e["image"].mean(), level, atol=2, err_msg=path)
 
 
 def test_slices_keep_global_indices_and_rereads_match(prepared):
@@ -128,20 +80,13 @@ def test_slices_keep_global_indices_and_rereads_match(prepared):
       assert (a["label"], a["index"]) == (b["label"], b["index"])
 
 
-def _grouped_rows(order=1):
-  """8 images per species, listed species by species (`order` -1: reversed)."""
-  rows = [(species_id, f"{d}/{i:04d}.jpg") for species_id, _, _, d in SPECIES
-          for i in range(8)]
-  return rows[::order]
-
-
 def test_species_grouped_list_is_stored_mixed(tmp_path):
   """Issue 14: a list grouped by species must not be stored grouped."""
   test_paths = [f"{d}/0000.jpg" for *_, d in SPECIES]
   labels = []
   for order in (1, -1):
-    manual_dir = make_manual_dir(tmp_path / f"m{order}", _grouped_rows(order),
-                                 test_paths)
+    manual_dir = make_manual_dir(tmp_path / f"m{order}",
+                                 grouped_rows(order=order), test_paths)
     builder = birdsnap.birdsnap_source_builder(manual_dir,
                                                str(tmp_path / f"tfds{order}"))
     examples = _read(builder, "train")
@@ -157,8 +102,9 @@ def test_species_grouped_list_is_stored_mixed(tmp_path):
   # The stored order does not depend on the order of images.txt: the reversed
   # list stores the images in the same order: the order of their paths' hashes.
   assert labels[1] == got
-  train = sorted(((p, s - 1) for s, p in _grouped_rows() if p not in
-                  test_paths), key=lambda e: hashlib.sha1(e[0].encode()).digest())
+  train = sorted(((p, s - 1) for s, p in grouped_rows()
+                  if p not in test_paths),
+                 key=lambda e: hashlib.sha1(e[0].encode()).digest())
   assert got == [label for _, label in train]
 
 
@@ -213,7 +159,7 @@ def test_tolerated_absent_images_are_skipped_and_counted(tmp_path):
     os.remove(os.path.join(manual_dir, birdsnap.IMAGE_SUBDIR, path))
   # A PNG saved under .jpg (what some downloads are) is stored as a JPEG.
   png_row = [p for _, p in ROWS].index("Blue_Jay/0150.jpg")
-  PIL.Image.fromarray(np.full((16, 16, 3), _value(png_row), np.uint8)).save(
+  PIL.Image.fromarray(np.full((16, 16, 3), value(png_row), np.uint8)).save(
       os.path.join(manual_dir, birdsnap.IMAGE_SUBDIR, "Blue_Jay/0150.jpg"),
       format="PNG")
   builder = birdsnap.birdsnap_source_builder(
@@ -254,3 +200,22 @@ def test_inconsistent_lists_are_rejected(tmp_path):
     f.write("5\tRaven\tCorvus corax\tRaven\n")  # id 4 skipped
   with pytest.raises(ValueError, match="species ids must run from 1"):
     birdsnap.read_lists(manual_dir)
+
+
+def test_source_takes_the_configs_missing_tolerance(tmp_path):
+  """get_source passes config.data.max_missing_fraction to the builder."""
+  from conftest import data_config  # pylint: disable=g-import-not-at-top
+  from roar_jax.data import sources  # pylint: disable=g-import-not-at-top
+  manual_dir = make_manual_dir(tmp_path / "m")
+  for path in ("Blue_Jay/0311.jpg", "Snow_Goose/0020.jpg"):  # 2 of 9 train
+    os.remove(os.path.join(manual_dir, birdsnap.IMAGE_SUBDIR, path))
+  config = data_config(name="birdsnap", manual_dir=manual_dir,
+                       data_dir=str(tmp_path / "tfds"))
+  with pytest.raises(ValueError, match=r"2 of 9 train .*=0\.1\b"):
+    sources.get_source(config)  # The builder's default: 0.1.
+  config.max_missing_fraction = 0.3
+  source = sources.get_source(config)
+  assert source.info.num_examples == {"train": 7, "test": 3}
+  config.max_missing_fraction = 1.5
+  with pytest.raises(ValueError, match=r"config\.data\.max_missing_fraction"):
+    sources.get_source(config)

@@ -225,6 +225,40 @@ def _check_downloadable(name: str, builder, manual_dir) -> None:
         "--config.data.data_dir= to a TFDS data_dir that holds it prepared")
 
 
+def _birdsnap_source(data_config: Mapping[str, Any], manual_dir: str | None,
+                     data_dir: str | None, caps: Mapping[str, int | None]
+                     ) -> TfdsSource:
+  """Birdsnap, prepared once from manual_dir by `birdsnap.py`'s builder.
+
+  Not in the TFDS catalog: the builder reads the images that the dataset's
+  download script left in manual_dir, and tolerates up to
+  `config.data.max_missing_fraction` of a split absent (dead URLs; the
+  builder's default where the config has no such field).
+
+  Args:
+    data_config: `config.data`.
+    manual_dir: the Birdsnap folder (expanded), or None once prepared.
+    data_dir: the TFDS data_dir (expanded), or None for TFDS's default.
+    caps: our split name -> keep only the first N examples.
+
+  Returns:
+    The Source over the prepared builder.
+  """
+  # Imported here because it coordinates JAX processes (it imports jax).
+  from roar_jax.data import birdsnap  # pylint: disable=g-import-not-at-top
+  tolerance = data_config.get("max_missing_fraction")
+  if tolerance is None:
+    tolerance = birdsnap.DEFAULT_MAX_MISSING_FRACTION
+  if (not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool)
+      or not 0 <= tolerance <= 1):
+    raise ValueError(f"config.data.max_missing_fraction={tolerance!r} must be "
+                     "a fraction in [0, 1]")
+  builder = birdsnap.birdsnap_source_builder(
+      manual_dir, data_dir, max_missing_fraction=tolerance)
+  return TfdsSource(builder, name="birdsnap",
+                    split_map={"train": "train", "test": "test"}, caps=caps)
+
+
 def _tfds_source(name: str, data_config: Mapping[str, Any],
                  caps: Mapping[str, int | None]) -> TfdsSource:
   """The TFDS catalog builder of `name`, prepared if needed."""
@@ -233,13 +267,7 @@ def _tfds_source(name: str, data_config: Mapping[str, Any],
   manual_dir = data_config.get("manual_dir")
   manual_dir = os.path.expanduser(manual_dir) if manual_dir else None
   if name == "birdsnap":
-    # Not in the TFDS catalog: its own builder reads the images that the
-    # dataset's download script left in manual_dir. Imported here because it
-    # coordinates JAX processes (it imports jax).
-    from roar_jax.data import birdsnap  # pylint: disable=g-import-not-at-top
-    builder = birdsnap.birdsnap_source_builder(manual_dir, data_dir)
-    return TfdsSource(builder, name=name,
-                      split_map={"train": "train", "test": "test"}, caps=caps)
+    return _birdsnap_source(data_config, manual_dir, data_dir, caps)
   if name not in TFDS_SPLITS:
     raise ValueError(
         f"config.data.name={name!r} is not a known dataset (known: "
