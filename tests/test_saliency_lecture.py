@@ -17,6 +17,10 @@ from roar_jax import models
 from roar_jax import saliency
 from roar_jax.saliency import model as model_lib
 
+# Small models compiled many times over: XLA's optimizations cost more than
+# they save (a ResNet's initializer takes half a minute to optimize on 2 cores).
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
 KEY = jax.random.key(7)
 
 
@@ -83,12 +87,22 @@ def test_deeplift_equals_hand_rescale_on_mlp(nonzero):
 
 def _perturbed(variables, scale=0.3):
   """Random offsets on every leaf: non-zero biases, BatchNorm statistics and
-  scales, so no network is homogeneous (where DeepLIFT = gradient x input)."""
-  leaves, tree = jax.tree.flatten(variables)
-  keys = jax.random.split(jax.random.key(3), len(leaves))
-  leaves = [l + scale * jax.random.uniform(k, l.shape, l.dtype)
-            for l, k in zip(leaves, keys)]
-  return jax.tree.unflatten(tree, leaves)
+  scales, so no network is homogeneous (where DeepLIFT = gradient x input).
+
+  Drawn in numpy: a ResNet has a hundred leaf shapes, and one jax.random call
+  per shape compiles a program each (24 s for a ResNet18 on 2 cores).
+  """
+  rng = np.random.default_rng(3)
+  return jax.tree.map(
+      lambda l: np.asarray(l) + scale * rng.uniform(size=l.shape).astype(
+          l.dtype), variables)
+
+
+def _init(module, x):
+  """The module's variables, initialized in one compiled call (op by op, a
+  ResNet18's initializer takes 29 s on 2 cores; compiled, 3 s without most
+  XLA optimizations, see `fast_compiles`)."""
+  return jax.jit(module.init)(jax.random.key(0), x)
 
 
 PROJECT_MODELS = {
@@ -108,8 +122,7 @@ def test_deeplift_sums_to_delta_on_project_models(name):
   module = build()
   x = jax.random.normal(jax.random.key(1), (2,) + shape)
   x0 = 0.5 * jax.random.normal(jax.random.key(2), (2,) + shape)
-  variables = _perturbed(module.init(jax.random.key(0), x))
-  model = saliency.explainable(module, variables)
+  model = saliency.explainable(module, _perturbed(_init(module, x)))
   t = np.array([1, 3], np.int32)
   maps = saliency.explain(model, x, method="deeplift", target=t, baseline=x0)
   delta = _target_logit(model, x, t) - _target_logit(model, x0, t)
@@ -147,8 +160,7 @@ def test_deepshap_sums_to_mean_delta_and_groups_do_not_matter():
   module = build()
   x = jax.random.normal(jax.random.key(1), (3,) + shape)
   refs = jax.random.normal(jax.random.key(5), (5,) + shape)
-  model = saliency.explainable(module, _perturbed(module.init(
-      jax.random.key(0), x)))
+  model = saliency.explainable(module, _perturbed(_init(module, x)))
   t = np.array([0, 2, 3], np.int32)
   maps = saliency.explain(model, x, method="deepshap", target=t,
                           references=refs)
