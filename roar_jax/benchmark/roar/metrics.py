@@ -178,13 +178,17 @@ def compute(config, plan, source, channel_mean=None, *, logits_fn=None
   per_image: dict[str, dict[str, list[np.ndarray]]] = {e: {} for e in todo}
   start, count = time.time(), 0
   for batch in _test_batches(config, source, options, rows=1024):
-    for est in todo:
+    for i, est in enumerate(todo):
       levels = store.lookup(est, "test", batch["index"])
       c = curves(logits_fn, batch["image"], batch["label"], levels,
                  batch["index"], options=options, fill_value=fill,
                  seed=config.seed, mean=config.data.mean, std=config.data.std)
       for k, v in c.items():
         per_image[est].setdefault(k, []).append(v)
+      # One line per estimator and batch: the stage can take minutes.
+      logging.info("metrics: %s on test images %d-%d (estimator %d of %d), "
+                   "%.0f s", est, count, count + len(batch["index"]), i + 1,
+                   len(todo), time.time() - start)
     count += len(batch["index"])
   elapsed = time.time() - start
   logging.info("metrics: %d test images x %d estimators in %.1f s", count,
