@@ -6,9 +6,9 @@ oriented so that higher is better before ranking: deletion and MoRF areas
 are negated (a good ranking makes them small), as is ROAR's accuracy (the
 mean over the grid's thresholds of the retrained accuracy); insertion, LeRF
 and KAR count as they are. ROAR and KAR under a fill other than the channel
-mean are metrics of their own, e.g. `roar_noisy_linear`. rho = 1: the two metrics order the estimators
-alike; -1: in reverse; NaN: fewer than 3 shared estimators, or a metric that
-ties them all.
+mean are metrics of their own, e.g. `roar_noisy_linear`. rho = 1: the two
+metrics order the estimators alike; -1: in reverse; NaN: fewer than 3 shared
+estimators, or a metric that ties them all.
 
 `W/report/agreement.csv`: metric_a, metric_b, spearman, n (estimators both
 rank), estimators (them, ';'-separated).

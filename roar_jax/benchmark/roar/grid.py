@@ -1,10 +1,11 @@
 """The ROAR/KAR retraining grid: units, their data, and running one unit.
 
-A unit is one (estimator, mode, threshold, seed, fill): a model trained from random
-initialization on the train split degraded by that estimator's ranking, and
-evaluated on the equally degraded test split. Units are independent: each has
-its own workdir (checkpoints, resumable) and leaves exactly one result record
-when it finishes, which is also its completion marker. Any machine can run any
+A unit is one (estimator, mode, threshold, seed, fill): a model trained from
+random initialization on the train split degraded by that estimator's ranking
+and the fill, and evaluated on the equally degraded test split. Units are
+independent: each has its own workdir (checkpoints, resumable) and leaves
+exactly one result record when it finishes, which is also its completion
+marker. Any machine can run any
 unit, so many machines can share one grid.
 """
 

@@ -7,8 +7,8 @@ result, a rerun never counts one twice, and a record of another config is
 never counted (`pipeline.report`).
 
 `aggregate_frame` turns the records into one row per (estimator, mode,
-threshold, fill) with the contract columns of `results.csv` (CSV_COLUMNS) and the
-statistics of `statistics.py` (STAT_COLUMNS).
+threshold, fill) with the contract columns of `results.csv` (CSV_COLUMNS)
+and the statistics of `statistics.py` (STAT_COLUMNS).
 """
 
 import hashlib

@@ -185,8 +185,9 @@ def rank_stability(frame: pd.DataFrame) -> pd.DataFrame:
   for mode, fill in pairs:
     scores = seed_scores(frame, mode, fill)
     m, n = scores.shape
-    row = {"mode": mode, "fill": fill, "seeds": m, "estimators": n, "kendall_w": np.nan,
-           "mean_spearman": np.nan, "best": "", "best_in_seeds": 0}
+    row = {"mode": mode, "fill": fill, "seeds": m, "estimators": n,
+           "kendall_w": np.nan, "mean_spearman": np.nan, "best": "",
+           "best_in_seeds": 0}
     if m and n:
       ascending = mode == "roar"
       # Rank 1 = best in that seed; ties share the mean rank.
