@@ -121,3 +121,17 @@ def test_paper_configs_rank_table2_rows_as_the_paper_did(name):
                   "sq.guided_backprop"):
     assert explain.transform_for(c.explain, squared) == "square"
     assert explain.maps_method(squared) == squared[3:]
+
+
+def test_config_errors_come_before_tensorflow_is_imported():
+  """A typo in a field fails in about a second: the entry point and the
+  validation import no TensorFlow (it takes seconds to load)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  out = subprocess.run(
+      [sys.executable, "-c",
+       "import sys, roar_jax.main, roar_jax.config.validation, roar_jax.data;"
+       "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets.core')"
+       " if m in sys.modules))"],
+      capture_output=True, text=True, timeout=120, cwd=REPO, check=True)
+  assert out.stdout.strip() == "[]"

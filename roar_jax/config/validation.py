@@ -10,13 +10,12 @@ import os
 import jax
 
 from roar_jax import levels as levels_lib
-
 from roar_jax import models
-from roar_jax.data import preprocess
-from roar_jax.data import sources
+# Names only: the validation imports no TensorFlow, so a bad field fails fast.
+from roar_jax.data import names as data_names
 
 # The image datasets, and the 16-feature experiment of the ROAR paper.
-DATASETS = sources.KNOWN_DATASETS + ("synthetic_linear",)
+DATASETS = data_names.KNOWN_DATASETS + ("synthetic_linear",)
 MODES = levels_lib.MODES
 FILLS = levels_lib.FILLS
 
@@ -54,9 +53,9 @@ def validate(config, mode: str = "train"):
   _require(config.model.name in models.MODELS,
            f"config.model.name={config.model.name!r} is not a known model; "
            f"known: {sorted(models.MODELS)}")
-  _require(config.data.augment in preprocess.AUGMENTATIONS,
+  _require(config.data.augment in data_names.AUGMENTATIONS,
            f"config.data.augment={config.data.augment!r}: expected one of "
-           f"{list(preprocess.AUGMENTATIONS)}")
+           f"{list(data_names.AUGMENTATIONS)}")
   for field in ("path", "manual_dir"):
     path = config.data.get(field)
     _require(path is None or os.path.exists(os.path.expanduser(path)),

@@ -18,7 +18,9 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow as tf
 
-AUGMENTATIONS = ("none", "crop_flip", "inception")
+from roar_jax.data import names
+
+AUGMENTATIONS = names.AUGMENTATIONS
 CROP_PADDINGS = ("reflect", "zero")
 # 'crop_flip': pixels of padding on each side before the random crop.
 CROP_FLIP_PAD = 4

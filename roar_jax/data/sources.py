@@ -30,14 +30,14 @@ import tensorflow_datasets as tfds
 
 from roar_jax.data import idx
 from roar_jax.data import image_folder
+from roar_jax.data import names
 from roar_jax.data import offline_builder
 from roar_jax.data import source_protocol
 from roar_jax.data import synthetic
 from roar_jax.data.errors import DataError, first_line
 from roar_jax.data.tfds_source import DirectorySource, TfdsSource
 
-KNOWN_DATASETS = ("toy", "cifar10", "fashion_mnist", "imagenet2012", "food101",
-                  "birdsnap")
+KNOWN_DATASETS = names.KNOWN_DATASETS
 
 # Our split names -> the TFDS split each dataset evaluates on.
 TFDS_SPLITS = {
