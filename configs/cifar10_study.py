@@ -10,8 +10,9 @@ VarGrad ensembles), ROAR and KAR at 50% and 90%, 3 seeds, under both fills
 of the removed pixels: the training split's channel mean (the paper's) and
 ROAD's noisy linear imputation (Rong et al. 2022), which hides the mask's
 shape. 11 estimators x 2 modes x 2 thresholds x 2 fills x 3 seeds = 264
-retrains, each from scratch; then the no-retrain metrics and the mask-leakage
-probe. The report (W/report/) sets the fills side by side, with every
+retrains, each from scratch, beside the no-retrain metrics and the
+mask-leakage probe. One run took 92 min on 2 cores shared with other jobs
+(the retrains: 58 min, 13 s each). The report (W/report/) sets the fills side by side, with every
 estimator's verdict against random under each.
 
 To fit an hour, everything is small: the small CNN (width 16) on the first
