@@ -119,7 +119,7 @@ def test_one_unit_runs_alone(finished):
   assert unit == grid.Unit("random", "roar", 0.5, 0)
   assert grid.is_done(grid.plan_of(config, workdir), unit)
   with pytest.raises(ValueError, match="config.roar.unit"):
-    grid.parse_unit("random/roar/0.5")
+    grid.parse_unit("random/roar/0.5", ("channel_mean",))
 
 
 def test_written_dataset_equals_on_the_fly(finished):
@@ -132,7 +132,7 @@ def test_written_dataset_equals_on_the_fly(finished):
   written_config = copy.deepcopy(config)
   with written_config.unlocked():
     written_config.roar.degrade = "write"
-  key = ("oracle", "kar", 0.5)
+  key = ("oracle", "kar", 0.5, "channel_mean")
   a = grid.degraded_source(config, plan, source, key, fill)
   b = grid.degraded_source(written_config, plan, source, key, fill)
   assert os.path.isdir(os.path.join(workdir, "datasets",
