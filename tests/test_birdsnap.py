@@ -216,6 +216,13 @@ def test_source_takes_the_configs_missing_tolerance(tmp_path):
   config.max_missing_fraction = 0.3
   source = sources.get_source(config)
   assert source.info.num_examples == {"train": 7, "test": 3}
-  config.max_missing_fraction = 1.5
-  with pytest.raises(ValueError, match=r"config\.data\.max_missing_fraction"):
-    sources.get_source(config)
+  # A value outside [0, 1] is refused at start-up, in one line.
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  from roar_jax.config import validation  # pylint: disable=g-import-not-at-top
+  full = load_config("birdsnap_resnet50")
+  with full.unlocked():
+    full.data.manual_dir = manual_dir
+    full.data.max_missing_fraction = 1.5
+  with pytest.raises(validation.ConfigError,
+                     match=r"^config\.data\.max_missing_fraction=1\.5 must"):
+    validation.validate(full, "train")

@@ -56,6 +56,12 @@ def validate(config, mode: str = "train"):
   _require(config.data.augment in data_names.AUGMENTATIONS,
            f"config.data.augment={config.data.augment!r}: expected one of "
            f"{list(data_names.AUGMENTATIONS)}")
+  tolerance = config.data.get("max_missing_fraction")  # Of Birdsnap.
+  _require(tolerance is None or (
+      isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool)
+      and 0 <= tolerance <= 1),
+           f"config.data.max_missing_fraction={tolerance!r} must be a "
+           "fraction in [0, 1]")
   for field in ("path", "manual_dir"):
     path = config.data.get(field)
     _require(path is None or os.path.exists(os.path.expanduser(path)),

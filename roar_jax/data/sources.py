@@ -246,13 +246,10 @@ def _birdsnap_source(data_config: Mapping[str, Any], manual_dir: str | None,
   """
   # Imported here because it coordinates JAX processes (it imports jax).
   from roar_jax.data import birdsnap  # pylint: disable=g-import-not-at-top
+  # Checked at start-up (config/validation.py).
   tolerance = data_config.get("max_missing_fraction")
   if tolerance is None:
     tolerance = birdsnap.DEFAULT_MAX_MISSING_FRACTION
-  if (not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool)
-      or not 0 <= tolerance <= 1):
-    raise ValueError(f"config.data.max_missing_fraction={tolerance!r} must be "
-                     "a fraction in [0, 1]")
   builder = birdsnap.birdsnap_source_builder(
       manual_dir, data_dir, max_missing_fraction=tolerance)
   return TfdsSource(builder, name="birdsnap",
