@@ -28,7 +28,6 @@ Data: ../shared/data/cifar10-jpeg.tar.gz when this checkout has it, else TFDS
 `cifar10`.
 """
 
-import importlib.util
 import os
 
 import ml_collections
@@ -43,18 +42,10 @@ ESTIMATORS = (
 )
 
 
-def _base():
-  """configs/cifar10.py's config: this one extends it."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      "cifar10.py")
-  spec = importlib.util.spec_from_file_location("configs_cifar10", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def get_config() -> ml_collections.ConfigDict:
-  c = _base()
+  # cifar10.py's config, beside this file: this one extends it.
+  c = defaults.load(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                 "cifar10.py"))
   c.model.name = "small_cnn"
   c.model.small_cnn = ml_collections.ConfigDict({"width": 16})
 

@@ -26,7 +26,6 @@ Data: ../shared/data/fashion-mnist (IDX files) when this checkout has it,
 else TFDS `fashion_mnist`.
 """
 
-import importlib.util
 import os
 
 import ml_collections
@@ -34,18 +33,10 @@ import ml_collections
 from roar_jax.config import defaults
 
 
-def _base():
-  """configs/fashion_mnist.py's config: this one extends it."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      "fashion_mnist.py")
-  spec = importlib.util.spec_from_file_location("configs_fashion_mnist", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def get_config() -> ml_collections.ConfigDict:
-  c = _base()
+  # fashion_mnist.py's config, beside this file: this one extends it.
+  c = defaults.load(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                 "fashion_mnist.py"))
   c.data.path = defaults.shared_path("fashion-mnist")
 
   # True-label training, shared by both models (reduced; see the docstring).
