@@ -8,8 +8,9 @@ from conftest import REPO, load_config
 from roar_jax.config import defaults as config_lib
 from roar_jax.config import validation as validate
 
-CONFIGS = ("toy", "cifar10", "fashion_mnist", "imagenet_resnet50",
-           "food101_resnet50", "birdsnap_resnet50", "fashion_mnist_sanity")
+CONFIGS = ("toy", "cifar10", "cifar10_study", "fashion_mnist",
+           "imagenet_resnet50", "food101_resnet50", "birdsnap_resnet50",
+           "fashion_mnist_sanity")
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -135,3 +136,17 @@ def test_config_errors_come_before_tensorflow_is_imported():
        " if m in sys.modules))"],
       capture_output=True, text=True, timeout=120, cwd=REPO, check=True)
   assert out.stdout.strip() == "[]"
+
+
+def test_cifar10_study_runs_the_grid_it_states():
+  """The paper's estimators that matter, both modes at 50 and 90%, both
+  fills, 3 seeds: 264 retrains; the base rows ranked signed, as Table 2's."""
+  from roar_jax.benchmark.roar import explain, grid  # pylint: disable=g-import-not-at-top
+  c = load_config("cifar10_study")
+  assert len(grid.all_units(c)) == 11 * 2 * 2 * 2 * 3
+  assert set(c.roar.fill) == {"channel_mean", "noisy_linear"}
+  assert c.roar.thresholds == (0.5, 0.9) and c.roar.num_seeds == 3
+  base = ("gradient", "guided_backprop", "integrated_gradients")
+  assert {e for e in c.explain.estimators if "." not in e} == {
+      "random", "sobel", *base}
+  assert {explain.transform_for(c.explain, e) for e in base} == {"signed"}
