@@ -28,7 +28,6 @@ Data: ../shared/data/cifar10-jpeg.tar.gz when this checkout has it, else TFDS
 `cifar10`.
 """
 
-import os
 
 import ml_collections
 
@@ -43,9 +42,7 @@ ESTIMATORS = (
 
 
 def get_config() -> ml_collections.ConfigDict:
-  # cifar10.py's config, beside this file: this one extends it.
-  c = defaults.load(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                 "cifar10.py"))
+  c = defaults.load("cifar10")  # configs/cifar10.py: this config extends it.
   c.model.name = "small_cnn"
   c.model.small_cnn = ml_collections.ConfigDict({"width": 16})
 

@@ -26,7 +26,6 @@ Data: ../shared/data/fashion-mnist (IDX files) when this checkout has it,
 else TFDS `fashion_mnist`.
 """
 
-import os
 
 import ml_collections
 
@@ -34,9 +33,7 @@ from roar_jax.config import defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
-  # fashion_mnist.py's config, beside this file: this one extends it.
-  c = defaults.load(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                 "fashion_mnist.py"))
+  c = defaults.load("fashion_mnist")  # configs/fashion_mnist.py: this config extends it.
   c.data.path = defaults.shared_path("fashion-mnist")
 
   # True-label training, shared by both models (reduced; see the docstring).

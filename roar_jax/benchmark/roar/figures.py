@@ -193,15 +193,14 @@ def mode_figure(rows: pd.DataFrame, mode: str, *, style_of,
   one panel per fill, side by side on the same y axis."""
   name, _ = _MODE_TEXT[mode]
   seeds = seeds_text(rows["num_seeds"])
-  fills = sorted(set(rows["fill"])) if "fill" in rows else [None]
+  fills = sorted(set(rows["fill"]))
   # A bare Figure (no pyplot): no global state, no backend to select.
   fig = mfigure.Figure(figsize=(1.8 + 6.0 * len(fills), 4.6))
   axes = fig.subplots(1, len(fills), sharey=True, squeeze=False)[0]
   present = {e: s for e, s in style_of.items()
              if e in set(rows["estimator"])}
   for ax, fill in zip(axes, fills):
-    sub = rows if fill is None else rows[rows["fill"] == fill]
-    _draw_panel(ax, sub, mode, present, base_accuracy=base_accuracy,
+    _draw_panel(ax, rows[rows["fill"] == fill], mode, present, base_accuracy=base_accuracy,
                 num_classes=num_classes)
     if len(fills) > 1:
       ax.set_title(f"fill: {fill}", fontsize=10)
