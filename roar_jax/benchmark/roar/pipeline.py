@@ -153,9 +153,9 @@ def report(config, workdir, *, plan: artifacts_lib.Plan | None = None,
   # A record written before the fill was a grid axis has no fill: its
   # unit's (under the same fingerprint) is the fill it ran under.
   records = [{**r, "fill": u.fill} for u in plan.results
-             if (r := _matching(plan.results[u])) is not None]
+             if (r := metrics_lib.matching(plan.results[u])) is not None]
   no_retrain = {key: r["test_accuracy"] for key, a in plan.no_retrain.items()
-                if (r := _matching(a)) is not None}
+                if (r := metrics_lib.matching(a)) is not None}
   out = report_lib.build_report(
       plan.workdir, records, no_retrain, config=config,
       expected_units=len(plan.results), base_accuracy=base_accuracy,
@@ -166,11 +166,3 @@ def report(config, workdir, *, plan: artifacts_lib.Plan | None = None,
   logging.info("report: %s (%d results%s)", plan.workdir.report(),
                out["num_results"], ", partial" if out["partial"] else "")
   return out
-
-
-def _matching(artifact: provenance_lib.Artifact) -> dict[str, Any] | None:
-  """The artifact's JSON record if it exists under its fingerprint."""
-  record = workdir_lib.read_json(artifact.path, missing_ok=True)
-  if record and record.get("fingerprint") == artifact.fingerprint:
-    return record
-  return None
