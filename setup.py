@@ -27,6 +27,9 @@ setuptools.setup(
         "importlib_resources>=6.0",
         "numpy>=1.26",
         "scipy>=1.11",
+        # One BLAS thread around the banded Cholesky of ROAD's imputation
+        # (data/band_fill.py): threads on its narrow band only wait.
+        "threadpoolctl>=3.1",
         "pandas>=2.0",
         "matplotlib>=3.8",
         "scikit-image>=0.22",

@@ -1,6 +1,6 @@
 r"""No-retrain metrics against Quantus, on the same model, maps and images.
 
-  python bench/metrics.py [--images 128] [--imputation cg|scipy]
+  python bench/metrics.py [--images 128] [--imputation auto|banded|cg|scipy]
 
 Builds the toy config's small CNN (width 16) with random-init weights twice:
 as the project's Flax model and as a PyTorch twin holding the same weights
@@ -92,7 +92,7 @@ def timed(fn):
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--images", type=int, default=128)
-  parser.add_argument("--imputation", default="cg")
+  parser.add_argument("--imputation", default="auto")
   parser.add_argument("--skip_retrain", action="store_true")
   args = parser.parse_args()
   import quantus  # pylint: disable=g-import-not-at-top
@@ -144,6 +144,12 @@ def main():
     t, _ = timed(lambda: ours(options))
     rows.append((name, first, t))
 
+  # The floor under deletion/insertion: the same number of forwards, bare.
+  forwards = jnp.asarray(np.tile(x, (2 * (di.steps + 1), 1, 1, 1)))
+  bare = jax.jit(model.logits)
+  bare(forwards).block_until_ready()
+  t_bare, _ = timed(lambda: bare(forwards).block_until_ready())
+
   x_nchw = x.transpose(0, 3, 1, 2).copy()
   a_nchw = maps.transpose(0, 3, 1, 2).copy()
   from quantus.functions import perturb_func  # pylint: disable=g-import-not-at-top
@@ -180,6 +186,9 @@ def main():
         " deletion only, 16 steps)")
   print(f"{'all four curves':24s}{rows[2][2]:10.2f}{rows[2][1]:13.2f}"
         f"{road_q + tq_pf:13.2f}{(road_q + tq_pf) / rows[2][2]:7.1f}x")
+  print(f"bare jax.jit forwards of the deletion+insertion images "
+        f"({forwards.shape[0]}, one call): {t_bare:.2f} s, "
+        f"{forwards.shape[0] / t_bare:.0f} images/s")
   target = 20.0
   for label, ratio in (("ROAD", road_q / rows[0][2]),
                        ("deletion/insertion", tq_pf / rows[1][2])):

@@ -55,8 +55,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.explain.batch_size = 200
   c.explain.shard_size = 1000
   c.roar.thresholds = (0.5, 0.9)  # With 5 seeds: 60 retrains of 300 steps.
-  # No-retrain metrics on a fifth of the test split, imputed by scipy (the
-  # faster solver on a CPU; bench/README.md).
+  # No-retrain metrics on a fifth of the test split.
   c.metrics.num_images = 200
-  c.metrics.imputation = "scipy"
   return c

@@ -169,7 +169,9 @@ def _metrics_defaults(c: ml_collections.ConfigDict):
   c.metrics.noise_std = 0.01  # ROAD's noise, [0, 1] pixel units.
   c.metrics.num_images = 0  # Test images scored; 0 = the whole test split.
   c.metrics.batch_size = 512  # Model inputs per jitted call (all steps).
-  c.metrics.imputation = "cg"  # 'cg' (JAX, on device) or 'scipy' (host).
+  # ROAD's solver: 'auto' (banded on a CPU, cg on an accelerator), 'banded'
+  # or 'scipy' (host), 'cg' (JAX, on device).
+  c.metrics.imputation = "auto"
   c.metrics.precision = "float64"  # Of 'cg'; 'float32' on TPUs.
   c.metrics.leakage = True  # The mask-leakage probe, per grid dataset.
   c.metrics.leakage_steps = 0  # 0 = train.num_steps // 4.

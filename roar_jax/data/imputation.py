@@ -9,19 +9,23 @@ index) and rounds to uint8. Called once per image and threshold, the Python
 around each solve costs more than the solve.
 
 Here the same systems are solved for a batch of images (and thresholds) at
-once, two ways:
+once, three ways:
 
-- `solver='cg'` (default): preconditioned conjugate gradients in JAX, on the
+- `solver='cg'`: preconditioned conjugate gradients in JAX, on the
   device. On the removed positions the system matrix A = D - W (D the
   in-image neighbour weight sum, W the 8-neighbour stencil between removed
   positions) is symmetric and, for every region that touches a kept pixel,
   positive definite, so CG with the Jacobi preconditioner D converges; every
   iteration is one 3x3 stencil over the batch, and each (image, channel)
   system keeps its own step sizes. Kept values are never written.
+- `solver='banded'`: on the host, one banded Cholesky solve (LAPACK) for the
+  stacked systems of many images (`band_fill.py`); the fastest on a CPU.
 - `solver='scipy'`: the systems of the whole batch as one block-diagonal
   sparse matrix, built without a Python loop over images, one `spsolve`.
 
-Both agree with the reference to 1e-5 before rounding (tests/test_metrics_*).
+`solver='auto'` picks 'banded' when JAX runs on the CPU and 'cg' on an
+accelerator. All agree with the reference to 1e-5 before rounding
+(tests/test_metrics_imputation.py).
 """
 
 import functools
@@ -32,9 +36,10 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
 
+from roar_jax.data import band_fill
 from roar_jax.data import degradation as degrade_lib
 
-SOLVERS = ("cg", "scipy")
+SOLVERS = ("auto", "banded", "cg", "scipy")
 PRECISIONS = ("float64", "float32")
 # Relative residual (in the preconditioner's norm) at which CG stops.
 CG_TOL = 1e-8
@@ -245,6 +250,15 @@ def harmonic_fill_scipy(x: np.ndarray, removed: np.ndarray) -> np.ndarray:
   return out
 
 
+def resolve_solver(solver: str) -> str:
+  """'auto' -> 'banded' on a CPU backend, 'cg' on an accelerator."""
+  if solver not in SOLVERS:
+    raise ValueError(f"solver={solver!r} must be one of {SOLVERS}")
+  if solver != "auto":
+    return solver
+  return "banded" if jax.default_backend() == "cpu" else "cg"
+
+
 def check_removable(removed: np.ndarray, indices=None):
   """Refuses a mask that removes every pixel of an image (or channel): the
   system is singular, as in the reference."""
@@ -264,7 +278,7 @@ def to_uint8(values) -> jax.Array:
   return jnp.floor(jnp.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(jnp.uint8)
 
 
-def noisy_linear(images, removed, noise_values, *, solver: str = "cg",
+def noisy_linear(images, removed, noise_values, *, solver: str = "auto",
                  precision: str = "float64", mesh=None
                  ) -> np.ndarray | jax.Array:
   """ROAD's imputation of a batch, uint8 in, uint8 out.
@@ -275,8 +289,8 @@ def noisy_linear(images, removed, noise_values, *, solver: str = "cg",
       (value).
     noise_values: float [..., H, W, C] in [0, 1] units (`noise`), added to
       the removed values only.
-    solver: 'cg' (JAX, on the device; returns a jax.Array) or 'scipy' (one
-      sparse solve on the host; numpy).
+    solver: 'cg' (JAX, on the device; returns a jax.Array), 'banded' or
+      'scipy' (on the host; numpy), or 'auto' (`resolve_solver`).
     precision: of 'cg' (see `harmonic_fill`).
     mesh: for 'cg', a mesh with a 'data' axis that the leading axis is
       sharded over: each device then iterates on its own systems until they
@@ -285,19 +299,20 @@ def noisy_linear(images, removed, noise_values, *, solver: str = "cg",
   Returns:
     uint8 like `images`: kept values unchanged, removed ones imputed.
   """
-  if solver not in SOLVERS:
-    raise ValueError(f"solver={solver!r} must be one of {SOLVERS}")
+  solver = resolve_solver(solver)
   if precision not in PRECISIONS:
     raise ValueError(f"precision={precision!r} must be one of {PRECISIONS}")
   if removed.ndim == images.ndim - 1:
     removed = removed[..., None]
-  if solver == "scipy":
+  if solver != "cg":
     shape = np.shape(images)
     images = np.asarray(images).reshape((-1,) + shape[-3:])
     removed = np.asarray(removed, dtype=bool).reshape(
         (-1,) + np.shape(removed)[-3:])
     noise_values = np.asarray(noise_values).reshape(images.shape)
-    filled = harmonic_fill_scipy(images / 255.0, removed)
+    fill = (band_fill.harmonic_fill_banded if solver == "banded" else
+            harmonic_fill_scipy)
+    filled = fill(images / 255.0, removed)
     values = np.floor(np.clip(filled + noise_values, 0.0, 1.0) * 255.0 + 0.5)
     return np.where(removed, values.astype(np.uint8), images).reshape(shape)
   dtype = jnp.float64 if precision == "float64" else jnp.float32

@@ -42,7 +42,7 @@ class Options:
   noise_std: float = degrade_lib.NOISY_LINEAR_STD
   num_images: int = 0
   batch_size: int = 512
-  imputation: str = "cg"
+  imputation: str = "auto"
   precision: str = "float64"
 
   def __post_init__(self):
