@@ -23,9 +23,13 @@ what was measured in this setting (16x16 images, 150 steps):
 - RETRAINED: the other retrained units. Gradient ROAR at 50% is the noisy
   one: 0.78-0.86 across seeds 0-2 of one 1-process run, random ROAR and KAR
   0.988-0.996; the 1- and 2-process runs differed by at most 0.06.
+- METRICS_TOLERANCE: the no-retrain metrics' areas over the first 100 test
+  images (dealt out between the processes and gathered) and the leakage
+  probes' mask-only accuracies (at most 0.013 apart).
 Both runs are deterministic, so the comparison is repeatable.
 """
 
+import csv
 import json
 import os
 import socket
@@ -45,6 +49,7 @@ from roar_jax.data import writer as writer_lib
 # cores, 800 s at 32x32, 300 steps and 8 devices). On 16x16 images the base
 # model is at 100% training accuracy by step 150.
 NUM_TRAIN, NUM_TEST, NUM_STEPS = 2000, 500, 150
+NUM_METRIC_IMAGES = 100
 OVERRIDES = [
     "--config.data.image_size=16",
     "--config.data.toy.image_size=16",
@@ -54,10 +59,14 @@ OVERRIDES = [
     "--config.explain.estimators=('gradient', 'oracle', 'random')",
     "--config.roar.thresholds=(0.5,)",
     "--config.roar.num_seeds=1",
-    # The metrics stage's multi-process gather is not part of this check.
-    "--config.metrics.with_roar=False",
+    # The no-retrain metrics on 100 test images, split between the processes
+    # and gathered; the leakage probes train for 20 steps.
+    f"--config.metrics.num_images={NUM_METRIC_IMAGES}",
+    "--config.metrics.leakage_steps=20",
 ]
 SATURATED, NO_RETRAIN, RETRAINED = 0.03, 0.1, 0.15
+# Metric areas and mask-only accuracies: the runs differed by at most 0.013.
+METRICS_TOLERANCE = 0.05
 TIMEOUT_S = 1200
 
 
@@ -204,3 +213,35 @@ def test_both_runs_tell_the_same_story(runs):
     assert acc["oracle", "roar"] < acc["random", "roar"]
     assert acc["oracle", "kar"] > 0.9
     assert os.path.exists(os.path.join(workdir, "report", "results.csv"))
+
+
+def _csv(workdir, name):
+  with open(os.path.join(workdir, "report", name)) as f:
+    return list(csv.DictReader(f))
+
+
+def test_metrics_gather_every_process_s_images(runs):
+  """Each process scores its own test images; process 0 reports them all."""
+  two, one, _ = runs
+  a, b = _csv(two, "metrics.csv"), _csv(one, "metrics.csv")
+  assert {(r["estimator"], r["metric"]) for r in a} == {
+      (r["estimator"], r["metric"]) for r in b}
+  assert len(a) == 3 * 4
+  assert all(int(r["n"]) == NUM_METRIC_IMAGES for r in a + b)
+  va = {(r["estimator"], r["metric"]): float(r["value"]) for r in a}
+  vb = {(r["estimator"], r["metric"]): float(r["value"]) for r in b}
+  # The same images, rankings (oracle, random) and nearly the same base
+  # model: the areas agree closely; a dropped or doubled process's half
+  # would leave n at 50 or 200.
+  for key, value in va.items():
+    assert abs(value - vb[key]) < METRICS_TOLERANCE, (key, value, vb[key])
+  # The oracle's pixels are the evidence, in both runs.
+  for v in (va, vb):
+    assert v["oracle", "road_morf_auc"] < v["random", "road_morf_auc"]
+    assert v["oracle", "deletion_auc"] < v["random", "deletion_auc"]
+  leak_a, leak_b = ({(r["estimator"], r["mode"]): float(
+      r["mask_only_accuracy"]) for r in _csv(w, "leakage.csv")}
+                    for w in (two, one))
+  assert len(leak_a) == 6 and set(leak_a) == set(leak_b)
+  for key, value in leak_a.items():
+    assert abs(value - leak_b[key]) < METRICS_TOLERANCE, (key, value)

@@ -97,11 +97,16 @@ def _test_batches(config, source, options: Options, rows: int):
   """This process's test images (eval geometry, uint8) in batches of
   `rows`: {'image', 'label', 'index'}."""
   from roar_jax.data import preprocess  # pylint: disable=g-import-not-at-top
-  ds = source.load("test", process_index=jax.process_index(),
-                   process_count=jax.process_count())
+  pid, nproc = jax.process_index(), jax.process_count()
   if options.num_images:
+    # The first images of the split, dealt out among the processes: a
+    # process slice of the split may hold none of them.
+    ds = source.load("test")
     limit = tf.constant(options.num_images, tf.int64)
-    ds = ds.filter(lambda ex: tf.cast(ex["index"], tf.int64) < limit)
+    ds = ds.filter(lambda ex: (tf.cast(ex["index"], tf.int64) < limit) & (
+        tf.cast(ex["index"], tf.int64) % nproc == pid))
+  else:
+    ds = source.load("test", process_index=pid, process_count=nproc)
   ds = ds.map(tf.autograph.experimental.do_not_convert(
       lambda ex: {"image": preprocess.eval_geometry(ex["image"], config.data),
                   "label": tf.cast(ex["label"], tf.int32),
@@ -136,12 +141,35 @@ def _gather(values: np.ndarray) -> np.ndarray:
                          enumerate(np.asarray(counts).reshape(-1))])
 
 
+def _merged(parts: Mapping[str, list[np.ndarray]], options: Options
+            ) -> dict[str, np.ndarray]:
+  """This process's per-image curves joined with every other process's.
+
+  A process without images still takes part in the gather, with empty
+  arrays of the curves' widths; all values travel as float64.
+  """
+  steps, road = options.steps + 1, len(options.road_thresholds) + 1
+  widths = {"deletion": (steps,), "insertion": (steps,), "target": (),
+            "road_morf": (road,), "road_lerf": (road,)}
+  names = set(options.names)
+  if names & {"deletion", "insertion"}:
+    names.add("target")
+  return {k: _gather(np.concatenate(
+      [np.zeros((0,) + widths[k])] + list(parts.get(k, [])),
+      dtype=np.float64)) for k in sorted(names)}
+
+
 def _base_logits(config, plan, source):
   """The logits of the plan's base model."""
   from roar_jax import saliency  # pylint: disable=g-import-not-at-top
   from roar_jax import training  # pylint: disable=g-import-not-at-top
   module, variables = training.load_model(config, plan.base.path,
                                           source=source)
+  # Replicated over every process's devices; the curves run on this
+  # process's devices alone, so they get this process's copy.
+  variables = jax.tree.map(
+      lambda a: np.asarray(a.addressable_data(0))
+      if isinstance(a, jax.Array) else a, variables)
   return saliency.explainable(module, variables).logits
 
 
@@ -194,7 +222,7 @@ def compute(config, plan, source, channel_mean=None, *, logits_fn=None
   logging.info("metrics: %d test images x %d estimators in %.1f s", count,
                len(todo), elapsed)
   for est in todo:
-    merged = {k: _gather(np.concatenate(v)) for k, v in per_image[est].items()}
+    merged = _merged(per_image[est], options)
     record = {"estimator": est, "metrics": summarize(merged, options),
               "num_images": int(len(merged["target"]) if "target" in merged
                                 else len(next(iter(merged.values())))),
