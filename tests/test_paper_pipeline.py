@@ -6,8 +6,8 @@ a user runs it: TFDS `imagenet2012` and `food101` (their builders, under
 inception crop, resize + center crop for evaluation, value-granularity
 rankings, degraded datasets written as TFRecords (`roar.degrade='write'`),
 retraining and the report. Sizes are shrunk (32 px images, a width-8
-ResNet-50, 2 steps, six of the paper's estimators); every code path is the
-paper's.
+ResNet-50, 2 steps, six of the paper's estimators on ImageNet and two on the
+others); every code path is the paper's.
 """
 
 import contextlib
@@ -34,13 +34,19 @@ CONFIGS = ("imagenet_resnet50", "food101_resnet50", "birdsnap_resnet50")
 IMAGE_SIZE, EVAL_RESIZE = 32, 40
 # Examples of every mocked TFDS split (mock_data yields as many per split).
 NUM_MOCKED = 16
-THRESHOLDS = (0.1, 0.9)
 # Each estimator adds 4 retrains (2 modes x 2 thresholds) of seconds each, so
-# the grid keeps both controls and one row of each kind the paper's grid has:
-# a signed base method, a signed SmoothGrad, a VarGrad (of IG) and a squared
-# (`sq.*`) row; all three base methods appear.
-ESTIMATORS = ("random", "sobel", "gradient", "sg.guided_backprop",
-              "var.integrated_gradients", "sq.gradient")
+# the ImageNet grid keeps both controls and one row of each kind the paper's
+# grid has: a signed base method, a signed SmoothGrad, a VarGrad (of IG) and
+# a squared (`sq.*`) row; all three base methods appear. The other two
+# configs differ from it in their data alone: a random and a gradient row at
+# one threshold take their data through every stage.
+GRIDS = {
+    "imagenet_resnet50": (("random", "sobel", "gradient", "sg.guided_backprop",
+                           "var.integrated_gradients", "sq.gradient"),
+                          (0.1, 0.9)),
+    "food101_resnet50": (("random", "gradient"), (0.9,)),
+    "birdsnap_resnet50": (("random", "gradient"), (0.9,)),
+}
 # The mocked catalog datasets: their TFDS split of our 'test' split.
 MOCKED = {"imagenet2012": "validation", "food101": "validation"}
 # Builder methods that mock_data replaces for every builder; they are
@@ -106,11 +112,12 @@ def _paper_config(name: str, root):
     config.train.num_steps = 2
     config.explain.batch_size = 8
     config.explain.num_samples, config.explain.ig_steps = 2, 2
-    assert set(ESTIMATORS) <= set(config.explain.estimators)
-    config.explain.estimators = ESTIMATORS
+    estimators, thresholds = GRIDS[name]
+    assert set(estimators) <= set(config.explain.estimators)
+    config.explain.estimators = estimators
     config.explain.transforms = tuple(
-        (e, t) for e, t in config.explain.transforms if e in ESTIMATORS)
-    config.roar.thresholds = THRESHOLDS
+        (e, t) for e, t in config.explain.transforms if e in estimators)
+    config.roar.thresholds = thresholds
     config.roar.num_seeds = 1
     config.roar.degrade = "write"
     # The no-retrain metrics and the leakage probe (a training per dataset)
@@ -159,7 +166,7 @@ def finished(request, tmp_path_factory, fast_compiles):
 
 def _grid_keys(config):
   return {(e, m, t) for e in config.explain.estimators
-          for m in config.roar.modes for t in THRESHOLDS}
+          for m in config.roar.modes for t in config.roar.thresholds}
 
 
 def _dataset_dir(workdir, estimator, mode, threshold):
@@ -188,7 +195,9 @@ def _eval_image(image: np.ndarray) -> np.ndarray:
 
 def test_results_csv_has_every_unit_once(finished):
   config, workdir, out, _ = finished
-  assert out["units"] == len(ESTIMATORS) * 2 * 2
+  assert out["units"] == len(_grid_keys(config))
+  assert len(_grid_keys(config)) == len(config.explain.estimators) * 2 * len(
+      config.roar.thresholds)
   rows = report.read_csv(os.path.join(workdir, "report", "results.csv"))
   keys = [(r["estimator"], r["mode"], float(r["threshold"])) for r in rows]
   assert sorted(keys) == sorted(_grid_keys(config))

@@ -11,6 +11,7 @@ Two generators, both pure numpy and seeded (no files):
   16 features of which the first 4 are informative (`make_synthetic_linear`).
 """
 
+import functools
 from typing import Any, Mapping
 
 import numpy as np
@@ -170,8 +171,20 @@ def make_toy_split(toy_config: Mapping[str, Any] | None, split: str
 
 
 def toy_masks(toy_config: Mapping[str, Any] | None, split: str) -> np.ndarray:
-  """Ground-truth masks bool [N, S, S] of a toy split, aligned with `index`."""
-  return make_toy_split(toy_config, split)[2]
+  """Ground-truth masks bool [N, S, S] of a toy split, aligned with `index`.
+
+  Read-only and computed once per (parameters, split): the explain stage
+  asks for them in every batch, and generating a split takes a second.
+  """
+  params = tuple(sorted(toy_params(toy_config).items()))
+  return _toy_masks(params, split)
+
+
+@functools.lru_cache(maxsize=4)
+def _toy_masks(params: tuple[tuple[str, Any], ...], split: str) -> np.ndarray:
+  masks = make_toy_split(dict(params), split)[2]
+  masks.flags.writeable = False
+  return masks
 
 
 def toy_source(toy_config: Mapping[str, Any] | None
