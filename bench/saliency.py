@@ -15,10 +15,10 @@ prints images/s per task and these throughput ratios (> 1: ours is faster):
       target >= 1. Also the plain per-gradient throughput of both (one batched
       input gradient), so that sharing and raw speed can be told apart.
 
-The torch models are the same architectures with the Flax weights copied in;
-the script checks that logits and input gradients agree before timing.
-Tasks are timed in interleaved rounds (median, or --stat=min, of --repeats) so
-that load on a shared machine affects all of them alike.
+The torch models (bench/torch_twins.py) are the same architectures with the
+Flax weights copied in; the script checks that logits and input gradients
+agree before timing. Tasks are timed in interleaved rounds (median, or
+--stat=min, of --repeats) so that load on a shared machine affects all alike.
 
   pip install torch==2.13.0 captum   # optional, for (c); CPU build
   python bench/saliency.py [--models cnn,resnet18] [--repeats 3]
@@ -75,12 +75,14 @@ def _randomize_batch_norm(variables, rng):
 
 
 def _to_dict(tree):
+  """A copy of `tree` as plain nested dicts of NumPy arrays (mutable)."""
   if hasattr(tree, "items"):
     return {k: _to_dict(v) for k, v in tree.items()}
   return np.array(tree)
 
 
 def build_flax(name: str):
+  """The Flax model ("cnn": SmallCNN, else ResNet-18) and its variables."""
   if name == "cnn":
     module = models.SmallCNN(10)
   else:
@@ -93,114 +95,14 @@ def build_flax(name: str):
 
 def build_torch(name: str, variables):
   """The same network in torch (NCHW), with the Flax weights copied in."""
-  import torch  # pylint: disable=g-import-not-at-top
-  from torch import nn as tnn  # pylint: disable=g-import-not-at-top
-  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
-
-  p = variables["params"]
-  conv_w = lambda k: torch.tensor(np.transpose(np.asarray(k), (3, 2, 0, 1)))
-
-  def set_conv(conv, leaf):
-    conv.weight.data = conv_w(leaf["kernel"])
-    if "bias" in leaf:
-      conv.bias.data = torch.tensor(np.asarray(leaf["bias"]))
-
-  def set_dense(dense, leaf):
-    dense.weight.data = torch.tensor(np.asarray(leaf["kernel"]).T.copy())
-    dense.bias.data = torch.tensor(np.asarray(leaf["bias"]))
-
-  def set_bn(bn, leaf, stats):
-    bn.weight.data = torch.tensor(np.asarray(leaf["scale"]))
-    bn.bias.data = torch.tensor(np.asarray(leaf["bias"]))
-    bn.running_mean.data = torch.tensor(np.asarray(stats["mean"]))
-    bn.running_var.data = torch.tensor(np.asarray(stats["var"]))
-
-  if name == "cnn":
-    class SmallCNN(tnn.Module):
-
-      def __init__(self):
-        super().__init__()
-        self.convs = tnn.ModuleList([tnn.Conv2d(i, o, 3, padding=1)
-                                     for i, o in ((3, 32), (32, 64),
-                                                  (64, 128))])
-        self.fc = tnn.Linear(128, 10)
-
-      def forward(self, x):
-        for conv in self.convs:
-          x = F.max_pool2d(F.relu(conv(x)), 2)
-        return self.fc(x.mean(dim=(2, 3)))
-
-    net = SmallCNN()
-    for conv, n in zip(net.convs, ("conv1", "conv2", "conv3")):
-      set_conv(conv, p[n])
-    set_dense(net.fc, p["logits"])
-  else:
-    s = variables["batch_stats"]
-
-    class Block(tnn.Module):
-
-      def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = tnn.BatchNorm2d(cout, eps=1e-5)
-        self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = tnn.BatchNorm2d(cout, eps=1e-5)
-        self.proj = None
-        if stride != 1 or cin != cout:
-          self.proj = tnn.Sequential(
-              tnn.Conv2d(cin, cout, 1, stride, 0, bias=False),
-              tnn.BatchNorm2d(cout, eps=1e-5))
-
-      def forward(self, x):
-        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu((x if self.proj is None else self.proj(x)) + y)
-
-    class ResNet18(tnn.Module):
-
-      def __init__(self):
-        super().__init__()
-        self.stem = tnn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        self.stem_bn = tnn.BatchNorm2d(64, eps=1e-5)
-        blocks, cin = [], 64
-        for i in range(4):
-          for j in range(2):
-            cout = 64 * 2**i
-            blocks.append(Block(cin, cout, 2 if i > 0 and j == 0 else 1))
-            cin = cout
-        self.blocks = tnn.ModuleList(blocks)
-        self.fc = tnn.Linear(512, 10)
-
-      def forward(self, x):
-        x = F.relu(self.stem_bn(self.stem(x)))
-        for block in self.blocks:
-          x = block(x)
-        return self.fc(x.mean(dim=(2, 3)))
-
-    net = ResNet18()
-    set_conv(net.stem, p["stem_conv"])
-    set_bn(net.stem_bn, p["stem_bn"], s["stem_bn"])
-    k = 0
-    for i in range(4):
-      for j in range(2):
-        name_ = f"stage{i + 1}_block{j + 1}"
-        blk, bp, bs = net.blocks[k], p[name_], s[name_]
-        set_conv(blk.conv1, bp["conv1"])
-        set_bn(blk.bn1, bp["bn1"], bs["bn1"])
-        set_conv(blk.conv2, bp["conv2"])
-        set_bn(blk.bn2, bp["bn2"], bs["bn2"])
-        if blk.proj is not None:
-          set_conv(blk.proj[0], bp["proj_conv"])
-          set_bn(blk.proj[1], bp["proj_bn"], bs["proj_bn"])
-        k += 1
-    set_dense(net.fc, p["logits"])
-  net.eval()
-  for q in net.parameters():
-    q.requires_grad_(False)
-  return net
+  # Imported here: torch is optional (bench/lecture.py catches the
+  # ImportError). `bench` is found from the checkout root on sys.path.
+  from bench import torch_twins  # pylint: disable=g-import-not-at-top
+  return torch_twins.build(name, variables)
 
 
 # ---------------------------------------------------------------------------
-# The tasks.
+# The tasks: name -> (images per call, function that computes it).
 
 
 def naive_roar_way(grad1, logits1, images, num_samples, noise_scale, seed=0):
@@ -231,25 +133,12 @@ def naive_roar_way(grad1, logits1, images, num_samples, noise_scale, seed=0):
   return out
 
 
-def _timed(fn):
-  start = time.perf_counter()
-  fn()
-  return time.perf_counter() - start
-
-
-def run_model(name: str, args, have_torch: bool) -> dict:
-  module, variables = build_flax(name)
-  model = explainable(module, variables)
-  batch, j = args.batch, args.num_samples
-  rng = np.random.default_rng(1)
-  x = rng.uniform(0, 1, (batch, 32, 32, 3)).astype(np.float32)
-  key = jax.random.key(0)
-  targets = np.asarray(jnp.argmax(jax.jit(module.apply)(variables, x), -1))
-  opts = dict(num_samples=j, noise_scale=0.15)
+def ours_tasks(model, x, targets, key, num_samples: int) -> dict:
+  """Our tasks; each computes what its name says for the whole batch."""
+  batch = len(x)
+  opts = dict(num_samples=num_samples, noise_scale=0.15)
   ready = jax.block_until_ready
-
-  # Ours. Each task computes what its name says for the whole batch.
-  tasks = {
+  return {
       "ours: plain gradient (batch 32, one call)": (batch, lambda: ready(
           api.explain(model, x, method="gradient", key=key, target=targets,
                       chunk_size=batch))),
@@ -261,71 +150,151 @@ def run_model(name: str, args, have_torch: bool) -> dict:
           api.explain(model, x, method="integrated_gradients", key=key,
                       ig_steps=25, baseline=0.0))),
   }
-  # The original code's way, with the same jitted gradient (batch 1).
+
+
+def original_roar_task(model, x, name: str, args) -> dict:
+  """The original code's way, with the same jitted gradient (batch 1).
+
+  Its images/s does not depend on the image count, so it is timed on fewer
+  images than the batch (--naive-images; 32 for the CNN, 8 for ResNet-18).
+  """
   logits_fn = lowering.fast_pooling(model.logits)
   grad1 = jax.jit(lambda xi, t: inputs_lib.target_gradient(logits_fn, xi, t))
   logits1 = jax.jit(model.logits)
-  naive_n = min(batch, args.naive_images or (32 if name == "cnn" else 8))
-  tasks[f"original ROAR way (timed on {naive_n} images)"] = (
-      naive_n, lambda: naive_roar_way(grad1, logits1, x[:naive_n], j, 0.15))
+  naive_n = min(args.batch, args.naive_images or (32 if name == "cnn" else 8))
+  return {f"original ROAR way (timed on {naive_n} images)": (
+      naive_n, lambda: naive_roar_way(grad1, logits1, x[:naive_n],
+                                      args.num_samples, 0.15))}
 
-  checks = {}
-  if have_torch:
-    import torch  # pylint: disable=g-import-not-at-top
-    from captum import attr  # pylint: disable=g-import-not-at-top
-    net = build_torch(name, variables)
-    xt = torch.tensor(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))))
-    tt = torch.tensor(targets.astype(np.int64))
-    with torch.no_grad():
-      tl = net(xt).numpy()
-    fl = np.asarray(module.apply(variables, x))
-    checks["logits max-abs error / max-abs"] = float(
-        np.abs(tl - fl).max() / np.abs(fl).max())
-    sal = attr.Saliency(net)
-    tg = sal.attribute(xt, target=tt, abs=False).numpy().transpose(0, 2, 3, 1)
-    fg = np.asarray(api.explain(model, x, method="gradient", key=key,
-                                target=targets))
-    err = (np.abs(tg - fg).reshape(batch, -1).max(1) /
-           np.abs(fg).reshape(batch, -1).max(1))
-    checks["input gradient max-abs error / max-abs, median image"] = float(
-        np.median(err))
-    # A ReLU input within rounding of 0 can switch sides between frameworks
-    # and change one image's gradient locally; count such images.
-    checks["images with input-gradient error > 1e-4"] = int(
-        (err > 1e-4).sum())
-    nt = attr.NoiseTunnel(sal)
-    # Captum's stdevs is absolute: 0.15 x the images' mean value range.
-    stdev = float(0.15 * np.mean(x.max(axis=(1, 2, 3)) -
-                                 x.min(axis=(1, 2, 3))))
-    ig = attr.IntegratedGradients(net)
 
-    def captum_three():
-      for kind in ("smoothgrad", "smoothgrad_sq", "vargrad"):
-        nt.attribute(xt, nt_type=kind, nt_samples=j, stdevs=stdev, target=tt,
-                     abs=False)
+def torch_inputs(x, targets):
+  """The images (NCHW) and target classes as torch tensors."""
+  import torch  # pylint: disable=g-import-not-at-top
+  xt = torch.tensor(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))))
+  return xt, torch.tensor(targets.astype(np.int64))
 
-    tasks.update({
-        "captum: Saliency (batch 32)": (batch, lambda: sal.attribute(
-            xt, target=tt, abs=False)),
-        "captum: NoiseTunnel sg + sg_sq + vargrad (3 calls)": (
-            batch, captum_three),
-        "captum: IntegratedGradients (25 steps)": (batch, lambda: ig.attribute(
-            xt, target=tt, n_steps=25)),
-    })
 
-  # Warm up (compiles), then interleaved rounds.
+def captum_tasks(net, x, xt, tt, num_samples: int) -> dict:
+  """Captum's counterparts of our tasks, on the torch twin `net`."""
+  from captum import attr  # pylint: disable=g-import-not-at-top
+  batch = len(x)
+  sal = attr.Saliency(net)
+  nt = attr.NoiseTunnel(sal)
+  # Captum's stdevs is absolute: 0.15 x the images' mean value range.
+  stdev = float(0.15 * np.mean(x.max(axis=(1, 2, 3)) -
+                               x.min(axis=(1, 2, 3))))
+  ig = attr.IntegratedGradients(net)
+
+  def captum_three():
+    for kind in ("smoothgrad", "smoothgrad_sq", "vargrad"):
+      nt.attribute(xt, nt_type=kind, nt_samples=num_samples, stdevs=stdev,
+                   target=tt, abs=False)
+
+  return {
+      "captum: Saliency (batch 32)": (batch, lambda: sal.attribute(
+          xt, target=tt, abs=False)),
+      "captum: NoiseTunnel sg + sg_sq + vargrad (3 calls)": (
+          batch, captum_three),
+      "captum: IntegratedGradients (25 steps)": (batch, lambda: ig.attribute(
+          xt, target=tt, n_steps=25)),
+  }
+
+
+# ---------------------------------------------------------------------------
+# Checks that the torch twin computes the same function, and timing.
+
+
+def logits_check(net, xt, module, variables, x) -> dict:
+  """Relative difference of the torch and Flax logits over the batch."""
+  import torch  # pylint: disable=g-import-not-at-top
+  with torch.no_grad():
+    tl = net(xt).numpy()
+  fl = np.asarray(module.apply(variables, x))
+  return {"logits max-abs error / max-abs": float(
+      np.abs(tl - fl).max() / np.abs(fl).max())}
+
+
+def gradient_checks(net, xt, tt, model, x, targets, key) -> dict:
+  """Per-image relative difference of Captum's and our input gradients."""
+  from captum import attr  # pylint: disable=g-import-not-at-top
+  tg = attr.Saliency(net).attribute(xt, target=tt, abs=False)
+  tg = tg.numpy().transpose(0, 2, 3, 1)
+  fg = np.asarray(api.explain(model, x, method="gradient", key=key,
+                              target=targets))
+  batch = len(x)
+  err = (np.abs(tg - fg).reshape(batch, -1).max(1) /
+         np.abs(fg).reshape(batch, -1).max(1))
+  return {
+      "input gradient max-abs error / max-abs, median image": float(
+          np.median(err)),
+      # A ReLU input within rounding of 0 can switch sides between frameworks
+      # and change one image's gradient locally; count such images.
+      "images with input-gradient error > 1e-4": int((err > 1e-4).sum()),
+  }
+
+
+def _timed(fn):
+  """Wall-clock seconds of one call of `fn`."""
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def time_tasks(tasks: dict, repeats: int, stat: str) -> dict:
+  """Images/s of each task, over interleaved rounds.
+
+  Args:
+    tasks: name -> (images per call, function).
+    repeats: the number of rounds; each round calls every task once, so that
+      load on a shared machine affects all tasks alike.
+    stat: "min" or "median" of each task's times over the rounds.
+
+  Returns:
+    name -> images/s, in the order of `tasks`.
+  """
   for _, fn in tasks.values():
-    fn()
+    fn()  # Warm up (compiles).
   times = {t: [] for t in tasks}
-  for _ in range(args.repeats):
+  for _ in range(repeats):
     for task, (_, fn) in tasks.items():
       times[task].append(_timed(fn))
-  stat = np.min if args.stat == "min" else np.median
-  rate = {t: tasks[t][0] / float(stat(times[t])) for t in tasks}
-  return {"rate": rate, "checks": checks}
+  stat_fn = np.min if stat == "min" else np.median
+  return {t: tasks[t][0] / float(stat_fn(times[t])) for t in tasks}
+
+
+def run_model(name: str, args, have_torch: bool) -> dict:
+  """Checks and times every task on one model.
+
+  Args:
+    name: "cnn" or "resnet18".
+    args: the parsed command line.
+    have_torch: whether torch and captum are installed; if so, the Captum
+      tasks are timed too, after the torch twin's agreement checks.
+
+  Returns:
+    {"rate": task -> images/s, "checks": check -> value}.
+  """
+  module, variables = build_flax(name)
+  model = explainable(module, variables)
+  rng = np.random.default_rng(1)
+  x = rng.uniform(0, 1, (args.batch, 32, 32, 3)).astype(np.float32)
+  key = jax.random.key(0)
+  targets = np.asarray(jnp.argmax(jax.jit(module.apply)(variables, x), -1))
+  tasks = ours_tasks(model, x, targets, key, args.num_samples)
+  tasks.update(original_roar_task(model, x, name, args))
+  checks = {}
+  if have_torch:
+    net = build_torch(name, variables)
+    xt, tt = torch_inputs(x, targets)
+    checks.update(logits_check(net, xt, module, variables, x))
+    checks.update(gradient_checks(net, xt, tt, model, x, targets, key))
+    tasks.update(captum_tasks(net, x, xt, tt, args.num_samples))
+  return {"rate": time_tasks(tasks, args.repeats, args.stat),
+          "checks": checks}
 
 
 def ratios(rate: dict) -> dict:
+  """Throughput ratios (a), (b), (c) from images/s per task (> 1: ours wins)."""
   get = lambda prefix: next(v for k, v in rate.items() if k.startswith(prefix))
   out = {
       "(a) all three in one call vs sg alone (time ratio, target <= 1.3)":
@@ -346,7 +315,8 @@ def ratios(rate: dict) -> dict:
   return out
 
 
-def main():
+def parse_args():
+  """The command line (see the module docstring)."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--models", default="cnn,resnet18")
   parser.add_argument("--batch", type=int, default=32)
@@ -361,23 +331,55 @@ def main():
                       "better estimate on a busy machine)")
   parser.add_argument("--no-torch", action="store_true")
   parser.add_argument("--json", default="", help="also write results here")
-  args = parser.parse_args()
+  return parser.parse_args()
 
-  have_torch = False
-  if not args.no_torch:
-    try:
-      import captum  # pylint: disable=g-import-not-at-top,unused-import
-      import torch  # pylint: disable=g-import-not-at-top
-      have_torch = True
-    except ImportError:
-      print("torch/captum not installed: the Captum comparisons (c) are "
-            "skipped (pip install torch==2.13.0 captum)")
+
+def torch_available(no_torch: bool) -> bool:
+  """Whether the Captum comparisons run (torch and captum import)."""
+  if no_torch:
+    return False
+  try:
+    import captum  # pylint: disable=g-import-not-at-top,unused-import
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    print("torch/captum not installed: the Captum comparisons (c) are "
+          "skipped (pip install torch==2.13.0 captum)")
+    return False
+  return True
+
+
+def print_setup(args, have_torch: bool) -> None:
+  """One line: the JAX (and torch) build, CPUs and the run's settings."""
+  torch_line = ""
+  if have_torch:
+    import torch  # pylint: disable=g-import-not-at-top
+    torch_line = (f"; torch {torch.__version__}, {torch.get_num_threads()} "
+                  "threads")
   print(f"jax {jax.__version__} on {jax.default_backend()} "
         f"({os.cpu_count()} CPUs); batch {args.batch}, J = "
         f"{args.num_samples}, {args.stat} of {args.repeats} interleaved "
-        "rounds"
-        + (f"; torch {torch.__version__}, {torch.get_num_threads()} threads"
-           if have_torch else ""))
+        "rounds" + torch_line)
+
+
+def print_result(name: str, result: dict) -> None:
+  """The model's load averages, checks, images/s per task and ratios."""
+  print(f"\n== {name} == (1-min load average {result['load_average'][0]:.1f}"
+        f" at start, {result['load_average'][1]:.1f} at end, "
+        f"{os.cpu_count()} CPUs)")
+  for check, value in result["checks"].items():
+    print(f"  check: {check}: {value:.2e}" if isinstance(value, float)
+          else f"  check: {check}: {value}")
+  for task, value in result["rate"].items():
+    print(f"  {task:58s} {value:9.2f} img/s")
+  for label, value in result["ratios"].items():
+    print(f"  {label:66s} {value:6.2f}x")
+  sys.stdout.flush()
+
+
+def main():
+  args = parse_args()
+  have_torch = torch_available(args.no_torch)
+  print_setup(args, have_torch)
   results = {}
   for name in args.models.split(","):
     load = os.getloadavg()[0]
@@ -387,17 +389,7 @@ def main():
     result["load_average"] = [load, os.getloadavg()[0]]
     result["ratios"] = ratios(result["rate"])
     results[name] = result
-    print(f"\n== {name} == (1-min load average {result['load_average'][0]:.1f}"
-          f" at start, {result['load_average'][1]:.1f} at end, "
-          f"{os.cpu_count()} CPUs)")
-    for check, value in result["checks"].items():
-      print(f"  check: {check}: {value:.2e}" if isinstance(value, float)
-            else f"  check: {check}: {value}")
-    for task, value in result["rate"].items():
-      print(f"  {task:58s} {value:9.2f} img/s")
-    for label, value in result["ratios"].items():
-      print(f"  {label:66s} {value:6.2f}x")
-    sys.stdout.flush()
+    print_result(name, result)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(results, f, indent=1)
