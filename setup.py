@@ -40,7 +40,7 @@ setuptools.setup(
     extras_require={
         # Ray: tests/test_ray_executor.py runs the grid on a local cluster.
         # gs:// workdirs are tested against a GCS emulator on 127.0.0.1.
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "ray[default]>=2.9",
+        "test": ["pytest>=8.0", "pytest-xdist>=3.8", "ray[default]>=2.9",
                  "gcp-storage-emulator>=2024.8", "gcsfs>=2024.2",
                  "google-cloud-storage>=2.14"],
         # gs:// workdirs: TensorBoard event files (tensorboardX) need the
