@@ -25,8 +25,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 FIXTURES = REPO / "tests" / "fixtures"
 
 
-# The longest modules, longest first (seconds each, run alone on the 2-core
-# machine: 190, 180, 170, 160, 155, 140, 90, 85, 70). pytest.ini turns off
+# The longest modules, longest first (about 190, 180, 170, 160, 155, 140,
+# 90, 85 and 70 s on the 2-core machine, from suite runs and runs of the
+# module alone). pytest.ini turns off
 # xdist's reordering by test count, so `-n 2 --dist loadscope` deals these
 # out first, alternately, and the short modules fill in after them: no
 # worker is left running a long module alone at the end.
