@@ -89,27 +89,22 @@ def timed(fn):
   return time.perf_counter() - start, out
 
 
-def main():
-  parser = argparse.ArgumentParser()
-  parser.add_argument("--images", type=int, default=128)
-  parser.add_argument("--imputation", default="auto")
-  parser.add_argument("--skip_retrain", action="store_true")
-  args = parser.parse_args()
-  import quantus  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(os.cpu_count() or 1)
+def setup(n: int):
+  """The toy test images, labels, oracle-like maps and both models.
 
+  Returns:
+    (config, source, images, labels, maps, x (normalized), model, twin).
+  """
+  import torch  # pylint: disable=g-import-not-at-top
   config = config_lib.load("toy")
   source = sources.get_source(config.data)
   images, labels = source.arrays("test")
-  n = args.images
   images, labels = images[:n], labels[:n].astype(np.int64)
   masks = synthetic.toy_masks(config.data.toy, "test")[:n]
   rng = np.random.default_rng(0)
   maps = (masks[..., None] + 0.5 * rng.random(images.shape[:3] + (1,))
           ).astype(np.float32) * np.ones((1, 1, 1, 3), np.float32)
   x = preprocess.normalize(images, config.data)
-
   width = config.model.small_cnn.width
   module = models.get_model(config.model, 4)
   variables = module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
@@ -120,18 +115,27 @@ def main():
   gap = np.abs(t_logits - np.asarray(model.logits(jnp.asarray(x)))).max()
   print(f"{n} toy test images 32x32x3, small CNN width {width}; JAX on "
         f"{jax.devices()[0].platform} ({jax.device_count()} device(s)); "
-        f"torch/Quantus {quantus.__version__} on CPU; |logits difference| "
-        f"{gap:.1e}")
+        f"torch on CPU; |logits difference| {gap:.1e}")
   assert gap < 1e-3
+  return config, source, images, labels, maps, x, model, twin
 
+
+def time_ours(config, model, images, labels, maps, imputation: str):
+  """Our curves, timed after a first (compiling) call.
+
+  Returns:
+    ([(name, first call s, timed call s)] for ROAD, deletion+insertion and
+     all four curves; (forwards, bare forward s) of the same number of
+     model inputs as deletion+insertion).
+  """
+  n = len(images)
   levels = np.asarray(saliency.rank(maps))  # Pixel granularity.
   road = metrics.Options(names=("road_morf", "road_lerf"),
-                         imputation=args.imputation)
+                         imputation=imputation)
   di = metrics.Options(names=("deletion", "insertion"), steps=16,
                        fill="black")
-  every = metrics.Options(imputation=args.imputation, fill="black")
-  kw = dict(mean=config.data.mean, std=config.data.std,
-            fill_value=None)
+  every = metrics.Options(imputation=imputation, fill="black")
+  kw = dict(mean=config.data.mean, std=config.data.std, fill_value=None)
 
   def ours(options):
     return metrics.curves(model.logits, images, labels, levels,
@@ -143,16 +147,22 @@ def main():
     first, _ = timed(lambda: ours(options))
     t, _ = timed(lambda: ours(options))
     rows.append((name, first, t))
-
   # The floor under deletion/insertion: the same number of forwards, bare.
+  x = preprocess.normalize(images, config.data)
   forwards = jnp.asarray(np.tile(x, (2 * (di.steps + 1), 1, 1, 1)))
   bare = jax.jit(model.logits)
   bare(forwards).block_until_ready()
   t_bare, _ = timed(lambda: bare(forwards).block_until_ready())
+  return rows, (forwards.shape[0], t_bare)
 
+
+def time_quantus(twin, x, labels, maps):
+  """Quantus's ROAD (twice: MoRF, and LeRF by reversed maps) and
+  PixelFlipping on the same images and maps; seconds of each."""
+  import quantus  # pylint: disable=g-import-not-at-top
+  from quantus.functions import perturb_func  # pylint: disable=g-import-not-at-top
   x_nchw = x.transpose(0, 3, 1, 2).copy()
   a_nchw = maps.transpose(0, 3, 1, 2).copy()
-  from quantus.functions import perturb_func  # pylint: disable=g-import-not-at-top
 
   def pixel_imputation(arr, indices, **kwargs):
     # Quantus ranks the C*H*W values but imputes H*W pixels (its
@@ -166,7 +176,7 @@ def main():
                         normalise=False, abs=False, disable_warnings=True,
                         perturb_func=pixel_imputation)
   common = dict(model=twin, x_batch=x_nchw, y_batch=labels, device="cpu",
-                batch_size=n)
+                batch_size=len(x))
   tq_morf, _ = timed(lambda: q_road(a_batch=a_nchw, **common))
   reverse = a_nchw.max() + 1.0 - a_nchw  # Least relevant first, positive.
   tq_lerf, _ = timed(lambda: q_road(a_batch=reverse, **common))
@@ -174,7 +184,13 @@ def main():
                                perturb_baseline="black", normalise=False,
                                abs=False, disable_warnings=True)
   tq_pf, _ = timed(lambda: q_pf(a_batch=a_nchw, **common))
+  print(f"Quantus {quantus.__version__}")
+  return tq_morf, tq_lerf, tq_pf
 
+
+def print_table(rows, quantus_times, bare):
+  """Ours against Quantus, and the targets."""
+  tq_morf, tq_lerf, tq_pf = quantus_times
   print(f"{'':24s}{'ours (s)':>10s}{'compile+1st':>13s}{'Quantus (s)':>13s}"
         f"{'ratio':>8s}")
   road_q = tq_morf + tq_lerf
@@ -187,25 +203,43 @@ def main():
   print(f"{'all four curves':24s}{rows[2][2]:10.2f}{rows[2][1]:13.2f}"
         f"{road_q + tq_pf:13.2f}{(road_q + tq_pf) / rows[2][2]:7.1f}x")
   print(f"bare jax.jit forwards of the deletion+insertion images "
-        f"({forwards.shape[0]}, one call): {t_bare:.2f} s, "
-        f"{forwards.shape[0] / t_bare:.0f} images/s")
+        f"({bare[0]}, one call): {bare[1]:.2f} s, "
+        f"{bare[0] / bare[1]:.0f} images/s")
   target = 20.0
   for label, ratio in (("ROAD", road_q / rows[0][2]),
                        ("deletion/insertion", tq_pf / rows[1][2])):
     print(f"{label}: {ratio:.1f}x Quantus (target >= {target:.0f}x): "
           f"{'met' if ratio >= target else 'NOT met'}")
 
+
+def compare_with_retrain(config, source, seconds_per_image: float):
+  """One toy retrain's time against the four curves over the test split."""
+  from roar_jax import training  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as tmp:
+    t_train, _ = timed(lambda: training.train_and_evaluate(
+        config, tmp, source=source))
+  num_test = source.info.num_examples["test"]
+  full = seconds_per_image * num_test
+  print(f"one toy retrain ({config.train.num_steps} steps + test eval): "
+        f"{t_train:.1f} s; all four curves for one estimator over the "
+        f"{num_test} test images (extrapolated from the timed images): "
+        f"{full:.1f} s = {full / t_train:.2f} retrains")
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--images", type=int, default=128)
+  parser.add_argument("--imputation", default="auto")
+  parser.add_argument("--skip_retrain", action="store_true")
+  args = parser.parse_args()
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count() or 1)
+  config, source, images, labels, maps, x, model, twin = setup(args.images)
+  rows, bare = time_ours(config, model, images, labels, maps,
+                         args.imputation)
+  print_table(rows, time_quantus(twin, x, labels, maps), bare)
   if not args.skip_retrain:
-    from roar_jax import training  # pylint: disable=g-import-not-at-top
-    with tempfile.TemporaryDirectory() as tmp:
-      t_train, _ = timed(lambda: training.train_and_evaluate(
-          config, tmp, source=source))
-    per_image = rows[2][2] / n
-    full = per_image * source.info.num_examples["test"]
-    print(f"one toy retrain ({config.train.num_steps} steps + test eval): "
-          f"{t_train:.1f} s; all four curves for one estimator over the "
-          f"{source.info.num_examples['test']} test images (extrapolated "
-          f"from {n}): {full:.1f} s = {full / t_train:.2f} retrains")
+    compare_with_retrain(config, source, rows[2][2] / args.images)
 
 
 if __name__ == "__main__":
