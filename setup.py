@@ -28,7 +28,7 @@ setuptools.setup(
         "numpy>=1.26",
         "scipy>=1.11",
         # One BLAS thread around the banded Cholesky of ROAD's imputation
-        # (data/band_fill.py): threads on its narrow band only wait.
+        # (data/host_fill.py): threads on its narrow band only wait.
         "threadpoolctl>=3.1",
         "pandas>=2.0",
         "matplotlib>=3.8",

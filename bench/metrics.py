@@ -8,12 +8,12 @@ as the project's Flax model and as a PyTorch twin holding the same weights
 ground-truth pattern plus noise), and times, in one run:
 
 - ROAD MoRF + LeRF at 10%, ..., 90%: ours (`metrics.curves`, noisy linear
-  imputation batched on the device) against Quantus's `ROAD` (MoRF only: run
-  once with the maps and once with the reversed maps (max + 1 - a), which removes the least
-  relevant first, i.e. LeRF). Quantus's ROAD ranks the C*H*W values but its
-  imputation indexes the H*W pixels (an IndexError on RGB images), so its
-  perturb_func is wrapped to map value indices to pixels; the maps are equal
-  in every channel, so both rank pixels alike;
+  imputation batched) against Quantus's `ROAD` (MoRF only: run
+  once with the maps and once with the reversed maps (max + 1 - a), which
+  removes the least relevant first, i.e. LeRF). Quantus's ROAD ranks the
+  C*H*W values but its imputation indexes the H*W pixels (an IndexError on
+  RGB images), so its perturb_func is wrapped to map value indices to
+  pixels; the maps are equal in every channel, so both rank pixels alike;
 - deletion + insertion, 16 steps: ours against Quantus's `PixelFlipping`
   (deletion only, 16 steps of 64 pixels, black baseline; its step must
   divide H*W = 1024, so not 20), run once: ours does two curves in the time
@@ -49,40 +49,6 @@ from roar_jax.data import sources  # noqa: E402
 from roar_jax.data import synthetic  # noqa: E402
 
 
-def torch_twin(variables, width: int, num_classes: int):
-  """The SmallCNN in PyTorch, with the Flax variables' weights."""
-  import torch  # pylint: disable=g-import-not-at-top
-  from torch import nn  # pylint: disable=g-import-not-at-top
-
-  class Twin(nn.Module):
-
-    def __init__(self):
-      super().__init__()
-      self.c1 = nn.Conv2d(3, width, 3, padding=1)
-      self.c2 = nn.Conv2d(width, 2 * width, 3, padding=1)
-      self.c3 = nn.Conv2d(2 * width, 4 * width, 3, padding=1)
-      self.fc = nn.Linear(4 * width, num_classes)
-
-    def forward(self, x):
-      pool = nn.functional.max_pool2d
-      x = pool(torch.relu(self.c1(x)), 2)
-      x = pool(torch.relu(self.c2(x)), 2)
-      x = pool(torch.relu(self.c3(x)), 2)
-      return self.fc(x.mean(dim=(2, 3)))
-
-  twin = Twin().eval()
-  p = jax.tree.map(np.asarray, variables["params"])
-  with torch.no_grad():
-    for name, layer in (("conv1", twin.c1), ("conv2", twin.c2),
-                        ("conv3", twin.c3)):
-      layer.weight.copy_(torch.from_numpy(
-          p[name]["kernel"].transpose(3, 2, 0, 1).copy()))
-      layer.bias.copy_(torch.from_numpy(p[name]["bias"]))
-    twin.fc.weight.copy_(torch.from_numpy(p["logits"]["kernel"].T.copy()))
-    twin.fc.bias.copy_(torch.from_numpy(p["logits"]["bias"]))
-  return twin
-
-
 def timed(fn):
   start = time.perf_counter()
   out = fn()
@@ -96,6 +62,7 @@ def setup(n: int):
     (config, source, images, labels, maps, x (normalized), model, twin).
   """
   import torch  # pylint: disable=g-import-not-at-top
+  from bench import torch_twins  # pylint: disable=g-import-not-at-top
   config = config_lib.load("toy")
   source = sources.get_source(config.data)
   images, labels = source.arrays("test")
@@ -109,7 +76,8 @@ def setup(n: int):
   module = models.get_model(config.model, 4)
   variables = module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   model = saliency.explainable(module, variables)
-  twin = torch_twin(variables, width, 4)
+  # The same weights in torch, parameters trainable as Quantus expects.
+  twin = torch_twins.small_cnn(variables["params"]).eval()
   with torch.no_grad():
     t_logits = twin(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
   gap = np.abs(t_logits - np.asarray(model.logits(jnp.asarray(x)))).max()

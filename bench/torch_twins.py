@@ -23,11 +23,12 @@ import torch.nn.functional as F
 class SmallCNN(nn.Module):
   """Three conv-ReLU-max-pool stages, global mean pool and a linear head."""
 
-  def __init__(self):
+  def __init__(self, width: int = 32, num_classes: int = 10):
     super().__init__()
+    sizes = ((3, width), (width, 2 * width), (2 * width, 4 * width))
     self.convs = nn.ModuleList([nn.Conv2d(i, o, 3, padding=1)
-                                for i, o in ((3, 32), (32, 64), (64, 128))])
-    self.fc = nn.Linear(128, 10)
+                                for i, o in sizes])
+    self.fc = nn.Linear(4 * width, num_classes)
 
   def forward(self, x):
     for conv in self.convs:
@@ -126,8 +127,10 @@ def set_block(block: Block, params: dict, stats: dict) -> None:
 
 
 def small_cnn(params: dict) -> SmallCNN:
-  """The SmallCNN twin holding the Flax SmallCNN(10)'s `params`."""
-  net = SmallCNN()
+  """The SmallCNN twin holding a Flax SmallCNN's `params` (its width and
+  classes read from their shapes)."""
+  width, num_classes = np.shape(params["logits"]["kernel"])
+  net = SmallCNN(width // 4, num_classes)
   for conv, name in zip(net.convs, ("conv1", "conv2", "conv3")):
     set_conv(conv, params[name])
   set_dense(net.fc, params["logits"])

@@ -12,8 +12,8 @@ ROAD's noisy linear imputation (Rong et al. 2022), which hides the mask's
 shape. 11 estimators x 2 modes x 2 thresholds x 2 fills x 3 seeds = 264
 retrains, each from scratch, beside the no-retrain metrics and the
 mask-leakage probe. One run took 92 min on 2 cores shared with other jobs
-(the retrains: 58 min, 13 s each). The report (W/report/) sets the fills side by side, with every
-estimator's verdict against random under each.
+(the retrains: 58 min, 13 s each). The report (W/report/) sets the fills
+side by side, with every estimator's verdict against random under each.
 
 To fit an hour, everything is small: the small CNN (width 16) on the first
 5,000 training and 1,000 test images; 200 Adam steps at batch 64 (about 2.5
@@ -27,7 +27,6 @@ does not reproduce.
 Data: ../shared/data/cifar10-jpeg.tar.gz when this checkout has it, else TFDS
 `cifar10`.
 """
-
 
 import ml_collections
 

@@ -26,14 +26,13 @@ Data: ../shared/data/fashion-mnist (IDX files) when this checkout has it,
 else TFDS `fashion_mnist`.
 """
 
-
 import ml_collections
 
 from roar_jax.config import defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = defaults.load("fashion_mnist")  # configs/fashion_mnist.py: this config extends it.
+  c = defaults.load("fashion_mnist")  # This config extends that one.
   c.data.path = defaults.shared_path("fashion-mnist")
 
   # True-label training, shared by both models (reduced; see the docstring).

@@ -4,8 +4,8 @@ of `degradation.noisy_linear_fill`."""
 import numpy as np
 import pytest
 
-from roar_jax.data import band_fill
 from roar_jax.data import degradation
+from roar_jax.data import host_fill
 from roar_jax.data import imputation
 
 
@@ -48,8 +48,8 @@ def test_batched_imputation_equals_the_reference(granularity, solver):
   m = removed if removed.ndim == 4 else removed[..., None]
   x = images / 255.0
   fills = {"cg": imputation.harmonic_fill,
-           "scipy": imputation.harmonic_fill_scipy,
-           "banded": band_fill.harmonic_fill_banded}
+           "scipy": host_fill.harmonic_fill_scipy,
+           "banded": host_fill.harmonic_fill_banded}
   filled = np.asarray(fills[solver](x, m))
   got = np.where(m, filled + noise, x)
   np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
@@ -85,17 +85,17 @@ def test_float32_cg_is_close_and_removing_everything_is_refused():
 def test_banded_chunks_agree_and_a_singular_system_is_refused(monkeypatch):
   images, removed, _ = _case("value", seed=2)
   x = images / 255.0
-  whole = band_fill.harmonic_fill_banded(x, removed)
-  np.testing.assert_allclose(whole, imputation.harmonic_fill_scipy(x, removed),
+  whole = host_fill.harmonic_fill_banded(x, removed)
+  np.testing.assert_allclose(whole, host_fill.harmonic_fill_scipy(x, removed),
                              atol=1e-12, rtol=0)
   # One image (channel) per LAPACK call: the stacked systems do not couple.
-  monkeypatch.setattr(band_fill, "CHUNK_BYTES", 1)
-  np.testing.assert_allclose(band_fill.harmonic_fill_banded(x, removed),
+  monkeypatch.setattr(host_fill, "CHUNK_BYTES", 1)
+  np.testing.assert_allclose(host_fill.harmonic_fill_banded(x, removed),
                              whole, atol=1e-12, rtol=0)
   full = np.zeros(images.shape[:3] + (1,), bool)
   full[3] = True
   with pytest.raises(ValueError, match="every pixel of image 3"):
-    band_fill.harmonic_fill_banded(x, full)
+    host_fill.harmonic_fill_banded(x, full)
 
 
 def test_auto_solves_on_the_host_on_a_cpu():

@@ -19,9 +19,9 @@ once, three ways:
   iteration is one 3x3 stencil over the batch, and each (image, channel)
   system keeps its own step sizes. Kept values are never written.
 - `solver='banded'`: on the host, one banded Cholesky solve (LAPACK) for the
-  stacked systems of many images (`band_fill.py`); the fastest on a CPU.
-- `solver='scipy'`: the systems of the whole batch as one block-diagonal
-  sparse matrix, built without a Python loop over images, one `spsolve`.
+  stacked systems of many images (`host_fill.py`); the fastest on a CPU.
+- `solver='scipy'`: the same stacked systems as one sparse matrix, one
+  `spsolve` (`host_fill.py`).
 
 `solver='auto'` picks 'banded' when JAX runs on the CPU and 'cg' on an
 accelerator. All agree with the reference to 1e-5 before rounding
@@ -33,11 +33,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.sparse
-import scipy.sparse.linalg
 
-from roar_jax.data import band_fill
 from roar_jax.data import degradation as degrade_lib
+from roar_jax.data import host_fill
 
 SOLVERS = ("auto", "banded", "cg", "scipy")
 PRECISIONS = ("float64", "float32")
@@ -197,59 +195,6 @@ def _push_pull(values, weights):
   return filled[..., :h, :w, :]
 
 
-def harmonic_fill_scipy(x: np.ndarray, removed: np.ndarray) -> np.ndarray:
-  """`harmonic_fill` with one sparse direct solve for the whole batch.
-
-  Args:
-    x: float [B, H, W, C] in [0, 1] units.
-    removed: bool [B, H, W, 1] or [B, H, W, C].
-
-  Returns:
-    float64 [B, H, W, C].
-  """
-  x = np.asarray(x, dtype=np.float64)
-  removed = np.asarray(removed, dtype=bool)
-  b, h, w, c = x.shape
-  if removed.shape[-1] == 1:
-    # One matrix per image, one right-hand side per channel.
-    xs, ms = x, removed[..., 0]
-  else:
-    # Every channel its own mask: images of one channel each.
-    xs = np.moveaxis(x, -1, 1).reshape(b * c, h, w, 1)
-    ms = np.moveaxis(removed, -1, 1).reshape(b * c, h, w)
-  out = xs.copy()
-  k = xs.shape[-1]
-  img, rows, cols = np.nonzero(ms)
-  n = img.size
-  if n:
-    unknown = np.full(ms.shape, -1, dtype=np.int64)
-    unknown[img, rows, cols] = np.arange(n)
-    diag = np.zeros(n)
-    rhs = np.zeros((n, k))
-    a_rows, a_cols, a_vals = [np.arange(n)], [np.arange(n)], []
-    for dy, dx, wt in degrade_lib._NEIGHBOURS:  # pylint: disable=protected-access
-      nr, nc = rows + dy, cols + dx
-      inside = (nr >= 0) & (nr < h) & (nc >= 0) & (nc < w)
-      diag[inside] += wt
-      eq = np.nonzero(inside)[0]
-      nid = unknown[img[eq], nr[eq], nc[eq]]
-      var = nid >= 0
-      a_rows.append(eq[var])
-      a_cols.append(nid[var])
-      a_vals.append(np.full(var.sum(), -wt))
-      known = eq[~var]
-      rhs[known] += wt * xs[img[known], nr[known], nc[known]]
-    a_vals.insert(0, diag)
-    matrix = scipy.sparse.csc_matrix(
-        (np.concatenate(a_vals), (np.concatenate(a_rows),
-                                  np.concatenate(a_cols))), shape=(n, n))
-    solution = np.asarray(scipy.sparse.linalg.spsolve(matrix, rhs))
-    out[img, rows, cols] = solution.reshape(n, k)
-  if removed.shape[-1] != 1:
-    out = np.moveaxis(out.reshape(b, c, h, w), 1, -1)
-  return out
-
-
 def resolve_solver(solver: str) -> str:
   """'auto' -> 'banded' on a CPU backend, 'cg' on an accelerator."""
   if solver not in SOLVERS:
@@ -310,8 +255,8 @@ def noisy_linear(images, removed, noise_values, *, solver: str = "auto",
     removed = np.asarray(removed, dtype=bool).reshape(
         (-1,) + np.shape(removed)[-3:])
     noise_values = np.asarray(noise_values).reshape(images.shape)
-    fill = (band_fill.harmonic_fill_banded if solver == "banded" else
-            harmonic_fill_scipy)
+    fill = (host_fill.harmonic_fill_banded if solver == "banded" else
+            host_fill.harmonic_fill_scipy)
     filled = fill(images / 255.0, removed)
     values = np.floor(np.clip(filled + noise_values, 0.0, 1.0) * 255.0 + 0.5)
     return np.where(removed, values.astype(np.uint8), images).reshape(shape)

@@ -158,9 +158,6 @@ def _road_impute(images, removed, noise, *, solver: str, precision: str,
   b, o, t = removed.shape[:3]
   x = jnp.broadcast_to(images[:, None, None], (b, o, t) + images.shape[1:])
   nz = jnp.broadcast_to(noise[:, None, None], x.shape)
-  solver = imputation_lib.resolve_solver(solver)
-  if solver != "cg":  # On the host.
-    x, removed, nz = np.asarray(x), np.asarray(removed), np.asarray(nz)
   return jnp.asarray(imputation_lib.noisy_linear(
       x, removed, nz, solver=solver, precision=precision, mesh=mesh))
 

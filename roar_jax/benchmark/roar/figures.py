@@ -200,8 +200,8 @@ def mode_figure(rows: pd.DataFrame, mode: str, *, style_of,
   present = {e: s for e, s in style_of.items()
              if e in set(rows["estimator"])}
   for ax, fill in zip(axes, fills):
-    _draw_panel(ax, rows[rows["fill"] == fill], mode, present, base_accuracy=base_accuracy,
-                num_classes=num_classes)
+    _draw_panel(ax, rows[rows["fill"] == fill], mode, present,
+                base_accuracy=base_accuracy, num_classes=num_classes)
     if len(fills) > 1:
       ax.set_title(f"fill: {fill}", fontsize=10)
   axes[0].set_ylabel("test accuracy (axis fixed at 0 to 1)")
