@@ -4,9 +4,15 @@ A ranking is stored per image as levels in [0, NUM_LEVELS): level q holds the
 positions whose rank lies in [q%, (q+1)%) of all positions (level 0 the most
 important). A threshold t covers k = round(100 t) levels, so thresholds are
 whole percents; ROAR removes the k top levels, KAR keeps them and removes the
-rest. Every stage that ranks, degrades, names files or validates a config
-reads these definitions from here. Pure numpy: saliency may import it.
+rest. The rounding is half up on the threshold as written (0.125 is 13%,
+0.145 is 15%), and it is the only one: removal, file names, fingerprints and
+the config's collision check all call `threshold_level`, so a name never
+says another percent than the pixels removed. Every stage that ranks,
+degrades, names files or validates a config reads these definitions from
+here. Pure numpy: saliency may import it.
 """
+
+import decimal
 
 import numpy as np
 
@@ -34,8 +40,17 @@ def threshold_level(threshold: float) -> int:
                      ) from None
   if not 0.0 <= t <= 1.0:  # Also rejects NaN.
     raise ValueError(f"threshold={threshold!r} must lie in [0, 1]")
-  # Round half up (not half to even): 0.125 -> 13 like a person would round.
-  return int(np.floor(NUM_LEVELS * t + 0.5))
+  # Half up on the decimal the user wrote (repr gives the shortest decimal
+  # that reads back as t): 0.125 -> 13 and 0.145 -> 15, as a person rounds,
+  # where 100 * 0.145 in binary is 14.4999... and Python's round() would
+  # round half to even (0.125 -> 12).
+  percent = decimal.Decimal(repr(t)) * NUM_LEVELS
+  return int(percent.quantize(decimal.Decimal(1), decimal.ROUND_HALF_UP))
+
+
+def percent_name(threshold: float) -> str:
+  """The threshold as file names spell it: 't013' for 0.125."""
+  return f"t{threshold_level(threshold):03d}"
 
 
 def check_mode(mode: str) -> str:

@@ -37,6 +37,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from etils import epath
 
+from roar_jax import levels as levels_lib
+
 PathLike = str | os.PathLike
 
 CONFIG_FILE = "config.json"
@@ -220,10 +222,11 @@ def unit_name(estimator: str, mode: str, threshold: float,
               seed: int | None = None, fill: str | None = None) -> str:
   """A unit's file-system name, e.g. `var.gradient__roar__t050__seed1`.
 
-  The threshold is stored in whole percents: the config validation refuses
+  The threshold is stored in whole percents, rounded as pixel removal
+  rounds (`levels.threshold_level`); the config validation refuses
   thresholds that share one. A non-default fill is part of the name.
   """
-  name = f"{estimator}__{mode}__t{round(threshold * 100):03d}"
+  name = f"{estimator}__{mode}__{levels_lib.percent_name(threshold)}"
   if fill is not None:
     name += f"__{fill}"
   return name if seed is None else f"{name}__seed{seed}"

@@ -148,13 +148,49 @@ def test_second_process_stops_within_seconds_in_one_line(tmp_path):
   assert not (tmp_path / "base").exists()  # Nothing was done.
 
 
-@pytest.mark.parametrize("thresholds", [(0.5, 0.504), (0.5, 0.5)])
-def test_thresholds_sharing_a_percent_are_refused(thresholds):
+@pytest.mark.parametrize("thresholds,percent", [
+    ((0.5, 0.504), 50), ((0.5, 0.5), 50),
+    # 0.125 removes 13% of the pixels (half up), so it is 0.13's percent.
+    ((0.125, 0.13), 13)])
+def test_thresholds_sharing_a_percent_are_refused(thresholds, percent):
   config = _config(thresholds=thresholds)
+  first, second = (str(t).replace(".", r"\.") for t in thresholds)
   with pytest.raises(config_pkg.ConfigError,
-                     match=r"config.roar.thresholds: 0.5 and 0.5(04)? are the "
-                     r"same threshold in whole percents \(50%\)"):
+                     match=rf"config.roar.thresholds: {first} and {second} "
+                     rf"are the same threshold in whole percents "
+                     rf"\({percent}%\)"):
     config_pkg.validate(config, "roar")
+  # 0.12 and 0.125 are two percents, 12 and 13.
+  config_pkg.validate(_config(thresholds=(0.12, 0.125)), "roar")
+
+
+def test_one_rounding_rule_for_removal_names_and_fingerprints(tmp_path):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from roar_jax import levels as levels_lib  # pylint: disable=g-import-not-at-top
+  # Removal: 0.125 removes the levels 0..12, 13 of 100; 0.145 removes 15.
+  removed = levels_lib.removal_mask(np.arange(100), threshold=0.125,
+                                    mode="roar")
+  assert removed.sum() == 13
+  assert levels_lib.removal_mask(np.arange(100), threshold=0.145,
+                                 mode="roar").sum() == 15
+  # The name says the percent removed.
+  assert workdir_lib.unit_name("gradient", "roar", 0.125) == (
+      "gradient__roar__t013")
+  assert workdir_lib.unit_name("gradient", "roar", 0.145, 0) == (
+      "gradient__roar__t015__seed0")
+  # A run at 0.125 leaves results that a rerun at 0.12 neither finds under
+  # its names nor accepts under its fingerprints.
+  done = _lay_down(_config(thresholds=(0.125,)), str(tmp_path))
+  rerun = grid.plan_of(_config(thresholds=(0.12,)), str(tmp_path))
+  for unit_125, unit_12 in zip(sorted(done.results), sorted(rerun.results)):
+    assert done.results[unit_125].path != rerun.results[unit_12].path
+    assert (done.datasets[unit_125.key].record["fields"]["threshold_percent"],
+            rerun.datasets[unit_12.key].record["fields"][
+                "threshold_percent"]) == (13, 12)
+    assert not grid.is_done(rerun, unit_12)
+  # ... and 0.13, the same 13 levels, finds 0.125's result.
+  same = grid.plan_of(_config(thresholds=(0.13,)), str(tmp_path))
+  assert all(grid.is_done(same, u) for u in same.results)
 
 
 def test_unchanged_config_reuses_every_artifact(tmp_path):

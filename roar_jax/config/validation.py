@@ -106,10 +106,11 @@ def _validate_train(config, devices: int):
 
 def _check_distinct_percents(thresholds):
   """Thresholds are stored in whole percents (file names, the rank store's
-  100 levels): two that round to one percent would share a result file."""
+  100 levels): two that round to one percent would share a result file and
+  remove the same pixels. The rounding is pixel removal's."""
   seen = {}
   for t in thresholds:
-    percent = round(float(t) * 100)
+    percent = levels_lib.threshold_level(t)
     _require(percent not in seen,
              f"config.roar.thresholds: {seen.get(percent)!r} and {t!r} are "
              f"the same threshold in whole percents ({percent}%); each must "

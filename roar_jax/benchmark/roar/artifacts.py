@@ -182,7 +182,7 @@ def plan(config, wd: workdir_lib.Workdir, units) -> Plan:
       name = dataset_name(key)
       fill_fields, fill_inputs = fill_of[unit.fill]
       fields = {**fill_fields, "mode": unit.mode,
-                "threshold_percent": round(unit.threshold * 100)}
+                "threshold_percent": levels_lib.threshold_level(unit.threshold)}
       datasets[key] = _artifact(
           "degraded dataset", wd.dataset(name), fields,
           {"ranks": ranks[unit.estimator], **fill_inputs})

@@ -150,7 +150,8 @@ def plan_artifacts(config, plan) -> dict[tuple[str, str, float],
   for key in plan.removals():
     est, mode, thr = key
     name = workdir_lib.unit_name(est, mode, thr)
-    fields = {**train, "mode": mode, "threshold_percent": round(thr * 100)}
+    fields = {**train, "mode": mode,
+              "threshold_percent": levels_lib.threshold_level(thr)}
     inputs = {"ranks": plan.ranks[est].fingerprint}
     record = provenance_lib.provenance(fields, inputs)
     out[key] = (
