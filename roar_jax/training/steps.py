@@ -71,13 +71,16 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]):
 
   Args:
     state: the train state (BatchNorm in inference mode).
-    batch: {'image', 'label', 'mask'}.
+    batch: {'image', 'label', 'mask', 'index'} (index -1 on padded rows).
 
   Returns:
-    {'correct', 'loss', 'count'}: sums over the real rows of the batch.
+    ({'correct', 'loss', 'count'}: sums over the real rows of the batch,
+     {'correct', 'index'}: per row, for the per-image record of a result).
   """
   logits = state.apply_fn(variables_of(state), batch["image"], train=False)
   mask = batch["mask"]
   correct = (jnp.argmax(logits, -1) == batch["label"]) * mask
   loss = _loss(logits, batch["label"], logits.shape[-1], 0.0) * mask
-  return {"correct": correct.sum(), "loss": loss.sum(), "count": mask.sum()}
+  sums = {"correct": correct.sum(), "loss": loss.sum(), "count": mask.sum()}
+  rows = {"correct": correct.astype(jnp.int8), "index": batch["index"]}
+  return sums, rows

@@ -31,6 +31,8 @@ from roar_jax.data import sources
 from roar_jax.training import checkpoints
 from roar_jax.training import mesh as mesh_lib
 from roar_jax.training import optimizers
+from roar_jax.training import resumes
+from roar_jax.training import per_image
 from roar_jax.training import steps
 
 METRICS_FILE = "metrics.json"
@@ -111,25 +113,39 @@ def _input_shape(config, info) -> tuple[int, int, int]:
 
 
 def evaluate(state, source, config, mesh: Mesh, split: str = "test",
-             desc: str = "eval") -> dict[str, float]:
-  """Accuracy and loss of `state` over the whole `split` of `source`."""
+             desc: str = "eval") -> dict[str, Any]:
+  """Accuracy and loss of `state` over the whole `split` of `source`.
+
+  Returns:
+    {'accuracy', 'loss', 'num_examples', 'correct_bits'}: the last is which
+    images the model classifies correctly, in the split's image-index order
+    (`per_image.encode`), so that results pair by image across units.
+  """
   _, eval_fn = _compiled_steps(mesh, float(config.train.label_smoothing))
-  totals = None
+  totals, rows = None, []
   batches = pipeline.eval_iterator(
       source, config.data, split,
       global_batch_size=config.train.eval_batch_size,
       process_index=jax.process_index(), process_count=jax.process_count())
   for batch in tqdm.tqdm(batches, desc=desc, leave=False, disable=None):
-    batch = {k: batch[k] for k in ("image", "label", "mask")}
-    out = eval_fn(state, mesh_lib.to_global(batch, mesh))
+    batch = {k: batch[k] for k in ("image", "label", "mask", "index")}
+    out, batch_rows = eval_fn(state, mesh_lib.to_global(batch, mesh))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+    rows.append(batch_rows)
   totals = jax.device_get(totals)
   count = float(totals["count"])
   if count == 0:
     raise ValueError(f"split {split!r} of dataset {source.info.name!r} is "
                      "empty")
+  # The rows are replicated (eval_fn's out_shardings), so every process
+  # holds every image's bit.
+  rows = jax.device_get(rows)
+  bits = per_image.in_index_order(
+      np.concatenate([r["correct"] for r in rows]),
+      np.concatenate([r["index"] for r in rows]))
   return {"accuracy": float(totals["correct"]) / count,
-          "loss": float(totals["loss"]) / count, "num_examples": int(count)}
+          "loss": float(totals["loss"]) / count, "num_examples": int(count),
+          "correct_bits": per_image.encode(bits)}
 
 
 def params_checksum(state) -> str:
@@ -141,6 +157,11 @@ def params_checksum(state) -> str:
     data = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
     digest.update(np.ascontiguousarray(np.asarray(data)).tobytes())
   return digest.hexdigest()[:16]
+
+
+def data_seed(config) -> int:
+  """The seed of a run's training data order and augmentation."""
+  return int(config.seed) * 1_000_003
 
 
 def _summary_writer(config, workdir: str, step: int):
@@ -162,11 +183,11 @@ def _train_loop(config, workdir: str, state, start_step: int, source, mesh,
   step_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
   run_name = os.path.basename(workdir.rstrip("/"))
   writer = _summary_writer(config, workdir, start_step)
-  # A resumed run reshuffles from a seed tied to its start step: it sees a
-  # fresh order instead of replaying the batches before the interruption.
+  # The data order is a function of (seed, step): a resumed run starts at
+  # the batch an uninterrupted run would take next.
   batches = pipeline.train_iterator(
       source, config.data, global_batch_size=tc.batch_size,
-      seed=int(config.seed) * 1_000_003 + start_step,
+      seed=data_seed(config), start_step=start_step,
       process_index=jax.process_index(), process_count=jax.process_count())
   log_every = int(tc.log_every)
   ckpt_every = int(tc.checkpoint_every) or num_steps
@@ -219,9 +240,11 @@ def _final_metrics(config, workdir, state, source, mesh, last, wall_time
   result = {
       "test_accuracy": test["accuracy"], "test_loss": test["loss"],
       "num_test_examples": test["num_examples"],
+      "test_correct_bits": test["correct_bits"],
       "steps": int(config.train.num_steps),
       "train_loss": last.get("loss"), "train_accuracy": last.get("accuracy"),
       "wall_time_s": wall_time, "params_checksum": params_checksum(state),
+      "resumed_from_steps": resumes.steps(workdir),
   }
   if config.train.eval_train:
     result["train_eval_accuracy"] = evaluate(
@@ -249,7 +272,8 @@ def train_and_evaluate(config, workdir: str, *, source=None,
 
   Returns:
     {'test_accuracy', 'test_loss', 'train_loss', 'train_accuracy', 'steps',
-     'num_test_examples', 'wall_time_s', 'params_checksum'} (plus
+     'num_test_examples', 'test_correct_bits', 'wall_time_s',
+     'params_checksum'} (plus
     'train_eval_accuracy' when `config.train.eval_train` is set).
   """
   start_time = time.time()
@@ -265,9 +289,10 @@ def train_and_evaluate(config, workdir: str, *, source=None,
       mngr, state, workdir_lib.join(workdir, "checkpoints"))
   num_steps = int(config.train.num_steps)
   last = {}
-  if start_step:
+  if 0 < start_step < num_steps:
     logging.info("Resuming %s from step %d of %d", workdir, start_step,
                  num_steps)
+    resumes.record(workdir, start_step)
   if start_step < num_steps:
     state, last = _train_loop(config, workdir, state, start_step, source,
                               mesh, mngr, step_callback)
