@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from roar_jax.config import defaults as config_lib
+from roar_jax.data import order
 from roar_jax.data import pipeline
 from roar_jax.data import preprocess
 from roar_jax.data import source_protocol as source_lib
@@ -155,15 +156,65 @@ def test_train_batches_are_deterministic_shuffled_and_per_process():
     np.testing.assert_array_equal(x["image"], y["image"])
     np.testing.assert_array_equal(x["label"], y["label"])
   assert not np.array_equal(a[0]["label"], c[0]["label"])
-  # One epoch of 30 = 3 batches: every example once, shuffled.
+  # One epoch of 30 = 3 batches: every example once, shuffled, in the
+  # order's permutation of (seed 0, epoch 0).
   epoch = np.concatenate([x["label"] for x in a])
   assert sorted(epoch.tolist()) == list(range(30))
   assert epoch.tolist() != list(range(30))
-  # Two processes: local batches of 5 from disjoint halves.
-  p0 = np.concatenate([x["label"] for x in first_batches(0, 0, 2)])
-  p1 = np.concatenate([x["label"] for x in first_batches(0, 1, 2)])
-  assert p0.shape == (15,) and set(p0) == set(range(15))
-  assert set(p1) == set(range(15, 30))
+  np.testing.assert_array_equal(epoch, order.epoch_permutation(0, 0, 30))
+  # Two processes: each takes its contiguous half of every global batch,
+  # augmented alike, so the global batches are the 1-process batches.
+  halves = [first_batches(0, p, 2) for p in range(2)]
+  for step, whole in enumerate(a):
+    for key in ("image", "label"):
+      np.testing.assert_array_equal(
+          np.concatenate([halves[0][step][key], halves[1][step][key]]),
+          whole[key])
+
+
+def test_global_batches_are_a_pure_function_of_seed_and_step():
+  # 25 examples, batches of 10: batch 2 spans the end of epoch 0 and the
+  # start of epoch 1, whose permutations are independent draws.
+  n, batch = 25, 10
+  p0, p1 = order.epoch_permutation(7, 0, n), order.epoch_permutation(7, 1, n)
+  assert sorted(p0.tolist()) == sorted(p1.tolist()) == list(range(n))
+  assert not np.array_equal(p0, p1)
+  np.testing.assert_array_equal(order.global_batch_indices(7, 2, batch, n),
+                                np.concatenate([p0[20:], p1[:5]]))
+  np.testing.assert_array_equal(order.global_batch_indices(7, 5, batch, n),
+                                order.epoch_permutation(7, 2, n)[:10])
+  # A run started at step 4 yields what an uninterrupted run yields at its
+  # fifth batch: images and augmentation alike (no replay from the start).
+  src = _numbered_source(n_train=n)
+  config = _config(augment="crop_flip")
+  run = pipeline.train_iterator(src, config, global_batch_size=batch, seed=7)
+  batches = [next(run) for _ in range(6)]
+  resumed = pipeline.train_iterator(src, config, global_batch_size=batch,
+                                    seed=7, start_step=4)
+  for step in (4, 5):
+    got = next(resumed)
+    np.testing.assert_array_equal(
+        got["label"], order.global_batch_indices(7, step, batch, n))
+    np.testing.assert_array_equal(got["image"], batches[step]["image"])
+
+
+def test_streamed_split_resumes_at_its_step():
+  # A split read as a stream (data.cache=False) keeps each process's own
+  # order, but a run started at step s still yields batch s of an
+  # uninterrupted run: the epoch is reshuffled from (seed, epoch) and
+  # skipped into.
+  src = _numbered_source(n_train=25)
+  config = _config(cache=False, augment="crop_flip")
+  run = pipeline.train_iterator(src, config, global_batch_size=10, seed=3)
+  batches = [next(run) for _ in range(6)]
+  epochs = np.concatenate([b["label"] for b in batches])
+  assert sorted(epochs[:25].tolist()) == list(range(25))
+  resumed = pipeline.train_iterator(src, config, global_batch_size=10, seed=3,
+                                    start_step=3)
+  for step in (3, 4, 5):
+    got = next(resumed)
+    np.testing.assert_array_equal(got["label"], batches[step]["label"])
+    np.testing.assert_array_equal(got["image"], batches[step]["image"])
 
 
 def _shifted_flipped(original, pad):
