@@ -177,10 +177,52 @@ def _run_mode(config, workdir: str, mode: str, recompute: bool):
   return out
 
 
+def last_override_wins(argv: list[str]) -> list[str]:
+  """Keeps only the last of a `--config.<field>` override given twice.
+
+  absl's convention for a repeated flag is that the last value wins;
+  ml_collections instead joins repeated overrides of a tuple field, so
+  `--config.roar.thresholds=0.1 --config.roar.thresholds=0.5` would run both
+  thresholds, and a second thought would silently double the grid. Here
+  every field follows absl; a tuple is given as one value,
+  `--config.roar.thresholds=0.1,0.5` or
+  `--config.explain.estimators="('gradient', 'random')"`. A dropped override
+  is reported on stderr.
+
+  Args:
+    argv: the command line, program name first.
+
+  Returns:
+    argv without the overrides that a later one of the same field replaces.
+  """
+  groups, i = [], 0  # (field or None, tokens), in order.
+  while i < len(argv):
+    token, field = argv[i], None
+    tokens = [token]
+    if token.startswith("--config."):
+      field = token[2:].split("=", 1)[0]
+      if "=" not in token and i + 1 < len(argv) and not argv[
+          i + 1].startswith("--"):
+        tokens.append(argv[i + 1])  # `--config.field value`.
+        i += 1
+    groups.append((field, tokens))
+    i += 1
+  last = {field: n for n, (field, _) in enumerate(groups) if field}
+  out = []
+  for n, (field, tokens) in enumerate(groups):
+    if field and last[field] != n:
+      print(f"warning: --{field} is given more than once; the last value "
+            f"wins ({' '.join(groups[last[field]][1])} replaces "
+            f"{' '.join(tokens)})", file=sys.stderr)
+      continue
+    out.extend(tokens)
+  return out
+
+
 def _parse_flags(argv):
   """Parses flags; a bad --config.<field> override exits with one line."""
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(last_override_wins(argv))
   except flags.Error as e:
     sys.exit(f"flag error: {e}")
   except (AttributeError, KeyError) as e:

@@ -150,3 +150,72 @@ def test_cifar10_study_runs_the_grid_it_states():
   assert {e for e in c.explain.estimators if "." not in e} == {
       "random", "sobel", *base}
   assert {explain.transform_for(c.explain, e) for e in base} == {"signed"}
+
+
+def test_unknown_field_in_a_config_file_is_refused_with_the_closest():
+  config = load_config("toy")
+  with config.unlocked():
+    config.train.num_stepz = 5  # As `c.train.num_stepz = 5` in a file.
+  with pytest.raises(validate.ConfigError, match=re.escape(
+      "config.train.num_stepz: the config has no such field (set in the "
+      "config file?); did you mean train.num_steps?")):
+    validate.validate(config, "train")
+  config = load_config("toy")
+  with config.unlocked():
+    config.explain.methods.occlusion_windw = 4
+  with pytest.raises(validate.ConfigError, match=re.escape(
+      "did you mean explain.methods.occlusion_window?")):
+    validate.validate(config, "roar")
+  # Sections users fill stay open: a dataset's and a model's options, the
+  # Ray tasks' environment and resources, a stage's own section.
+  config = load_config("toy")
+  with config.unlocked():
+    config.data.toy.num_shapes = 3
+    config.model.small_cnn.depth = 2
+    config.grid.ray_env_vars.XLA_FLAGS = "--xla_dump_to=/tmp"
+    config.grid.ray_resources.TPU = 4
+  validate.check_known_fields(config)
+  for name in ("cifar10", "fashion_mnist_sanity", "synthetic_linear",
+               "birdsnap_resnet50"):
+    validate.check_known_fields(config_lib.load(name))
+
+
+def _run_cli(*args, timeout=120):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  return subprocess.run([sys.executable, *args], capture_output=True,
+                        text=True, timeout=timeout, cwd=REPO)
+
+
+def test_config_file_typo_stops_the_command_line_in_one_line(tmp_path):
+  bad = tmp_path / "bad.py"
+  bad.write_text(
+      "from roar_jax.config import defaults\n\n"
+      "def get_config():\n"
+      "  c = defaults.base_config()\n"
+      "  c.train.num_stepz = 5\n"
+      "  return c\n")
+  out = _run_cli("-m", "roar_jax.main", f"--config={bad}",
+                 f"--workdir={tmp_path / 'w'}", "--mode=train")
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1] == (
+      "config error: config.train.num_stepz: the config has no such field "
+      "(set in the config file?); did you mean train.num_steps?")
+  assert not (tmp_path / "w" / "base").exists()
+
+
+def test_a_repeated_flag_takes_the_last_value():
+  code = ("import sys; from roar_jax import main; main._parse_flags(sys.argv);"
+          "c = main._CONFIG.value;"
+          "print(c.roar.thresholds, c.train.num_steps, c.explain.estimators)")
+  out = _run_cli(
+      "-c", code, "--config=configs/toy.py", "--workdir=/unused",
+      "--config.roar.thresholds=0.1,0.2", "--config.roar.thresholds=0.5",
+      "--config.train.num_steps=3", "--config.train.num_steps", "7",
+      "--config.explain.estimators", "gradient",
+      "--config.explain.estimators=('random', 'sobel')")
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.split("\n")[-2] == "(0.5,) 7 ('random', 'sobel')"
+  assert ("warning: --config.roar.thresholds is given more than once; the "
+          "last value wins (--config.roar.thresholds=0.5 replaces "
+          "--config.roar.thresholds=0.1,0.2)") in out.stderr

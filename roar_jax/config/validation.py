@@ -5,12 +5,16 @@ typo costs a second, not a crashed job an hour later.
 """
 
 import dataclasses
+import difflib
 import os
+from typing import Any, Mapping
 
 import jax
 
 from roar_jax import levels as levels_lib
 from roar_jax import models
+from roar_jax.benchmark.roar import estimator_names
+from roar_jax.config import defaults as defaults_lib
 # Names only: the validation imports no TensorFlow, so a bad field fails fast.
 from roar_jax.data import names as data_names
 
@@ -18,6 +22,17 @@ from roar_jax.data import names as data_names
 DATASETS = data_names.KNOWN_DATASETS + ("synthetic_linear",)
 MODES = levels_lib.MODES
 FILLS = levels_lib.FILLS
+
+# Fields beyond `defaults.base_config()` that a config may add; any other new
+# field is a typo (a config file can assign one that no flag could).
+# Sections the user fills with names of their own:
+_OPEN_SECTIONS = ("grid.ray_env_vars", "grid.ray_resources")
+# Options of one model or one dataset, `model.<name>.*` and `data.<name>.*`,
+# which the model and the dataset builder check:
+_NAMED_SUBSECTIONS = ("model", "data")
+# Sections and fields of one stage or dataset, which that one checks:
+_STAGE_SECTIONS = ("sanity", "linear")
+_EXTRA_FIELDS = ("data.max_missing_fraction",)  # Of Birdsnap.
 
 
 class ConfigError(ValueError):
@@ -39,6 +54,7 @@ def validate(config, mode: str = "train"):
   Raises:
     ConfigError: naming the first bad field or path.
   """
+  check_known_fields(config)
   _require(isinstance(config.data.name, str) and (
       config.data.name in DATASETS or config.data.path),
            f"config.data.name={config.data.name!r} is not a known dataset "
@@ -85,6 +101,38 @@ def validate(config, mode: str = "train"):
       raise ConfigError(str(e)) from None
 
 
+def check_known_fields(config):
+  """Refuses a field the defaults do not have, as a flag override would.
+
+  A config file runs Python, so `c.train.num_stepz = 5` adds a field where
+  `--config.train.num_stepz=5` is refused; without this check the typo
+  passes and the default runs.
+
+  Raises:
+    ConfigError: naming the first unknown field, with the closest known one.
+  """
+  _check_section(config.to_dict(), defaults_lib.base_config().to_dict(), "")
+
+
+def _check_section(given: Mapping[str, Any], known: Mapping[str, Any],
+                   prefix: str):
+  for key, value in given.items():
+    field = prefix + key
+    if key in known:
+      if (isinstance(value, Mapping) and isinstance(known[key], Mapping)
+          and field not in _OPEN_SECTIONS):
+        _check_section(value, known[key], field + ".")
+      continue
+    section = prefix.rstrip(".")
+    if (field in _EXTRA_FIELDS or (not prefix and key in _STAGE_SECTIONS)
+        or (section in _NAMED_SUBSECTIONS and isinstance(value, Mapping))):
+      continue
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+    raise ConfigError(f"config.{field}: the config has no such field (set in "
+                      f"the config file?){hint}")
+
+
 def _validate_train(config, devices: int):
   """Checks `config.train` and the input pipeline's fields."""
   for field in ("batch_size", "eval_batch_size"):
@@ -114,8 +162,7 @@ def _check_distinct_percents(thresholds):
     _require(percent not in seen,
              f"config.roar.thresholds: {seen.get(percent)!r} and {t!r} are "
              f"the same threshold in whole percents ({percent}%); each must "
-             "be distinct (a repeated --config.roar.thresholds override "
-             "appends to the tuple)")
+             "be distinct")
     seen[percent] = t
 
 
@@ -126,9 +173,16 @@ def _validate_benchmark(config, devices: int):
   methods = set(saliency.available_methods())
   known = methods | {"oracle"} | {"sq." + m for m in methods}
   for est in ec.estimators:
-    _require(est in known,
-             f"config.explain.estimators: unknown estimator {est!r}; known: "
-             f"{sorted(known)}")
+    why = estimator_names.problem(est, sorted(methods), tuple(ec.estimators))
+    _require(why is None,
+             f"config.explain.estimators: {why}; known: {sorted(known)}, "
+             "each also as blur.<name>, and random_smooth.<estimator of the "
+             "grid>")
+  sigma = ec.smooth_sigma
+  _require(isinstance(sigma, (int, float)) and not isinstance(sigma, bool)
+           and 0 < sigma <= 1024,
+           f"config.explain.smooth_sigma={sigma!r} must be a number of pixels "
+           "in (0, 1024]")
   twice = sorted({e for e in ec.estimators if list(ec.estimators).count(e) > 1})
   _require(not twice, f"config.explain.estimators: {twice} named more than "
            "once")
