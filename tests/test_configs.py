@@ -219,3 +219,49 @@ def test_a_repeated_flag_takes_the_last_value():
   assert ("warning: --config.roar.thresholds is given more than once; the "
           "last value wins (--config.roar.thresholds=0.5 replaces "
           "--config.roar.thresholds=0.1,0.2)") in out.stderr
+
+
+@pytest.mark.parametrize("name,fields,message", [
+    ("toy", {"explain.methods.occlusion_window": 64},
+     "config.explain.methods.occlusion_window=64 is larger than the images "
+     "(config.data.image_size=32)"),
+    ("toy", {"explain.methods.lime_samples": 0},
+     "config.explain.methods.lime_samples=0 must be a positive integer"),
+    ("toy", {"explain.methods.shap_samples": 0},
+     "config.explain.methods.shap_samples=0 must be a positive integer"),
+    ("toy", {"explain.methods.xrai_steps": 0},
+     "config.explain.methods.xrai_steps=0 must be a positive integer"),
+    ("toy", {"roar.fill_value": (128.0, 128.0)},
+     "config.roar.fill_value has 2 values for images with 3 channels"),
+    ("toy", {"roar.fill_value": (0.5, 0.5, 300.0)},
+     "config.roar.fill_value=(0.5, 0.5, 300.0) must hold pixel values in "
+     "[0, 255]"),
+    ("fashion_mnist", {"data.mean": (0.5, 0.5, 0.5)},
+     "config.data.mean has 3 values for fashion_mnist's images with 1 "
+     "channel"),
+    ("toy", {"roar.unit": "sobel/roar/0.5/0"},
+     "config.roar.unit='sobel/roar/0.5/0': estimator 'sobel' is not in the "
+     "grid (config.explain.estimators=['gradient', 'oracle', 'random'])"),
+    ("toy", {"roar.unit": "gradient/kar/0.5/0", "roar.modes": ("roar",)},
+     "config.roar.unit='gradient/kar/0.5/0': mode 'kar' is not in the grid "
+     "(config.roar.modes=['roar'])"),
+    ("toy", {"roar.unit": "gradient/roar/0.3/0"},
+     "threshold 0.3 is not in the grid (config.roar.thresholds=[0.5, 0.9])"),
+    ("toy", {"roar.unit": "gradient/roar/0.5/5"},
+     "seed 5 is not in the grid (config.roar.num_seeds=5)"),
+])
+def test_late_failures_are_start_up_errors(name, fields, message):
+  """Each of these failed after training, in a traceback; now at start-up,
+  in one line naming the field."""
+  config = load_config(name)
+  with config.unlocked():
+    for field, value in fields.items():
+      *sections, key = field.split(".")
+      node = config
+      for section in sections:
+        node = node[section]
+      node[key] = value
+  with pytest.raises(validate.ConfigError) as error:
+    validate.validate(config, "roar")
+  assert message in str(error.value)
+  assert "\n" not in str(error.value)

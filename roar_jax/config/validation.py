@@ -84,6 +84,7 @@ def validate(config, mode: str = "train"):
              f"config.data.{field}: {path} does not exist")
   devices = jax.device_count()
   _validate_train(config, devices)
+  _check_statistics(config)
   # Building the model checks its options (config.model.<name>.*).
   try:
     models.get_model(config.model, 2)
@@ -208,6 +209,7 @@ def _validate_benchmark(config, devices: int):
         "num_samples", "noise_scale", "ig_steps", "chunk_size"),
              f"config.explain.methods.{name}: not an option of the lecture's "
              f"methods; known: {sorted(fields)}")
+  _validate_method_options(config, saliency)
   _require(isinstance(ec.num_references, int) and ec.num_references > 0,
            f"config.explain.num_references={ec.num_references!r} must be a "
            "positive int")
@@ -215,6 +217,89 @@ def _validate_benchmark(config, devices: int):
            f"config.explain.batch_size={ec.batch_size} must be a positive "
            f"multiple of the number of devices ({devices})")
   _validate_roar(config)
+
+
+def _validate_method_options(config, saliency):
+  """The estimators' options, checked as the explain stage will use them,
+  so that a bad value stops the run before the base model trains."""
+  ec = config.explain
+  top = ("num_samples", "noise_scale", "ig_steps")
+  options = {**{k: ec[k] for k in top},
+             **{k: v for k, v in ec.methods.items() if v is not None}}
+  try:
+    saliency.options.from_kwargs(options)
+  except ValueError as e:
+    text = str(e)
+    for name in options:
+      field = f"explain.{name}" if name in top else f"explain.methods.{name}"
+      text = text.replace(f"saliency option {name}=", f"config.{field}=")
+    raise ConfigError(text) from None
+  window = ec.methods.get("occlusion_window")
+  size = config.data.image_size
+  _require(window is None or not isinstance(size, int) or window <= size,
+           f"config.explain.methods.occlusion_window={window} is larger than "
+           f"the images (config.data.image_size={size})")
+
+
+def _data_channels(config) -> int | None:
+  """The channels of the data's images, where known before reading them."""
+  if config.data.path:
+    return None
+  return data_names.CHANNELS.get(config.data.name)
+
+
+def _check_statistics(config):
+  """`data.mean`/`std`: one value, or one per channel of the images."""
+  channels = _data_channels(config)
+  for field in ("mean", "std"):
+    value = config.data[field]
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    _require(all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                 for v in values) and values,
+             f"config.data.{field}={value!r} must be a number or a tuple of "
+             "numbers, one per channel")
+    _require(channels is None or len(values) in (1, channels),
+             f"config.data.{field} has {len(values)} values for "
+             f"{config.data.name}'s images with {channels} channel"
+             f"{'s' if channels != 1 else ''}")
+  _require(all(v > 0 for v in (config.data.std if isinstance(
+      config.data.std, (tuple, list)) else (config.data.std,))),
+           f"config.data.std={config.data.std!r} must be positive")
+
+
+def _check_fill_value(config):
+  """`roar.fill_value`: () or one pixel value in [0, 255] per channel."""
+  value = config.roar.fill_value
+  if not value:
+    return
+  channels = _data_channels(config) or (
+      len(config.data.mean) if isinstance(config.data.mean, (tuple, list))
+      and len(config.data.mean) > 1 else None)
+  _require(all(isinstance(v, (int, float)) and not isinstance(v, bool)
+               and 0 <= v <= 255 for v in value),
+           f"config.roar.fill_value={tuple(value)!r} must hold pixel values in "
+           "[0, 255] (not [0, 1])")
+  _require(channels is None or len(value) == channels,
+           f"config.roar.fill_value has {len(value)} values for images with "
+           f"{channels} channel{'s' if channels != 1 else ''}")
+
+
+def _check_unit_in_grid(config, unit):
+  """`roar.unit` names a unit of the grid the config describes: its
+  results must belong to this grid's report and fingerprints."""
+  rc = config.roar
+  percents = {levels_lib.threshold_level(t) for t in rc.thresholds}
+  for field, ok, grid_field, grid_values in (
+      ("estimator", unit.estimator in config.explain.estimators,
+       "explain.estimators", list(config.explain.estimators)),
+      ("mode", unit.mode in rc.modes, "roar.modes", list(rc.modes)),
+      ("threshold", levels_lib.threshold_level(unit.threshold) in percents,
+       "roar.thresholds", list(rc.thresholds)),
+      ("seed", 0 <= unit.seed < rc.num_seeds, "roar.num_seeds",
+       rc.num_seeds)):
+    _require(ok, f"config.roar.unit={rc.unit!r}: {field} "
+             f"{getattr(unit, field)!r} is not in the grid (config."
+             f"{grid_field}={grid_values})")
 
 
 def _validate_roar(config):
@@ -229,6 +314,7 @@ def _validate_roar(config):
     _require(m in MODES, f"config.roar.modes: unknown mode {m!r}; known: "
              f"{list(MODES)}")
   _check_fills(rc.fill)
+  _check_fill_value(config)
   _require(rc.degrade in ("on_the_fly", "write"),
            f"config.roar.degrade={rc.degrade!r}: expected 'on_the_fly' or "
            "'write'")
@@ -251,6 +337,7 @@ def _validate_roar(config):
     _require(unit.mode in MODES and 0.0 <= unit.threshold <= 1.0,
              f"config.roar.unit={rc.unit!r}: mode must be one of "
              f"{list(MODES)} and threshold in [0, 1]")
+    _check_unit_in_grid(config, unit)
 
 
 def _check_fills(value):
@@ -282,3 +369,6 @@ def _validate_metrics(config):
   _require(isinstance(steps, int) and steps >= 0,
            f"config.metrics.leakage_steps={steps!r} must be an integer >= 0 "
            "(0: a quarter of config.train.num_steps)")
+  seeds = config.metrics.get("leakage_seeds")
+  _require(isinstance(seeds, int) and seeds >= 1,
+           f"config.metrics.leakage_seeds={seeds!r} must be an integer >= 1")
