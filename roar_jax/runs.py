@@ -17,6 +17,7 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+from absl import logging
 
 from roar_jax import workdir as workdir_lib
 
@@ -81,17 +82,50 @@ def load_config(workdir) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(stored["config"])
 
 
-def load(workdir) -> Run:
+def check_base_finished(config, wd: workdir_lib.Workdir, *,
+                        allow_unfinished: bool = False):
+  """Refuses (or, if `allow_unfinished`, warns about) a base model whose
+  training did not finish: its metrics.json, written last, is missing or
+  records fewer steps than `config.train.num_steps`.
+
+  Raises:
+    workdir.WorkdirError: naming the folder and the step training reached.
+  """
+  metrics = workdir_lib.read_json(
+      workdir_lib.join(wd.base, workdir_lib.METRICS_FILE), missing_ok=True)
+  goal = config.train.num_steps
+  if metrics is not None and metrics.get("steps") == goal:
+    return
+  if metrics is not None:
+    reached = metrics.get("steps")
+  else:
+    steps = [int(n) for n in workdir_lib.listdir(
+        workdir_lib.join(wd.base, "checkpoints")) if n.isdigit()]
+    reached = max(steps, default=0)
+  text = (f"{wd.base}: the base model's training did not finish (step "
+          f"{reached} of {goal}); rerun --mode=train with --workdir={wd} to "
+          "finish it")
+  if not allow_unfinished:
+    raise workdir_lib.WorkdirError(
+        text + ", or load(..., allow_unfinished=True) for the model as it is")
+  logging.warning("%s; loading it as it is", text)
+
+
+def load(workdir, *, allow_unfinished: bool = False) -> Run:
   """The run in `workdir`: its config, base model and data.
 
   Args:
     workdir: a workdir where `--mode=train` (or any later stage) ran.
+    allow_unfinished: load a base model whose training was interrupted (the
+      newest checkpoint), with a warning naming its step, instead of
+      refusing it.
 
   Returns:
     The Run.
 
   Raises:
-    workdir.WorkdirError: no run there, or its base model cannot be restored.
+    workdir.WorkdirError: no run there, its base model did not finish
+      training (unless `allow_unfinished`), or it cannot be restored.
   """
   # pylint: disable=g-import-not-at-top
   from roar_jax import training
@@ -100,6 +134,7 @@ def load(workdir) -> Run:
   # pylint: enable=g-import-not-at-top
   wd = workdir_lib.Workdir(workdir)
   config = load_config(wd)
+  check_base_finished(config, wd, allow_unfinished=allow_unfinished)
   source = sources.get_source(config.data)
   module, variables = training.load_model(config, wd.base, source=source)
   return Run(wd, config, explain.explainable(config, module, variables),

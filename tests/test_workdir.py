@@ -306,3 +306,32 @@ def test_config_json_records_the_config_and_version(tmp_path):
   assert stored["version"] == roar_jax.__version__
   assert stored["mode"] == "train"
   assert stored["config"]["roar"]["thresholds"] == [0.5]
+
+
+def test_load_refuses_a_base_model_whose_training_did_not_finish(
+    tmp_path, caplog):
+  import roar_jax  # pylint: disable=g-import-not-at-top
+  from roar_jax import runs  # pylint: disable=g-import-not-at-top
+  config = _config()
+  with config.unlocked():
+    config.train.num_steps = 200
+  wd = workdir_lib.Workdir(str(tmp_path))
+  workdir_lib.write_config(wd, config, "train")
+  # Killed at step 100: a checkpoint, no metrics.json (written last).
+  (tmp_path / "base" / "checkpoints" / "100").mkdir(parents=True)
+  message = (f"{wd.base}: the base model's training did not finish (step 100 "
+             f"of 200); rerun --mode=train with --workdir={wd} to finish it")
+  with pytest.raises(workdir_lib.WorkdirError) as error:
+    roar_jax.load(str(tmp_path))
+  assert str(error.value).startswith(message)
+  # Metrics of a run with fewer steps (num_steps raised since) are no
+  # finished run of this config either.
+  workdir_lib.write_json(tmp_path / "base" / "metrics.json", {"steps": 150})
+  with pytest.raises(workdir_lib.WorkdirError, match=r"\(step 150 of 200\)"):
+    roar_jax.load(str(tmp_path))
+  # Asked for, the model as it is loads with a warning naming the step.
+  with caplog.at_level("WARNING"):
+    runs.check_base_finished(runs.load_config(wd), wd, allow_unfinished=True)
+  assert "(step 150 of 200)" in caplog.text
+  workdir_lib.write_json(tmp_path / "base" / "metrics.json", {"steps": 200})
+  runs.check_base_finished(runs.load_config(wd), wd)  # Finished: no error.
