@@ -100,6 +100,10 @@ def _explain_defaults(c: ml_collections.ConfigDict):
   # rise_masks=1000: `saliency.Options` holds their defaults, read from there.
   c.explain.methods = _method_options()
   c.explain.num_references = 16  # DeepSHAP: training images as references.
+  # Pixels of the Gaussian of the smoothness controls: `random_smooth` (iid
+  # noise blurred by it) and `blur.<estimator>` (scores blurred by it).
+  # `random_smooth.<estimator>` finds its own sigma (docs/design.md).
+  c.explain.smooth_sigma = 3.0
 
 
 def _method_options() -> ml_collections.ConfigDict:
@@ -108,7 +112,7 @@ def _method_options() -> ml_collections.ConfigDict:
   import dataclasses  # pylint: disable=g-import-not-at-top
   from roar_jax.saliency import options  # pylint: disable=g-import-not-at-top
   skip = ("num_samples", "noise_scale", "ig_steps", "chunk_size",
-          "pixel_mean", "pixel_std")
+          "pixel_mean", "pixel_std", "smooth_sigma")
   return ml_collections.ConfigDict({
       f.name: (ml_collections.FieldReference(None, field_type=int)
                if f.default is None else f.default)

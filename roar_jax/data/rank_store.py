@@ -161,6 +161,12 @@ class RankStore:
       self._cache.pop(path, None)
     return path
 
+  def shard_indices(self, estimator: str, split: str, shard: int,
+                    num_shards: int) -> np.ndarray:
+    """The global indices of one written shard's images, in its order."""
+    return _load_member(self.shard_path(estimator, split, shard, num_shards),
+                        "indices")
+
   # Completion.
 
   def has_shard(self, estimator: str, split: str, shard: int,

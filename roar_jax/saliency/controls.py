@@ -1,10 +1,12 @@
-"""Model-free controls: a random ranking and a Sobel edge detector."""
+"""Model-free controls: random rankings (iid, and Gaussian-smoothed) and a Sobel
+edge detector."""
 
 import jax
 import jax.numpy as jnp
 
 from roar_jax.saliency import inputs as inputs_lib
 from roar_jax.saliency import registry
+from roar_jax.saliency import smoothing
 
 Array = jax.Array
 
@@ -24,6 +26,17 @@ def random(inputs: inputs_lib.Inputs) -> Array:
   shape = inputs.images.shape[1:]
   return jax.vmap(lambda k: jax.random.uniform(
       jax.random.fold_in(k, RANDOM_STREAM), shape, jnp.float32))(inputs.keys)
+
+
+@registry.register("random_smooth", evaluations=0, model_free=True,
+                   random=True)
+def random_smooth(inputs: inputs_lib.Inputs) -> Array:
+  """`random`'s scores blurred by a Gaussian of `smooth_sigma` pixels.
+
+  The same draw as `random` (same key, same stream): the two differ only in
+  smoothness, the control for the blur bias of ROAR/ROAD (`smoothing.py`).
+  """
+  return smoothing.blur(random(inputs), inputs.options.smooth_sigma)
 
 
 def _reflect_pad(x: Array, axis: int) -> Array:

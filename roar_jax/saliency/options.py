@@ -63,6 +63,8 @@ class Options:
       this to the selection (50, as PAIR).
     xrai_max_segments: at most this many of XRAI's Felzenszwalb segments per
       image are kept (the largest; 512). PAIR's six scales give about 360.
+    smooth_sigma: the Gaussian blur of `random_smooth`, in pixels (3.0);
+      0 gives `random`'s ranking.
     pixel_mean, pixel_std: per-channel (or scalar) statistics such that
       image * std + mean is the image in pixel space in [0, 1]: the
       normalization, declared here or by the Model (`saliency.explainable(
@@ -92,6 +94,7 @@ class Options:
   xrai_steps: int = 100
   xrai_min_pixel_diff: int = 50
   xrai_max_segments: int = 512
+  smooth_sigma: float = 3.0
   pixel_mean: Optional[tuple[float, ...]] = None
   pixel_std: Optional[tuple[float, ...]] = None
 
@@ -189,7 +192,8 @@ def from_kwargs(kwargs: dict[str, Any]) -> tuple[Options, dict[str, Any]]:
   for name, low, high in (("noise_scale", 0, None), ("rise_keep", 0, 1),
                           ("lime_kernel_width", 0, None),
                           ("lime_ridge", 0, None),
-                          ("xrai_min_pixel_diff", 0, None)):
+                          ("xrai_min_pixel_diff", 0, None),
+                          ("smooth_sigma", 0, 1024)):
     if name in static:
       static[name] = _in_range(name, static[name], low, high)
   if "xrai_min_pixel_diff" in static:

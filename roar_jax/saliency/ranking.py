@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from roar_jax import levels as levels_lib
+from roar_jax.saliency import smoothing
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 Array = jax.Array
@@ -56,10 +57,24 @@ def _levels_of_row(score: Array) -> Array:
   return levels.astype(jnp.uint8).reshape(score.shape)
 
 
+def blurred_scores(maps: Array, granularity: str, transform: str,
+                   sigma: float) -> Array:
+  """`scores` blurred by a Gaussian of `sigma` pixels (`blur.<estimator>`).
+
+  The transformed scores are blurred, not the maps, so that opposite signs
+  do not cancel under 'abs' and 'square'. NaN scores count as 0 in the
+  blur (the smallest 'abs' and 'square' score).
+  """
+  s = scores(maps, granularity, transform)
+  return smoothing.blur(jnp.where(jnp.isfinite(s), s, 0.0), sigma) + 0.0
+
+
 @functools.lru_cache(maxsize=None)
-def _rank_fn(granularity: str, transform: str, mesh, axis):
+def _rank_fn(granularity: str, transform: str, sigma: float, mesh, axis):
   def rank_rows(maps):
-    return jax.vmap(_levels_of_row)(scores(maps, granularity, transform))
+    s = (blurred_scores(maps, granularity, transform, sigma) if sigma else
+         scores(maps, granularity, transform))
+    return jax.vmap(_levels_of_row)(s)
   if mesh is None:
     return jax.jit(rank_rows)
   # Each device ranks its own rows: no communication, output sharded alike.
@@ -68,7 +83,8 @@ def _rank_fn(granularity: str, transform: str, mesh, axis):
   return jax.jit(sharded, out_shardings=NamedSharding(mesh, P(axis)))
 
 
-def rank(maps, *, granularity: str = "pixel", transform: str = "abs") -> Array:
+def rank(maps, *, granularity: str = "pixel", transform: str = "abs",
+         blur_sigma: float = 0.0) -> Array:
   """Removal-order levels 0..99 per position (0 = the most important 1%).
 
   Args:
@@ -78,6 +94,8 @@ def rank(maps, *, granularity: str = "pixel", transform: str = "abs") -> Array:
       'value' (every (h, w, c) ranked on its own; levels [B, H, W, C]).
     transform: 'abs' (default), 'square' (same order as abs) or 'signed'
       (largest positive first).
+    blur_sigma: > 0 blurs the transformed scores by a Gaussian of this many
+      pixels before ranking (`blurred_scores`); 0 ranks them as they are.
 
   Returns:
     uint8 levels; ties break by position (the lower flat index is more
@@ -89,6 +107,9 @@ def rank(maps, *, granularity: str = "pixel", transform: str = "abs") -> Array:
   if transform not in TRANSFORMS:
     raise ValueError(f"transform={transform!r}: expected one of "
                      f"{list(TRANSFORMS)}")
+  blur_sigma = float(blur_sigma)
+  if not 0 <= blur_sigma <= 1024:
+    raise ValueError(f"blur_sigma={blur_sigma!r} must be in [0, 1024] pixels")
   shape = tuple(getattr(maps, "shape", np.shape(maps)))
   if len(shape) != 4 or not all(shape):
     raise ValueError(f"maps must be [B, H, W, C] with every size > 0, got "
@@ -100,4 +121,4 @@ def rank(maps, *, granularity: str = "pixel", transform: str = "abs") -> Array:
     mesh, axis = sharding.mesh, sharding.spec[0]
   if not isinstance(maps, jax.Array):
     maps = jnp.asarray(maps)
-  return _rank_fn(granularity, transform, mesh, axis)(maps)
+  return _rank_fn(granularity, transform, blur_sigma, mesh, axis)(maps)

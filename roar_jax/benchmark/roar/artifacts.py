@@ -22,10 +22,12 @@ from roar_jax import levels as levels_lib
 from roar_jax import provenance as provenance_lib
 from roar_jax import workdir as workdir_lib
 from roar_jax.provenance import Artifact
+from roar_jax.benchmark.roar import estimator_names
 from roar_jax.data import offline_builder
 
-# Rankings that never look at the model: they depend on the data alone.
-MODEL_FREE = frozenset({"random", "sobel", "oracle"})
+# Saliency methods that never look at the model: their rankings (and those of
+# `blur.<method>`) depend on the data alone.
+MODEL_FREE = frozenset({"random", "random_smooth", "sobel", "oracle"})
 
 # Fields that change where or how fast work runs, never what it computes.
 _DATA_LOCATION = ("data_dir", "manual_dir", "cache", "path")
@@ -170,8 +172,17 @@ def plan(config, wd: workdir_lib.Workdir, units) -> Plan:
                    {**data, **training_fields(config)})
   mean, fill_of = _fill_artifacts(config, wd, data)
   ranks = {}
-  for est in config.explain.estimators:
-    source = {"data": data} if est in MODEL_FREE else {"base": base}
+  # A matched control's sigma comes from its estimator's rank store: those
+  # are planned first.
+  for est in sorted(config.explain.estimators, key=lambda e: bool(
+      estimator_names.parse(e).matched_to)):
+    matched = estimator_names.parse(est).matched_to
+    if matched:
+      source = {"ranks": ranks[matched]}
+    elif estimator_names.model_free(est, MODEL_FREE):
+      source = {"data": data}
+    else:
+      source = {"base": base}
     ranks[est] = _artifact("rank store", wd.ranks(est),
                            explain_fields(config, est), source)
   datasets, no_retrain, unit_dirs, results = {}, {}, {}, {}

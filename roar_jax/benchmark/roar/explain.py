@@ -10,6 +10,8 @@ shards.
 
 The control `oracle` (toy data only) ranks the generator's ground-truth mask
 first, the other pixels after it in a random order: the best ranking there is.
+What every estimator name means is `estimator_names.py`'s; the matched
+controls `random_smooth.<e>` are ranked last (`matched_controls.py`).
 """
 
 import math
@@ -20,38 +22,25 @@ import jax
 import numpy as np
 import tqdm
 from absl import logging
+from jax.experimental import multihost_utils
 
 from roar_jax import saliency
 from roar_jax import training
 from roar_jax import workdir as workdir_lib
+from roar_jax.benchmark.roar import estimator_names as names
 from roar_jax.benchmark.roar import grid
+from roar_jax.benchmark.roar import matched_controls
 from roar_jax.data import pipeline
 from roar_jax.data import preprocess
 from roar_jax.data import rank_store as rank_store_lib
 from roar_jax.data import sources
 from roar_jax.data import synthetic
 
-ORACLE = "oracle"
+ORACLE = names.ORACLE
 # Methods whose features are superpixels of the image in pixel space.
 SEGMENTED = ("lime", "kernel_shap", "xrai")
-# `sq.<estimator>`: the maps of <estimator>, ranked by their square (the ROAR
-# paper's squared variants, Fig. 6), whatever the transform of <estimator>.
-SQUARED = "sq."
-
-
-def maps_method(estimator: str) -> str:
-  """The saliency method whose maps rank `estimator`."""
-  return estimator[len(SQUARED):] if estimator.startswith(SQUARED) else (
-      estimator)
-
-
-def transform_for(explain_config, estimator: str) -> str:
-  """The ranking transform of one estimator: `sq.*` square; otherwise the
-  per-estimator `explain.transforms` entry, else `explain.transform`."""
-  if estimator.startswith(SQUARED):
-    return "square"
-  return dict(explain_config.transforms).get(estimator,
-                                             explain_config.transform)
+maps_method = names.maps_method
+transform_for = names.transform_for
 
 
 def explainable(config, module, variables) -> saliency.Model:
@@ -79,6 +68,8 @@ def explain_options(config) -> dict[str, Any]:
              **{k: v for k, v in ec.methods.items() if v is not None}}
   if ec.chunk_size:
     options["chunk_size"] = ec.chunk_size
+  if any(maps_method(e) == names.SMOOTH for e in ec.estimators):
+    options["smooth_sigma"] = ec.smooth_sigma
   if any(maps_method(e) in SEGMENTED for e in ec.estimators):
     # Superpixels are computed on the images in pixel space. The model of
     # `explainable` declares the same statistics; they stay here because the
@@ -150,6 +141,14 @@ def run(config, workdir, *, source=None, plan=None) -> dict[str, Any]:
                                 source, stage.options)
   for split_id, split in enumerate(("test", "train")):
     stage.explain_split(split_id, split)
+  if stage.matched:
+    if stage.nproc > 1:  # Every process reads the others' test shards.
+      multihost_utils.sync_global_devices("explain: estimators ranked")
+    context = matched_controls.Context(
+        stage.store, stage.model, stage.key, int(source.info.image_shape[-1]),
+        config.explain.granularity, config.explain.batch_size)
+    for name in stage.matched:
+      stage.written += matched_controls.rank(context, name, stage.shards)
   rate = stage.images_done / max(stage.elapsed, 1e-9)
   if stage.images_done:
     logging.info("explain: %d images ranked by %d estimators, %.1f images/s",
@@ -165,8 +164,11 @@ class _Stage:
     ec = config.explain
     self.mesh = training.create_mesh()
     self.store = rank_store_lib.RankStore(wd.root)
-    self.estimators = tuple(ec.estimators)
-    self.model_estimators = tuple(e for e in self.estimators if e != ORACLE)
+    self.matched = tuple(e for e in ec.estimators
+                         if names.parse(e).matched_to is not None)
+    self.estimators = tuple(e for e in ec.estimators if e not in self.matched)
+    self.model_estimators = tuple(e for e in self.estimators
+                                  if maps_method(e) is not None)
     # Each map is computed once, however many rankings it serves.
     self.methods = tuple(dict.fromkeys(maps_method(e)
                                        for e in self.model_estimators))
@@ -182,6 +184,8 @@ class _Stage:
           f"the per-process batch size {local_batch}, so that no batch "
           "straddles two shards")
     self.written, self.images_done, self.elapsed = 0, 0, 0.0
+    # Per split: (number of shards, this process's shard numbers).
+    self.shards: dict[str, tuple[int, list[int]]] = {}
     self.visualized = False
     self.last_log = time.time()
 
@@ -193,6 +197,7 @@ class _Stage:
     per_process = max(math.ceil(local / ec.shard_size), 1)
     num_shards = per_process * self.nproc
     first = self.pid * per_process
+    self.shards[split] = (num_shards, list(range(first, first + per_process)))
     todo = [s for s in range(first, first + per_process)
             if not all(self.store.has_shard(e, split, s, num_shards)
                        for e in self.estimators)]
@@ -248,7 +253,8 @@ class _Stage:
         **self.options) if self.methods else {}
     for e in self.model_estimators:
       levels = saliency.rank(maps[maps_method(e)], granularity=ec.granularity,
-                             transform=transform_for(ec, e))
+                             transform=transform_for(ec, e),
+                             blur_sigma=names.blur_sigma(ec, e))
       pending[e].append(_local_rows(levels)[real])
     if ORACLE in self.estimators:
       oracle = _oracle_maps(self.config, split, batch["index"][real],

@@ -1,0 +1,168 @@
+"""What an estimator name of `config.explain.estimators` means.
+
+The one place that reads a name. Besides the saliency methods
+(`saliency.available_methods()`: registered estimators and their `sg.`,
+`sg_sq.`, `var.` ensembles) a grid may name:
+
+- `sq.<method>`: the method's maps, ranked by their square (the ROAR paper's
+  squared variants, supplement Fig. 6), whatever else is configured;
+- `blur.<estimator>`: the estimator's transformed scores blurred by a
+  Gaussian of `config.explain.smooth_sigma` pixels before ranking (the
+  blur-bias control of Song, Cha and Seo 2023); <estimator> is a method or a
+  `sq.` name;
+- `random_smooth.<estimator>`: iid noise blurred by the sigma whose ranking
+  matches <estimator>'s mean lag-1 spatial autocorrelation on the test split
+  (`saliency/smoothing.py`); <estimator> must be in the grid;
+- `oracle` (toy data only): the generator's ground-truth mask first.
+
+`smooth_control` says which control a verdict is judged against besides
+iid `random`.
+"""
+
+import dataclasses
+from typing import Optional, Sequence
+
+ORACLE = "oracle"
+RANDOM = "random"
+SMOOTH = "random_smooth"
+SQUARED = "sq."
+BLUR = "blur."
+MATCHED = SMOOTH + "."
+# The controls: rankings that carry no information about the model, judged
+# against nothing themselves.
+CONTROLS = (RANDOM, SMOOTH, ORACLE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Name:
+  """A parsed estimator name.
+
+  Attributes:
+    name: the name as configured.
+    method: the saliency method whose maps rank it; None for `oracle` and
+      the matched controls, which are ranked apart.
+    squared: ranked by the square of the maps (`sq.`).
+    blurred: its scores are blurred before ranking (`blur.`).
+    matched_to: for `random_smooth.<e>`, the estimator <e>.
+  """
+  name: str
+  method: Optional[str]
+  squared: bool = False
+  blurred: bool = False
+  matched_to: Optional[str] = None
+
+
+def parse(name: str) -> Name:
+  """Splits the prefixes off `name` (no check that the method exists)."""
+  if name == ORACLE:
+    return Name(name, None)
+  if name.startswith(MATCHED):
+    return Name(name, None, matched_to=name[len(MATCHED):])
+  rest, blurred = name, name.startswith(BLUR)
+  if blurred:
+    rest = rest[len(BLUR):]
+  squared = rest.startswith(SQUARED)
+  if squared:
+    rest = rest[len(SQUARED):]
+  return Name(name, rest, squared, blurred)
+
+
+def problem(name: str, methods: Sequence[str],
+            estimators: Sequence[str]) -> Optional[str]:
+  """Why `name` cannot rank a grid, or None when it can.
+
+  Args:
+    name: an entry of `config.explain.estimators`.
+    methods: the saliency methods (`saliency.available_methods()`).
+    estimators: the whole grid (a matched control's estimator must be in
+      it).
+
+  Returns:
+    A short reason, or None.
+  """
+  if not isinstance(name, str):
+    return f"{name!r} is not a name"
+  parsed = parse(name)
+  if parsed.matched_to is not None:
+    target = parsed.matched_to
+    if target not in estimators:
+      return (f"{name!r} matches the smoothness of {target!r}, which is not "
+              "in config.explain.estimators")
+    if target == ORACLE or parse(target).matched_to is not None:
+      return f"{name!r}: {target!r} has no smoothness of its own to match"
+    return None
+  if parsed.method is None:
+    return None
+  if parsed.method not in methods or parsed.method.startswith(BLUR):
+    return f"unknown estimator {name!r}"
+  return None
+
+
+def maps_method(name: str) -> Optional[str]:
+  """The saliency method whose maps rank `name` (None: ranked apart)."""
+  return parse(name).method
+
+
+def transform_for(explain_config, name: str) -> str:
+  """The ranking transform of one estimator.
+
+  `sq.*` ranks by the square; otherwise the estimator's own entry of
+  `explain.transforms`, else (for `blur.<e>`) <e>'s transform, else
+  `explain.transform`.
+  """
+  parsed = parse(name)
+  if parsed.squared:
+    return "square"
+  own = dict(explain_config.transforms)
+  if name in own:
+    return own[name]
+  if parsed.blurred:
+    return own.get(parsed.method, explain_config.transform)
+  return explain_config.transform
+
+
+def blur_sigma(explain_config, name: str) -> float:
+  """The Gaussian blur of the scores before ranking (0: none)."""
+  return float(explain_config.smooth_sigma) if parse(name).blurred else 0.0
+
+
+def model_free(name: str, model_free_methods: Sequence[str]) -> bool:
+  """Whether the ranking depends on the data alone.
+
+  Args:
+    name: an estimator name.
+    model_free_methods: the saliency methods that never call the model.
+
+  Returns:
+    True for `oracle` and for names whose maps come from a model-free
+    method. A matched control is not: its sigma comes from its estimator.
+  """
+  parsed = parse(name)
+  if parsed.matched_to is not None:
+    return False
+  return parsed.method is None or parsed.method in model_free_methods
+
+
+def is_control(name: str) -> bool:
+  """`random`, `random_smooth`, `random_smooth.<e>` and `oracle`."""
+  return name in CONTROLS or name.startswith(MATCHED)
+
+
+def smooth_control(estimator: str, estimators: Sequence[str]
+                   ) -> Optional[str]:
+  """The smoothness-matched control of `estimator` in a grid.
+
+  Args:
+    estimator: an estimator of the grid.
+    estimators: the grid's estimator names.
+
+  Returns:
+    `random_smooth.<estimator>` when the grid has it, else `random_smooth`
+    when the grid has that; None for the controls themselves and when the
+    grid has neither.
+  """
+  if is_control(estimator):
+    return None
+  if MATCHED + estimator in estimators:
+    return MATCHED + estimator
+  return SMOOTH if SMOOTH in estimators else None
