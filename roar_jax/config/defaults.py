@@ -179,6 +179,8 @@ def _metrics_defaults(c: ml_collections.ConfigDict):
   c.metrics.precision = "float64"  # Of 'cg'; 'float32' on TPUs.
   c.metrics.leakage = True  # The mask-leakage probe, per grid dataset.
   c.metrics.leakage_steps = 0  # 0 = train.num_steps // 4.
+  # Classifiers per probe (own seeds): their mean and 95% interval.
+  c.metrics.leakage_seeds = 3
 
 
 # The estimators of the ROAR paper's Table 2: three base methods, their

@@ -13,11 +13,18 @@ the mask alone carries.
 
 Training is short (`metrics.leakage_steps`, default a quarter of the base
 model's steps; the learning-rate schedule is compressed alike) and uses the
-training config of the base model otherwise. Each probe leaves its folder
-`W/leakage/<dataset name>/` (checkpoints: resumable) and its record
+training config of the base model otherwise. A short training is noisy, so
+every probe trains `metrics.leakage_seeds` classifiers (default 3), each its
+own initialization and data order, and reports their mean with a Student-t
+95% interval: a difference between two probes reads as leakage only where
+the intervals allow it. The data order and the reductions do not depend on
+the number of processes, so the same seed gives the same probe on any
+layout. Each probe leaves its folder `W/leakage/<dataset name>/seed<k>/`
+per seed (checkpoints: resumable) and its record
 `W/leakage/<dataset name>.json` (with provenance: reused while it matches);
 `W/report/leakage.csv` has one row per probe: estimator, mode, threshold,
-mask_only_accuracy, chance.
+mask_only_accuracy (the mean over the probe seeds), chance, num_probe_seeds,
+ci95_low, ci95_high, accuracy_by_seed (space-separated, seed 0 first).
 """
 
 import copy
@@ -32,12 +39,14 @@ from absl import logging
 from roar_jax import levels as levels_lib
 from roar_jax import provenance as provenance_lib
 from roar_jax import workdir as workdir_lib
+from roar_jax.benchmark.roar import statistics
 from roar_jax.data import rank_store as rank_store_lib
 from roar_jax.data import source_protocol as source_lib
 
 LEAKAGE_DIR = "leakage"
 CSV_COLUMNS = ("estimator", "mode", "threshold", "mask_only_accuracy",
-               "chance")
+               "chance", "num_probe_seeds", "ci95_low", "ci95_high",
+               "accuracy_by_seed")
 
 
 class MaskSource:
@@ -95,16 +104,23 @@ class MaskSource:
         deterministic=True).unbatch()
 
 
-def probe_config(config):
+def num_probe_seeds(config) -> int:
+  """How many classifiers each probe trains (`metrics.leakage_seeds`)."""
+  return int(config.metrics.leakage_seeds)
+
+
+def probe_config(config, probe_seed: int = 0):
   """The base model's training config, shortened to `metrics.leakage_steps`
-  (0: a quarter of `train.num_steps`), on mask images in [-1, 1]."""
+  (0: a quarter of `train.num_steps`), on mask images in [-1, 1], for probe
+  seed `probe_seed` (its own initialization and data order)."""
   c = copy.deepcopy(config)
   mc = config.get("metrics") or {}
   base_steps = int(config.train.num_steps)
   steps = int(mc.get("leakage_steps", 0) or max(1, base_steps // 4))
   scale = steps / base_steps
   with c.unlocked():
-    c.seed = int(config.seed) * 1000 + 997  # Not any retrain's seed.
+    # Counting down from 997: not any retrain's seed (seed * 1000 + 1 + k).
+    c.seed = int(config.seed) * 1000 + 997 - int(probe_seed)
     c.data.eval_resize = None  # The masks have the model's geometry.
     c.data.augment = "none"
     channels = len(tuple(config.data.mean))
@@ -129,10 +145,32 @@ def chance(source, split: str = "test") -> float:
 
 
 def train_probe(config, masks: MaskSource, folder: str) -> dict[str, Any]:
-  """Trains and evaluates one probe in `folder` (resumable)."""
+  """Trains and evaluates the classifiers of one probe under `folder`
+  (`seed<k>/` each, resumable).
+
+  Returns:
+    {'accuracy_by_seed': [test accuracy of probe seed k], 'steps',
+     'num_test_examples'}.
+  """
   from roar_jax import training  # pylint: disable=g-import-not-at-top
-  return training.train_and_evaluate(probe_config(config), folder,
-                                     source=masks)
+  results = [training.train_and_evaluate(
+      probe_config(config, k), workdir_lib.join(folder, f"seed{k}"),
+      source=masks) for k in range(num_probe_seeds(config))]
+  return {"accuracy_by_seed": [r["test_accuracy"] for r in results],
+          "steps": results[0]["steps"],
+          "num_test_examples": results[0]["num_test_examples"]}
+
+
+def seed_summary(accuracies) -> dict[str, Any]:
+  """Mean, Student-t 95% interval (NaN for one seed) and the per-seed
+  accuracies of one probe, as its record and CSV row hold them."""
+  acc = np.asarray(accuracies, np.float64)
+  std = acc.std(ddof=1) if len(acc) > 1 else np.nan
+  low, high = statistics.t_interval(acc.mean(), std, len(acc))
+  return {"mask_only_accuracy": float(acc.mean()),
+          "num_probe_seeds": len(acc), "ci95_low": float(low),
+          "ci95_high": float(high),
+          "accuracy_by_seed": [float(a) for a in acc]}
 
 
 def plan_artifacts(config, plan) -> dict[tuple[str, str, float],
@@ -151,7 +189,8 @@ def plan_artifacts(config, plan) -> dict[tuple[str, str, float],
     est, mode, thr = key
     name = workdir_lib.unit_name(est, mode, thr)
     fields = {**train, "mode": mode,
-              "threshold_percent": levels_lib.threshold_level(thr)}
+              "threshold_percent": levels_lib.threshold_level(thr),
+              "probe_seeds": num_probe_seeds(config)}
     inputs = {"ranks": plan.ranks[est].fingerprint}
     record = provenance_lib.provenance(fields, inputs)
     out[key] = (
@@ -181,20 +220,30 @@ def run(config, plan, source) -> list[dict[str, Any]]:
                          threshold=thr)
       result = train_probe(config, masks, folder.path)
       record = {"estimator": est, "mode": mode, "threshold": thr,
-                "mask_only_accuracy": result["test_accuracy"],
+                **seed_summary(result["accuracy_by_seed"]),
                 "chance": base_chance, "steps": result["steps"],
                 "num_test_examples": result["num_test_examples"],
                 "fingerprint": rec.fingerprint,
                 "provenance": dict(rec.record)}
       if jax.process_index() == 0:
         workdir_lib.write_json(rec.path, record)
-      logging.info("leakage %s %s %.2f: mask-only accuracy %.4f (chance "
-                   "%.4f)", est, mode, thr, record["mask_only_accuracy"],
-                   base_chance)
-    rows.append({k: record[k] for k in CSV_COLUMNS})
+      logging.info("leakage %s %s %.2f: mask-only accuracy %.4f [%.4f, "
+                   "%.4f] (chance %.4f)", est, mode, thr,
+                   record["mask_only_accuracy"], record["ci95_low"],
+                   record["ci95_high"], base_chance)
+    rows.append(_row(record))
   if jax.process_index() == 0:
     write_csv(plan.workdir, rows)
   return rows
+
+
+def _row(record) -> dict[str, Any]:
+  """The CSV row of a probe's record; the per-seed accuracies as one
+  space-separated field."""
+  row = {k: record[k] for k in CSV_COLUMNS}
+  row["accuracy_by_seed"] = " ".join(f"{a:.6g}"
+                                     for a in record["accuracy_by_seed"])
+  return row
 
 
 def write_csv(wd: workdir_lib.Workdir, rows):
@@ -211,7 +260,7 @@ def stored_rows(config, plan) -> list[dict[str, Any]]:
   for _, rec in plan_artifacts(config, plan).values():
     record = metrics_lib.matching(rec)
     if record is not None:
-      rows.append({k: record[k] for k in CSV_COLUMNS})
+      rows.append(_row(record))
   return rows
 
 
