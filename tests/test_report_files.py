@@ -137,7 +137,7 @@ def test_summary_embeds_figures_and_names_the_run(built):
   assert not out["partial"] and out["modes"] == ["roar", "kar"]
   # Every (estimator, mode, fraction) but the control has a verdict.
   verdicts = [line for line in summary.splitlines()
-              if line.startswith("| 0.") and ("than random (p" in line
+              if line.startswith("| 0.") and ("than random (Holm p" in line
                                               or "not distinguishable" in line)]
   assert len(verdicts) == 2 * 2 * 2
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from roar_jax import workdir as workdir_lib
-from roar_jax.benchmark.roar import report, results, statistics
+from roar_jax.benchmark.roar import comparisons, report, results, statistics
 
 # Two-sided 95% quantiles of Student's t: 1 df (Cauchy: tan(0.475 pi)) and
 # 2 df (sqrt(2) * q / sqrt(1 - q^2) with q = 2 * 0.975 - 1).
@@ -96,9 +96,10 @@ def test_two_seed_grid_ci_and_paired_p_match_hand_computation(tmp_path):
   summary = (tmp_path / "report" / "summary.md").read_text()
   assert "single seed" not in summary and "± 0" not in summary
   # 2 seeds: |t| = 13 at 1 df gives p = 0.049 in ROAR: better than random.
-  assert "better than random (p = 0.049)" in summary
+  # Each family (mode, fill, control) holds one test: Holm's p is the raw p.
+  assert "better than random (Holm p = 0.049)" in summary
   # KAR: the differences (0.25, 0.18) give |t| = 6.14, p = 0.103.
-  assert "not distinguishable (p = 0.103)" in summary
+  assert "not distinguishable (Holm p = 0.103; none larger than" in summary
 
 
 def test_three_seeds_pair_by_seed_not_by_position():
@@ -129,7 +130,7 @@ def test_fewer_than_two_paired_seeds_give_no_p_value():
   frame = results.aggregate_frame(recs)
   row = frame[frame["estimator"] == "gradient"].iloc[0]
   assert row["paired_seeds"] == 1 and math.isnan(row["p_vs_random"])
-  assert "no test" in statistics.verdict(row, "roar")
+  assert "no test" in comparisons.row_verdict(row, "roar")
 
 
 def test_one_seed_grid_says_single_seed(tmp_path):
@@ -166,7 +167,7 @@ def test_verdict_direction_per_mode(mode, shift, expected):
            for s, (a, e) in enumerate(zip(ctrl, noise))]
   frame = results.aggregate_frame(recs)
   row = frame[frame["estimator"] == "gradient"].iloc[0]
-  assert statistics.verdict(row, mode).startswith(expected)
+  assert comparisons.row_verdict(row, mode).startswith(expected)
 
 
 def test_rank_stability_kendall_w_and_spearman():

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from roar_jax import workdir as workdir_lib
-from roar_jax.benchmark.roar import statistics
+from roar_jax.benchmark.roar import comparisons
 
 MODES = ("roar", "kar")
 _MODE_TEXT = {"roar": ("ROAR", "removed"), "kar": ("KAR", "kept")}
@@ -44,12 +44,12 @@ DPI = 130
 def styles(estimators: Sequence[str]) -> dict[str, dict[str, object]]:
   """Colour, marker and line style per estimator, stable across figures."""
   out = {}
-  others = [e for e in sorted(estimators) if e != statistics.CONTROL]
+  others = [e for e in sorted(estimators) if e != comparisons.RANDOM]
   for i, est in enumerate(others):
     out[est] = {"color": _COLORS[i % len(_COLORS)],
                 "marker": _MARKERS[i % len(_MARKERS)], "linestyle": "-"}
-  if statistics.CONTROL in estimators:
-    out[statistics.CONTROL] = {"color": "black", "marker": "x",
+  if comparisons.RANDOM in estimators:
+    out[comparisons.RANDOM] = {"color": "black", "marker": "x",
                                "linestyle": "--"}
   return out
 

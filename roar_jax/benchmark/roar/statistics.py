@@ -2,10 +2,8 @@
 
 - A 95% confidence interval of every mean over seeds: Student t with n - 1
   degrees of freedom, mean ± t(0.975, n - 1) · s / sqrt(n); none for one seed.
-- Every estimator against the `random` control at the same mode and
-  threshold: a paired t-test over seeds (`scipy.stats.ttest_rel`). Seed k of
-  every unit shares its initialization and data order, so the seeds pair up;
-  the test needs at least 2 paired seeds whose differences vary.
+- Every estimator against its controls: `comparisons.py` (paired tests,
+  corrections for multiple testing, the per-image bootstrap, power).
 - The stability of the estimators' ordering across seeds: each seed orders
   the estimators by their accuracy averaged over the thresholds; Kendall's W
   (coefficient of concordance, with the tie correction) and the mean
@@ -13,15 +11,11 @@
   seeds agree (1: every seed gives the same order).
 """
 
-import warnings
-
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 CONFIDENCE = 0.95
-ALPHA = 0.05  # Level at which an estimator is called distinguishable.
-CONTROL = "random"
 
 
 def t_interval(mean, std, n, confidence: float = CONFIDENCE):
@@ -54,72 +48,6 @@ def seed_statistics(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
   low, high = t_interval(out["mean_accuracy"], out["std_accuracy"],
                          out["num_seeds"])
   return out.assign(ci95_low=low, ci95_high=high)
-
-
-def _paired_test(pair: pd.DataFrame) -> pd.Series:
-  diff = pair["test_accuracy"] - pair["control"]
-  p = np.nan
-  if len(pair) >= 2 and np.ptp(diff.to_numpy()) > 0:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", RuntimeWarning)
-      p = float(stats.ttest_rel(pair["test_accuracy"], pair["control"]).pvalue)
-  return pd.Series({"p_vs_random": p, "paired_seeds": len(pair),
-                    "mean_diff_vs_random": float(diff.mean())})
-
-
-def paired_vs_control(frame: pd.DataFrame, keys: list[str],
-                      control: str = CONTROL) -> pd.DataFrame:
-  """Per non-control key: p_vs_random, paired_seeds, mean_diff_vs_random.
-
-  Each record is paired with the control's record of the same seed at the
-  same mode and threshold. p is NaN with fewer than 2 pairs, or when every
-  pair differs by the same amount (the t statistic is undefined).
-
-  Args:
-    frame: one row per record (`results.records_frame`).
-    keys: ['estimator', 'mode', 'threshold'].
-    control: the estimator every other one is compared with.
-  """
-  columns = ["p_vs_random", "paired_seeds", "mean_diff_vs_random"]
-  on = [k for k in keys if k != "estimator"] + ["seed"]
-  ref = frame.loc[frame["estimator"] == control,
-                  on + ["test_accuracy"]].rename(
-                      columns={"test_accuracy": "control"})
-  pairs = frame[frame["estimator"] != control].merge(ref, on=on)
-  if pairs.empty:
-    return pd.DataFrame(columns=columns, index=pd.MultiIndex.from_tuples(
-        [], names=keys), dtype=float)
-  return pairs.groupby(keys, sort=True)[["test_accuracy", "control"]].apply(
-      _paired_test)[columns]
-
-
-def verdict(row, mode: str, control: str = CONTROL) -> str:
-  """Whether a row's estimator is distinguishable from `random` at 5%.
-
-  In ROAR a better estimator leaves a LOWER accuracy (its removed pixels
-  mattered); in KAR a HIGHER one (its kept pixels suffice).
-
-  Args:
-    row: a row of `results.aggregate_frame`.
-    mode: 'roar' or 'kar'.
-    control: the control's name.
-  """
-  if row["estimator"] == control:
-    return "control"
-  if row["num_seeds"] == 0:
-    return "not retrained yet"
-  if row["num_seeds"] == 1:
-    return "single seed: no test"
-  if row["paired_seeds"] < 2:
-    return f"no test: {control} has < 2 of these seeds"
-  p = row["p_vs_random"]
-  if np.isnan(p):
-    return "no test: the seeds' differences do not vary"
-  if p >= ALPHA:
-    return f"not distinguishable ({p_clause(p)})"
-  lower = row["mean_diff_vs_random"] < 0
-  better = lower if mode == "roar" else not lower
-  return f"{'better' if better else 'worse'} than {control} ({p_clause(p)})"
 
 
 def format_p(p: float) -> str:

@@ -12,6 +12,7 @@ import math
 
 import pandas as pd
 
+from roar_jax.benchmark.roar import comparisons
 from roar_jax.benchmark.roar import statistics
 
 
@@ -53,27 +54,90 @@ def _ordered(frame: pd.DataFrame, mode: str) -> pd.DataFrame:
   """The rows of `mode` by fraction, then estimator with random first, so
   that the estimators compared at one fraction sit under their control."""
   sub = frame[frame["mode"] == mode].assign(
-      _not_control=lambda f: f["estimator"] != statistics.CONTROL)
+      _not_control=lambda f: f["estimator"] != comparisons.RANDOM)
   return sub.sort_values(["threshold", "_not_control", "estimator", "fill"],
                          kind="stable")
 
 
-def results_table(frame: pd.DataFrame, mode: str,
-                  fill: str | None = None) -> pd.DataFrame:
-  """The rows of `mode` (and `fill`, when given), accuracies in %."""
+def _points(v: float) -> str:
+  """A difference of accuracy fractions in points, signed, 2 decimals."""
+  return "–" if v is None or math.isnan(v) else f"{100 * v:+.2f}"
+
+
+def _difference_cell(row) -> str:
+  """Mean difference to random with its per-image bootstrap interval."""
+  if math.isnan(row["mean_diff_vs_random"]):
+    return "–"
+  text = _points(row["mean_diff_vs_random"])
+  if not math.isnan(row["diff_ci95_low_vs_random"]):
+    text += (f" [{_points(row['diff_ci95_low_vs_random'])}, "
+             f"{_points(row['diff_ci95_high_vs_random'])}]")
+  return text
+
+
+def _smooth_verdicts(compared: pd.DataFrame, frame: pd.DataFrame,
+                     mode: str) -> dict[tuple, str]:
+  """(estimator, threshold, fill) -> the verdict against the estimator's
+  smoothness-matched control, with the control named."""
+  out = {}
+  seeds = frame.set_index(["estimator", "threshold", "fill"])["num_seeds"]
+  sub = compared[(compared["mode"] == mode)
+                 & (compared["control"] != comparisons.RANDOM)]
+  for r in sub.itertuples(index=False):
+    key = (r.estimator, r.threshold, r.fill)
+    out[key] = comparisons.verdict(
+        mode=mode, control=r.control, num_seeds=int(seeds.get(key, 0)),
+        paired_seeds=r.paired_seeds, p=r.p, p_holm=r.p_holm,
+        mean_diff=r.mean_diff, mdd80=r.mdd80)
+  return out
+
+
+def only_vs_iid(vs_random: str, vs_smooth: str | None) -> bool:
+  """A win against iid random that the smoothness-matched control does not
+  confirm: the map may only be smoother than random (blur bias)."""
+  return (vs_random.startswith("better") and vs_smooth is not None
+          and not vs_smooth.startswith("better"))
+
+
+def results_table(frame: pd.DataFrame, mode: str, fill: str | None = None,
+                  compared: pd.DataFrame | None = None) -> pd.DataFrame:
+  """The rows of `mode` (and `fill`, when given), accuracies in %.
+
+  Args:
+    frame: `results.aggregate_frame`.
+    mode: 'roar' or 'kar'.
+    fill: one fill, or None for all rows.
+    compared: `comparisons.compare` of the same records; adds the verdict
+      against each estimator's smoothness-matched control when the grid has
+      one.
+  """
   sub = _ordered(frame, mode)
   if fill is not None:
     sub = sub[sub["fill"] == fill]
-  return pd.DataFrame({
+  vs_random = sub.apply(lambda r: comparisons.row_verdict(r, mode), axis=1)
+  table = pd.DataFrame({
       "fraction": sub["threshold"].map(lambda t: f"{t:.2f}"),
       "estimator": sub["estimator"],
       "seeds": sub["num_seeds"],
       "accuracy % [95% CI]": sub.apply(_accuracy_cell, axis=1),
       "no retrain %": sub["no_retrain_accuracy"].map(pct),
-      "p vs random": sub["p_vs_random"].map(statistics.format_p),
-      "vs random (paired t, 5% level)": sub.apply(
-          lambda r: statistics.verdict(r, mode), axis=1),
+      "vs random, points [95% CI per image]": sub.apply(_difference_cell,
+                                                        axis=1),
+      "p": sub["p_vs_random"].map(statistics.format_p),
+      "Holm p": sub["p_holm_vs_random"].map(statistics.format_p),
+      "BH q": sub["q_bh_vs_random"].map(statistics.format_p),
+      "vs random (Holm, 5%)": vs_random,
   })
+  smooth = ({} if compared is None
+            else _smooth_verdicts(compared, frame, mode))
+  if smooth:
+    keys = list(zip(sub["estimator"], sub["threshold"], sub["fill"]))
+    table["vs smoothness-matched control"] = [smooth.get(k, "–")
+                                              for k in keys]
+    table["only vs iid random"] = [
+        "yes" if only_vs_iid(v, smooth.get(k)) else ""
+        for v, k in zip(vs_random, keys)]
+  return table
 
 
 def _tested(verdict: str) -> str | None:
@@ -100,7 +164,7 @@ def fills_table(frame: pd.DataFrame, mode: str) -> pd.DataFrame:
         row[f"{fill} %"] = row[f"{fill} vs random"] = "–"
         continue
       r = r.iloc[0]
-      verdict = statistics.verdict(r, mode)
+      verdict = comparisons.row_verdict(r, mode)
       words.add(_tested(verdict))
       row[f"{fill} %"] = pct(r["mean_accuracy"])
       row[f"{fill} vs random"] = verdict
