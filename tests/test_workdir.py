@@ -335,3 +335,43 @@ def test_load_refuses_a_base_model_whose_training_did_not_finish(
   assert "(step 150 of 200)" in caplog.text
   workdir_lib.write_json(tmp_path / "base" / "metrics.json", {"steps": 200})
   runs.check_base_finished(runs.load_config(wd), wd)  # Finished: no error.
+
+
+def _forge(path, **values):
+  record = workdir_lib.read_json(path)
+  record.update(values)
+  workdir_lib.write_json(path, record)
+
+
+def test_a_forged_result_record_stops_the_report(tmp_path):
+  config = _config()
+  plan = _lay_down(config, str(tmp_path), accuracy=0.255)
+  unit = sorted(plan.results)[0]
+  assert {r["test_accuracy"] for r in pipeline.verified_records(plan)} == {
+      0.255}
+  result = plan.results[unit].path
+  _forge(result, test_accuracy=0.99)
+  with pytest.raises(workdir_lib.WorkdirError) as error:
+    pipeline.verified_records(plan)
+  assert str(error.value).startswith(
+      f"{result}: its values do not match its record_checksum (edited after "
+      "the run wrote it?); delete it")
+  # Forged with a recomputed checksum: the unit's own metrics.json says
+  # otherwise.
+  workdir_lib.write_json(
+      workdir_lib.join(plan.units[unit].path, "metrics.json"),
+      {"test_accuracy": 0.255, "steps": 1})
+  record = workdir_lib.read_json(result)
+  _forge(result, record_checksum=grid.record_checksum(record))
+  with pytest.raises(workdir_lib.WorkdirError) as error:
+    pipeline.verified_records(plan)
+  assert str(error.value).startswith(
+      f"{result}: test_accuracy=0.99 differs from the unit's "
+      f"{plan.units[unit].path}/metrics.json (0.255)")
+  # A record moved to another unit's name is named too.
+  _forge(result, test_accuracy=0.255, threshold=0.9)
+  record = workdir_lib.read_json(result)
+  _forge(result, record_checksum=grid.record_checksum(record))
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=r"threshold=0.9 is not its unit's 0.5"):
+    pipeline.verified_records(plan)

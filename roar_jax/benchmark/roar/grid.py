@@ -19,6 +19,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from roar_jax import levels as levels_lib
+from roar_jax import provenance as provenance_lib
 from roar_jax import training
 from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.roar import artifacts as artifacts_lib
@@ -200,12 +201,68 @@ def run_unit(config, plan: artifacts_lib.Plan, unit: Unit, base_source,
   return record
 
 
+CHECKSUM_KEY = "record_checksum"
+# What a record must agree on with its unit's own metrics.json.
+_BOUND_TO_TRAINING = ("test_accuracy", "steps", "params_checksum")
+
+
+def record_checksum(record) -> str:
+  """A hash of a result record's values (all but the checksum itself)."""
+  body = {k: v for k, v in record.items() if k != CHECKSUM_KEY}
+  return provenance_lib.fingerprint(body)
+
+
 def write_result(plan: artifacts_lib.Plan, unit: Unit, record):
-  """Stores one finished retrain's record (atomically, once per unit)."""
+  """Stores one finished retrain's record (atomically, once per unit),
+  with a checksum over its values (`verify_result`)."""
   missing = [k for k in results_lib.REQUIRED_KEYS if k not in record]
   if missing:
     raise ValueError(f"result record of {unit.name} lacks keys {missing}")
-  workdir_lib.write_json(plan.results[unit].path, dict(record))
+  record = {k: v for k, v in record.items() if k != CHECKSUM_KEY}
+  record[CHECKSUM_KEY] = record_checksum(provenance_lib.as_json(record))
+  workdir_lib.write_json(plan.results[unit].path, record)
+
+
+def verify_result(plan: artifacts_lib.Plan, unit: Unit, record):
+  """Checks that a stored record is the one its unit's training wrote.
+
+  The record names its unit and threshold level, its checksum matches its
+  values (an edited accuracy does not; a record older than checksums has
+  none and is let through with a warning), and where the unit's folder holds
+  metrics.json, the accuracy, steps and parameter checksum agree with it.
+
+  Raises:
+    workdir.WorkdirError: one line naming the record and what disagrees.
+  """
+  path = plan.results[unit].path
+  advice = ("; delete it (the unit is retrained on the next --mode=roar) "
+            "or restore the record the run wrote")
+  for field in ("estimator", "mode", "seed"):
+    if record.get(field) != getattr(unit, field):
+      raise workdir_lib.WorkdirError(
+          f"{path}: {field}={record.get(field)!r} is not its unit's "
+          f"({getattr(unit, field)!r}){advice}")
+  threshold = record.get("threshold")
+  if not isinstance(threshold, (int, float)) or levels_lib.threshold_level(
+      threshold) != levels_lib.threshold_level(unit.threshold):
+    raise workdir_lib.WorkdirError(
+        f"{path}: threshold={threshold!r} is not its unit's "
+        f"{unit.threshold!r} in whole percents{advice}")
+  if CHECKSUM_KEY not in record:
+    # Written before records carried one: only metrics.json can vouch.
+    logging.warning("%s has no %s (an older record); checked against its "
+                    "unit's metrics.json only", path, CHECKSUM_KEY)
+  elif record[CHECKSUM_KEY] != record_checksum(record):
+    raise workdir_lib.WorkdirError(
+        f"{path}: its values do not match its {CHECKSUM_KEY} (edited after "
+        f"the run wrote it?){advice}")
+  trained = training.load_metrics(plan.units[unit].path)
+  for key in _BOUND_TO_TRAINING if trained else ():
+    if key in trained and record.get(key) != trained[key]:
+      raise workdir_lib.WorkdirError(
+          f"{path}: {key}={record.get(key)!r} differs from the unit's "
+          f"{workdir_lib.join(plan.units[unit].path, 'metrics.json')} "
+          f"({trained[key]!r}){advice}")
 
 
 def evaluate_no_retrain(config, plan: artifacts_lib.Plan, base_state_fn,

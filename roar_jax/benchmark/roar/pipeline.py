@@ -136,6 +136,25 @@ def run(config, workdir, *, run_unit: UnitRunner = grid.run_unit,
   return {"base": base, "report": summary, "units": len(todo)}
 
 
+def verified_records(plan: artifacts_lib.Plan) -> list[dict[str, Any]]:
+  """The result records stored under their planned fingerprints, each
+  verified against its unit (`grid.verify_result`: an edited record stops
+  the report in one line rather than enter it).
+
+  A record written before the fill was a grid axis has no fill: its unit's
+  (under the same fingerprint) is the fill it ran under. The threshold is
+  the unit's, as the config writes it (0.13, not 0.125: both 13%).
+  """
+  records = []
+  for unit in plan.results:
+    record = metrics_lib.matching(plan.results[unit])
+    if record is not None:
+      grid.verify_result(plan, unit, record)
+      records.append({**record, "fill": unit.fill,
+                      "threshold": unit.threshold})
+  return records
+
+
 def report(config, workdir, *, plan: artifacts_lib.Plan | None = None,
            base_accuracy: float | None = None,
            num_classes: int | None = None):
@@ -150,10 +169,7 @@ def report(config, workdir, *, plan: artifacts_lib.Plan | None = None,
   if base_accuracy is None:
     base = training.load_metrics(plan.base.path)
     base_accuracy = base and base.get("test_accuracy")
-  # A record written before the fill was a grid axis has no fill: its
-  # unit's (under the same fingerprint) is the fill it ran under.
-  records = [{**r, "fill": u.fill} for u in plan.results
-             if (r := metrics_lib.matching(plan.results[u])) is not None]
+  records = verified_records(plan)
   no_retrain = {key: r["test_accuracy"] for key, a in plan.no_retrain.items()
                 if (r := metrics_lib.matching(a)) is not None}
   out = report_lib.build_report(
