@@ -39,6 +39,7 @@ from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.roar import comparisons
 from roar_jax.benchmark.roar import figures
 from roar_jax.benchmark.roar import html_page
+from roar_jax.benchmark.roar import report_notes as notes
 from roar_jax.benchmark.roar import results as results_lib
 from roar_jax.benchmark.roar import statistics
 from roar_jax.benchmark.roar import tables
@@ -131,43 +132,6 @@ def config_text(config) -> str:
   return str(config)
 
 
-_RESULTS_NOTE = (
-    "Accuracies in %: the mean over seeds of the retrained models with its "
-    "95% confidence interval (Student t over seeds); 'no retrain' is the base "
-    "model on the same degraded test split. 'vs random, points': the mean "
-    "difference to random at the same mode, fraction and fill, with a 95% "
-    "interval from a bootstrap over seeds and test images (each retrain "
-    "keeps which test images it gets right; 2,000 resamples). 'p': a paired "
-    "t-test over seeds (seed k of every unit shares its initialization and "
-    "data order). Multiple testing: the family is every (estimator, "
-    "fraction) cell tested against the same control under one mode and "
-    "fill; 'Holm p' controls the chance of any false verdict in it and "
-    "gives the verdict words, 'BH q' the share of false discoveries. 'Not "
-    "distinguishable' names the smallest difference the seeds could have "
-    "detected (80% power, two-sided 5%). In ROAR a better estimator leaves "
-    "a lower accuracy, in KAR a higher one.")
-
-_SMOOTH_NOTE = (
-    "Each estimator is also judged against its smoothness-matched control "
-    "(random_smooth.<estimator>: iid noise blurred to the estimator's "
-    "spatial autocorrelation, or random_smooth at the configured sigma). "
-    "ROAD's noisy linear fill restores scattered pixels better than "
-    "clustered ones, so any spatially smooth ranking beats iid random there "
-    "without knowing the model (the blur bias, Song, Cha and Seo 2023). "
-    "'only vs iid random' marks a win that the matched control does not "
-    "confirm.")
-
-_STABILITY_NOTE = (
-    "Each seed orders the estimators by their accuracy averaged over the "
-    "fractions; Kendall's W (0: no agreement, 1: every seed gives the same "
-    "order) and the mean Spearman correlation between pairs of seeds say how "
-    "stable that ordering is. With one seed there is nothing to compare.")
-
-_RANK_NOTE = (
-    "An estimator is informative only where it beats random; estimators whose "
-    "intervals overlap are not ordered by these data.")
-
-
 def _context(records, frame, *, config, expected_units, base_accuracy,
              num_classes, dataset, model) -> dict[str, Any]:
   """What the summary and the page say about the run."""
@@ -214,24 +178,10 @@ def _captions(frame, modes, ctx) -> dict[str, str]:
       fills=tables.fills(frame) if several else ()) for m in modes}
 
 
-_RANK_HEADINGS = {
-    "roar": ("ROAR (best first: lowest accuracy after removing its most "
-             "important pixels)"),
-    "kar": ("KAR (best first: highest accuracy keeping only its most "
-            "important pixels)")}
-
-_FILLS_NOTE = (
-    "The same grid under each fill of the removed pixels. A constant fill "
-    "(channel_mean) leaves the mask's shape visible, which can carry class "
-    "information into the retrained model; ROAD's noisy linear imputation "
-    "(noisy_linear) hides it (Rong et al. 2022). 'verdict differs': the "
-    "estimator's verdict against random changes with the fill.")
-
-
 def _ranking_note(frame) -> str:
   if (frame["num_seeds"] == 1).any():
-    return ("Single seed: this ordering is not tested. " + _RANK_NOTE)
-  return _RANK_NOTE
+    return ("Single seed: this ordering is not tested. " + notes.RANK_NOTE)
+  return notes.RANK_NOTE
 
 
 def _ranking_lines(frame) -> list[str]:
@@ -242,7 +192,7 @@ def _ranking_lines(frame) -> list[str]:
     for mode, ranked in rank_estimators(frame, fill).items():
       if ranked:
         where = f", fill {fill}" if several else ""
-        lines.append(f"{_RANK_HEADINGS[mode]}{where}: " + ", ".join(
+        lines.append(f"{notes.RANK_HEADINGS[mode]}{where}: " + ", ".join(
             f"{i + 1}. {e} ({tables.pct(a)})"
             for i, (e, a) in enumerate(ranked)))
   return lines
@@ -254,13 +204,14 @@ def _sections(frame, stability, compared) -> list[html_page.Section]:
   several = len(tables.fills(frame)) > 1
   smooth = bool((compared["control"] != comparisons.RANDOM).any())
   out = [html_page.Section(
-      "Results", [_RESULTS_NOTE] + ([_SMOOTH_NOTE] if smooth else []))]
+      "Results",
+      [notes.RESULTS_NOTE] + ([notes.SMOOTH_NOTE] if smooth else []))]
   out += [html_page.Section(
       tables.panel_title(mode, fill, several),
       tables=[tables.results_table(frame, mode, fill, compared)], level=3)
           for mode, fill in tables.panels(frame)]
   if several:
-    out.append(html_page.Section("Fills side by side", [_FILLS_NOTE]))
+    out.append(html_page.Section("Fills side by side", [notes.FILLS_NOTE]))
     out += [html_page.Section(mode.upper(),
                               tables=[tables.fills_table(frame, mode)],
                               level=3)
@@ -268,7 +219,7 @@ def _sections(frame, stability, compared) -> list[html_page.Section]:
   out += [
       html_page.Section("Estimators ranked",
                         _ranking_lines(frame) + [_ranking_note(frame)]),
-      html_page.Section("Rank stability across seeds", [_STABILITY_NOTE],
+      html_page.Section("Rank stability across seeds", [notes.STABILITY_NOTE],
                         tables=[tables.stability_table(stability, several)]),
   ]
   return out
