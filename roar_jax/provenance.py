@@ -164,10 +164,18 @@ def describe(stale: list[Stale], wd: workdir_lib.Workdir) -> str:
 
 
 def settle(planned: Iterable[Artifact], wd: workdir_lib.Workdir, *,
-           recompute: bool) -> list[Stale]:
+           recompute: bool, with_them: Iterable[str] = ()) -> list[Stale]:
   """Stops on stale artifacts, or moves them aside when `recompute`.
 
   Call it before any work, from process 0.
+
+  Args:
+    planned: the artifacts the run will use.
+    wd: the workdir.
+    recompute: move stale artifacts aside instead of stopping.
+    with_them: files or folders made from the stale artifacts (the report,
+      config.json), moved aside with them when there are any, so that the
+      old run stays whole in one W/stale/<time>/.
 
   Raises:
     workdir.WorkdirError: stale artifacts and not `recompute`; one line.
@@ -176,17 +184,19 @@ def settle(planned: Iterable[Artifact], wd: workdir_lib.Workdir, *,
   if stale and not recompute:
     raise workdir_lib.WorkdirError(describe(stale, wd))
   if stale:
-    folder = move_aside(stale, wd)
+    folder = move_aside(stale, wd, with_them)
     logging.info("moved %d stale artifacts to %s", len(stale), folder)
   return stale
 
 
-def move_aside(stale: list[Stale], wd: workdir_lib.Workdir) -> str:
-  """Moves stale artifacts under W/stale/<time>/, keeping their paths."""
+def move_aside(stale: list[Stale], wd: workdir_lib.Workdir,
+               with_them: Iterable[str] = ()) -> str:
+  """Moves stale artifacts (and the existing paths of `with_them`) under
+  W/stale/<time>/, keeping their paths."""
   folder = wd.stale(time.strftime("%Y%m%d-%H%M%S"))
-  for s in stale:
-    rel = os.path.relpath(s.artifact.path, wd.root) if not (
-        workdir_lib.is_remote(wd.root)) else s.artifact.path[
-            len(wd.root):].lstrip("/")
-    workdir_lib.move(s.artifact.path, workdir_lib.join(folder, rel))
+  for p in [s.artifact.path for s in stale] + [
+      p for p in with_them if workdir_lib.exists(p)]:
+    rel = os.path.relpath(p, wd.root) if not (
+        workdir_lib.is_remote(wd.root)) else p[len(wd.root):].lstrip("/")
+    workdir_lib.move(p, workdir_lib.join(folder, rel))
   return folder

@@ -240,13 +240,22 @@ def test_corrupt_result_is_named_and_recompute_moves_it(tmp_path):
 
 
 def test_recompute_moves_stale_artifacts_aside(tmp_path):
-  _lay_down(_config(), str(tmp_path))
+  old = _config()
+  pipeline.open_run(old, str(tmp_path), mode="roar")  # Writes config.json.
+  _lay_down(old, str(tmp_path))
+  old_config = (tmp_path / "config.json").read_bytes()
+  (tmp_path / "report").mkdir()
+  (tmp_path / "report" / "results.csv").write_text("old report\n")
   config = _config()
   with config.unlocked():
     config.train.learning_rate = 0.01
   plan = pipeline.open_run(config, str(tmp_path), mode="roar", recompute=True)
   (stale,) = os.listdir(tmp_path / "stale")
   moved = tmp_path / "stale" / stale
+  # The old report and config.json go with the artifacts they describe.
+  assert (moved / "report" / "results.csv").read_text() == "old report\n"
+  assert (moved / "config.json").read_bytes() == old_config
+  assert not (tmp_path / "report").exists()
   assert sorted(os.listdir(moved / "results")) == sorted(
       u.name + ".json" for u in plan.units)
   assert (moved / "base" / "provenance.json").exists()

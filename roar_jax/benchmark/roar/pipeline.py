@@ -51,8 +51,11 @@ def open_run(config, workdir, *, mode: str, recompute: bool = False
   plan = grid.plan_of(config, workdir)
   wd = plan.workdir
   if jax.process_index() == 0:
+    # The old report and config.json describe the stale artifacts: they go
+    # with them, not under the new run's.
     provenance_lib.settle([*plan.all(), *metric_artifacts(config, plan)], wd,
-                          recompute=recompute)
+                          recompute=recompute,
+                          with_them=(wd.report(), wd.config_file))
     workdir_lib.write_config(wd, config, mode)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
