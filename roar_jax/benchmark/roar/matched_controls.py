@@ -24,8 +24,8 @@ from roar_jax.benchmark.roar import estimator_names as names
 from roar_jax.data import rank_store as rank_store_lib
 from roar_jax.saliency import smoothing
 
-# The autocorrelation is the mean over the first test images (by index): the
-# mean over 2,000 images varies by about 1e-3 from one draw to another.
+# The autocorrelation is the mean over the first test images (by index), which
+# bounds the time of the measure on large test splits.
 MATCH_IMAGES = 2000
 RECORD = "matched.json"
 
