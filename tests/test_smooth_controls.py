@@ -114,14 +114,14 @@ def test_bad_sigma_is_refused_in_one_line_naming_the_field():
 
 
 def test_matched_sigma_reproduces_the_target_autocorrelation():
-  for target in (0.35, 0.8):
-    sigma = smoothing.match_sigma(target, (32, 32))
-    # Fresh noise (another seed) ranked as the stage ranks it.
-    maps = saliency.explain(NO_MODEL, jnp.zeros((64, 32, 32, 3)),
-                            method="random_smooth", key=jax.random.key(9),
-                            smooth_sigma=sigma)
-    got = smoothing.lag1_autocorrelation(np.asarray(saliency.rank(maps)))
-    assert got == pytest.approx(target, abs=0.01), sigma
+  target = 0.6
+  sigma = smoothing.match_sigma(target, (32, 32))
+  # Fresh noise (another draw) ranked as the explain stage ranks it.
+  maps = saliency.explain(NO_MODEL, jnp.zeros((64, 32, 32, 3)),
+                          method="random_smooth", key=jax.random.key(9),
+                          smooth_sigma=sigma)
+  got = smoothing.lag1_autocorrelation(np.asarray(saliency.rank(maps)))
+  assert got == pytest.approx(target, abs=0.01), sigma
   assert smoothing.match_sigma(0.0, (32, 32)) == 0.0
   assert smoothing.match_sigma(0.9999, (32, 32)) == 16.0
 
