@@ -280,6 +280,7 @@ def test_agreement_spearman_values():
      "'aopc'"),
     ("fill", "zeros", "config.metrics.fill='zeros'"),
     ("leakage_steps", -1, "config.metrics.leakage_steps=-1"),
+    ("leakage_seeds", 0, "config.metrics.leakage_seeds=0"),
 ])
 @pytest.mark.parametrize("mode", ["metrics", "roar"])
 def test_bad_options_fail_at_start_up(field, value, message, mode):

@@ -29,6 +29,7 @@ def _config():
     config.train.num_steps = 200
     config.train.checkpoint_every = 100
     config.metrics.num_images = 50  # The metrics stage runs in the grid.
+    config.metrics.leakage_seeds = 1  # The probe's seeds: test_metrics_leakage.
   return config
 
 
