@@ -175,13 +175,14 @@ def report(config, workdir, *, plan: artifacts_lib.Plan | None = None,
   records = verified_records(plan)
   no_retrain = {key: r["test_accuracy"] for key, a in plan.no_retrain.items()
                 if (r := metrics_lib.matching(a)) is not None}
+  leakage_rows = leakage_lib.stored_rows(config, plan)
   out = report_lib.build_report(
       plan.workdir, records, no_retrain, config=config,
       expected_units=len(plan.results), base_accuracy=base_accuracy,
-      num_classes=num_classes)
+      num_classes=num_classes, leakage_rows=leakage_rows)
   rows = report_lib.read_csv(plan.workdir.report("results.csv"))
   metrics_lib.report(config, plan, results_rows=rows)
-  leakage_lib.write_csv(plan.workdir, leakage_lib.stored_rows(config, plan))
+  leakage_lib.write_csv(plan.workdir, leakage_rows)
   logging.info("report: %s (%d results%s)", plan.workdir.report(),
                out["num_results"], ", partial" if out["partial"] else "")
   return out

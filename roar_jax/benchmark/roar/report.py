@@ -198,18 +198,35 @@ def _ranking_lines(frame) -> list[str]:
   return lines
 
 
-def _sections(frame, stability, compared) -> list[html_page.Section]:
+def _leak_warning(frame, leakage) -> list[str]:
+  """A warning naming the tested verdicts whose masks leak, if any."""
+  cells = sorted({(r.estimator, r.mode, r.threshold)
+                  for r in frame.itertuples(index=False)
+                  if r.estimator != comparisons.RANDOM and r.num_seeds >= 2
+                  and (p := leakage.get((r.estimator, r.mode,
+                                         round(r.threshold, 4))))
+                  and tables.leaks(p)})
+  if not cells:
+    return []
+  names = ", ".join(f"{e} {m.upper()} {100 * t:.0f}%" for e, m, t in cells)
+  return [f"Warning: the removal mask alone predicts the class above chance "
+          f"for {names}. " + notes.LEAK_NOTE]
+
+
+def _sections(frame, stability, compared, leakage
+              ) -> list[html_page.Section]:
   """Results, fills side by side, ranking and stability, for both the
   summary and the page."""
   several = len(tables.fills(frame)) > 1
   smooth = bool((compared["control"] != comparisons.RANDOM).any())
   out = [html_page.Section(
       "Results",
-      [notes.RESULTS_NOTE] + ([notes.SMOOTH_NOTE] if smooth else []))]
+      [notes.RESULTS_NOTE] + ([notes.SMOOTH_NOTE] if smooth else [])
+      + _leak_warning(frame, leakage))]
   out += [html_page.Section(
       tables.panel_title(mode, fill, several),
-      tables=[tables.results_table(frame, mode, fill, compared)], level=3)
-          for mode, fill in tables.panels(frame)]
+      tables=[tables.results_table(frame, mode, fill, compared, leakage)],
+      level=3) for mode, fill in tables.panels(frame)]
   if several:
     out.append(html_page.Section("Fills side by side", [notes.FILLS_NOTE]))
     out += [html_page.Section(mode.upper(),
@@ -234,7 +251,8 @@ def _markdown(section: html_page.Section) -> list[str]:
   return lines
 
 
-def _summary(frame, stability, compared, modes, extra_figures, ctx) -> str:
+def _summary(frame, stability, compared, leakage, modes, extra_figures, ctx
+             ) -> str:
   """summary.md."""
   lines = [f"# {_title(ctx)}", ""]
   for i, line in enumerate(_intro(ctx)):
@@ -245,7 +263,7 @@ def _summary(frame, stability, compared, modes, extra_figures, ctx) -> str:
     for m in modes:
       lines += [f"![{m.upper()}]({m}.png)", "", captions[m],
                 f"(Also {m}.pdf.)", ""]
-  for section in _sections(frame, stability, compared):
+  for section in _sections(frame, stability, compared, leakage):
     lines += _markdown(section)
   for heading, names in extra_figures:
     lines += [f"## {heading}", ""] + [f"![]({n})" for n in names] + [""]
@@ -271,8 +289,8 @@ def _extra_figures(wd) -> list[tuple[str, list[str]]]:
   return [(h, n) for h, n in groups if n]
 
 
-def _page(wd, frame, stability, compared, modes, extra_figures, ctx
-          ) -> str:
+def _page(wd, frame, stability, compared, leakage, modes, extra_figures,
+          ctx) -> str:
   """index.html."""
   captions = _captions(frame, modes, ctx)
 
@@ -284,7 +302,7 @@ def _page(wd, frame, stability, compared, modes, extra_figures, ctx
   if modes:
     sections.append(html_page.Section(
         "Figures", figures=[fig(f"{m}.png", captions[m]) for m in modes]))
-  sections += _sections(frame, stability, compared)
+  sections += _sections(frame, stability, compared, leakage)
   sections += [html_page.Section(h, figures=[fig(n) for n in names])
                for h, names in extra_figures]
   if ctx["config"] is not None:
@@ -301,7 +319,8 @@ def build_report(wd: workdir_lib.Workdir, records, no_retrain, *,
                  base_accuracy: float | None = None,
                  num_classes: int | None = None,
                  dataset: str | None = None,
-                 model: str | None = None) -> dict[str, Any]:
+                 model: str | None = None,
+                 leakage_rows=None) -> dict[str, Any]:
   """Writes `W/report/`: results.csv, rank_stability.csv, a figure per mode
   run (PNG and PDF), summary.md and index.html.
 
@@ -319,12 +338,16 @@ def build_report(wd: workdir_lib.Workdir, records, no_retrain, *,
       the config states, see `num_classes_of`; no line when unknown).
     dataset: the dataset's name in titles (default: config.data.name).
     model: the model's name in titles (default: config.model.name).
+    leakage_rows: the leakage probes' rows (`leakage.stored_rows`): each
+      results table shows the mask-only accuracy, and a verdict whose mask
+      leaks is named in a warning.
 
   Returns:
     {'rows': aggregated rows (REPORT_COLUMNS), 'partial': bool,
      'num_results': int, 'modes': the modes drawn}.
   """
   records = list(records)
+  leakage = tables.leakage_by_key(leakage_rows)
   by_seed = results_lib.records_frame(records)
   compared = comparisons.compare(by_seed)
   frame = results_lib.aggregate_frame(records, no_retrain, compared)
@@ -342,10 +365,10 @@ def build_report(wd: workdir_lib.Workdir, records, no_retrain, *,
       dataset=ctx["dataset"], model=ctx["model"])
   extra = _extra_figures(wd)
   workdir_lib.write_text(wd.report("summary.md"),
-                         _summary(frame, stability, compared, modes, extra,
-                                  ctx))
+                         _summary(frame, stability, compared, leakage, modes,
+                                  extra, ctx))
   workdir_lib.write_text(wd.report("index.html"),
-                         _page(wd, frame, stability, compared, modes, extra,
-                               ctx))
+                         _page(wd, frame, stability, compared, leakage, modes,
+                               extra, ctx))
   return {"rows": results_lib.rows_of(frame), "partial": ctx["partial"],
           "num_results": len(records), "modes": modes}

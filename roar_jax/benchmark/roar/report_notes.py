@@ -52,3 +52,11 @@ FILLS_NOTE = (
     "information into the retrained model; ROAD's noisy linear imputation "
     "(noisy_linear) hides it (Rong et al. 2022). 'verdict differs': the "
     "estimator's verdict against random changes with the fill.")
+
+LEAK_NOTE = (
+    "A model retrained on these images can score by reading the mask's "
+    "shape instead of the pixels left (ROAD's leakage, Rong et al. 2022), so "
+    "their ROAR/KAR accuracy says less about the estimator. Compare the "
+    "noisy_linear fill, which hides the shape, and the smoothness-matched "
+    "control; the 'mask alone' column gives each probe's accuracy with its "
+    "95% interval over probe seeds (leakage.csv).")

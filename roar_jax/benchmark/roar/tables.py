@@ -99,8 +99,32 @@ def only_vs_iid(vs_random: str, vs_smooth: str | None) -> bool:
           and not vs_smooth.startswith("better"))
 
 
+def leaks(row) -> bool:
+  """Whether a leakage-probe row's mask alone predicts the class above
+  chance beyond its 95% interval (no interval, e.g. one probe seed: no)."""
+  low = float(row.get("ci95_low", math.nan))
+  return not math.isnan(low) and low > float(row["chance"])
+
+
+def _leakage_cell(row) -> str:
+  if row is None:
+    return "–"
+  text = pct(float(row["mask_only_accuracy"]))
+  low, high = (float(row.get(k, math.nan)) for k in ("ci95_low", "ci95_high"))
+  if not math.isnan(low):
+    text += f" [{pct(low)}, {pct(high)}]"
+  return text + (" leaks" if leaks(row) else "")
+
+
+def leakage_by_key(rows) -> dict[tuple[str, str, float], dict]:
+  """leakage.csv rows by (estimator, mode, threshold)."""
+  return {(r["estimator"], r["mode"], round(float(r["threshold"]), 4)): r
+          for r in rows or ()}
+
+
 def results_table(frame: pd.DataFrame, mode: str, fill: str | None = None,
-                  compared: pd.DataFrame | None = None) -> pd.DataFrame:
+                  compared: pd.DataFrame | None = None,
+                  leakage=None) -> pd.DataFrame:
   """The rows of `mode` (and `fill`, when given), accuracies in %.
 
   Args:
@@ -110,6 +134,8 @@ def results_table(frame: pd.DataFrame, mode: str, fill: str | None = None,
     compared: `comparisons.compare` of the same records; adds the verdict
       against each estimator's smoothness-matched control when the grid has
       one.
+    leakage: `leakage_by_key` of the probes; adds the mask-only accuracy
+      (marked 'leaks' when above chance beyond its interval).
   """
   sub = _ordered(frame, mode)
   if fill is not None:
@@ -128,6 +154,10 @@ def results_table(frame: pd.DataFrame, mode: str, fill: str | None = None,
       "BH q": sub["q_bh_vs_random"].map(statistics.format_p),
       "vs random (Holm, 5%)": vs_random,
   })
+  if leakage:
+    table["mask alone % [95% CI]"] = [
+        _leakage_cell(leakage.get((e, mode, round(float(t), 4))))
+        for e, t in zip(sub["estimator"], sub["threshold"])]
   smooth = ({} if compared is None
             else _smooth_verdicts(compared, frame, mode))
   if smooth:
