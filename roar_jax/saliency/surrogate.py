@@ -14,8 +14,11 @@ Map: each segment's value spread evenly over its pixels and channels, so the
 map sums to the sum of the values.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from roar_jax.saliency import inputs as inputs_lib
 from roar_jax.saliency import perturbation
@@ -101,48 +104,169 @@ def lime(inputs: inputs_lib.Inputs) -> Array:
   return _spread(jnp.where(valid, coef, 0), inputs)
 
 
-def _shap_bits(key, ids, m, valid, exact):
+@functools.lru_cache(maxsize=None)
+def _binomials(slots: int) -> np.ndarray:
+  """[slots + 1, slots + 1] int32 table C(p, k), saturated at 2^30."""
+  table = np.zeros((slots + 1, slots + 1), np.int64)
+  table[:, 0] = 1
+  for p in range(1, slots + 1):
+    table[p, 1:] = np.minimum(table[p - 1, 1:] + table[p - 1, :-1], 2 ** 30)
+  return table.astype(np.int32)
+
+
+def _shap_plan(m: Array, slots: int, samples: int, exact: Array) -> dict:
+  """Which coalition sizes one image enumerates, as the shap library does.
+
+  Sizes go in pairs h and M - h (one size when h = M - h), from h = 1 up.
+  A pair is enumerated (every coalition of both sizes, each with its own
+  Shapley kernel weight) while the samples left, times the pair's share of
+  the kernel mass left, cover its coalitions; the first pair that does not
+  fit ends the enumeration. `exact` enumerates every size. The samples left
+  are drawn from the other sizes.
+
+  Returns:
+    {'full': [D + 1] bool per size k, 'start', 'count': [D // 2 + 1] int32
+    first sample and number of samples of pair h, 'enumerated': int32 total,
+    'mass': [D + 1] kernel mass (M - 1) / (k (M - k)) of size k, 0 off
+    1..M-1}.
+  """
+  binom = jnp.asarray(_binomials(slots))
+  mi = m.astype(jnp.int32)
+  k = jnp.arange(slots + 1)
+  inside = (k >= 1) & (k <= mi - 1)
+  mass = jnp.where(inside, (m - 1) / jnp.maximum(k * (mi - k), 1), 0.0)
+
+  def pair(carry, h):
+    budget, left, going, taken = carry
+    single = 2 * h == mi
+    count = binom[mi, h] * jnp.where(single, 1, 2)
+    pair_mass = mass[h] * jnp.where(single, 1.0, 2.0)
+    # shap's test: the pair's share of the samples left covers it.
+    fits = budget * pair_mass >= count * left * (1 - 1e-6)
+    going = going & (h <= mi // 2) & (fits | exact)
+    count = jnp.where(going, count, 0)
+    carry = (budget - count.astype(jnp.float32),
+             left - jnp.where(going, pair_mass, 0.0), going, taken + count)
+    return carry, (going, taken, count)
+
+  first = (jnp.float32(samples), jnp.sum(mass), jnp.bool_(True),
+           jnp.int32(0))
+  (_, _, _, taken), (fulls, starts, counts) = jax.lax.scan(
+      pair, first, jnp.arange(1, slots // 2 + 1))
+  fulls = jnp.concatenate([jnp.zeros(1, bool), fulls])
+  half = jnp.minimum(k, jnp.maximum(mi - k, 0))
+  zero = jnp.zeros(1, jnp.int32)
+  return {"full": inside & fulls[jnp.minimum(half, slots // 2)],
+          "start": jnp.concatenate([zero, starts]),
+          "count": jnp.concatenate([zero, counts]), "enumerated": taken,
+          "mass": mass}
+
+
+def _unrank(index: Array, size: Array, valid: Array) -> Array:
+  """Coalition number `index` of `size` valid slots (combinatorial number
+  system, colexicographic order): [D] bool."""
+  slots = valid.shape[0]
+  binom = jnp.asarray(_binomials(slots))
+  position = jnp.cumsum(valid) - 1  # Rank of each slot among the valid ones.
+
+  def step(carry, f):
+    r, left = carry
+    c = binom[jnp.maximum(position[f], 0), left]
+    take = valid[f] & (left > 0) & (r >= c)
+    return (r - jnp.where(take, c, 0), left - take), take
+
+  _, bits = jax.lax.scan(step, (index, size), jnp.arange(slots)[::-1])
+  return bits[::-1]
+
+
+def _shap_bits(key, ids, m, valid, plan, samples):
   """KernelSHAP coalitions `ids` of one image: (bits [g, D], weights [g]).
 
-  Exact (2^M - 2 <= samples): sample j is coalition j + 1 in binary, with
-  its Shapley kernel weight (M - 1) / (C(M, k) k (M - k)); samples past the
-  2^M - 2 proper coalitions weigh 0. Otherwise: pairs of complementary
-  coalitions, the size k drawn with probability proportional to
-  (M - 1) / (k (M - k)), the members uniformly; each weighs 1.
+  The first samples enumerate the sizes `_shap_plan` chose, each coalition
+  of size k weighing (M - 1) / (C(M, k) k (M - k)), a coalition and its
+  complement side by side. The rest come in complementary pairs; pair q's
+  size is drawn from the remaining sizes with probability proportional to
+  (M - 1) / (k (M - k)), stratified (the q-th of equal slices of the
+  distribution), its members uniformly; each weighs the remaining mass
+  over the number of drawn samples. Samples past `samples` weigh 0 (the
+  caller masks them).
   """
   slots = valid.shape[0]
-  f = jnp.arange(slots)
-  k = jnp.arange(slots + 1, dtype=jnp.float32)
+  binom = jnp.asarray(_binomials(slots))
+  mi = m.astype(jnp.int32)
+  drawn = samples - plan["enumerated"]
+  pairs = jnp.maximum((drawn + 1) // 2, 1)
+  rest = jnp.where(plan["full"], 0.0, plan["mass"])
+  cdf = jnp.cumsum(rest) / jnp.maximum(jnp.sum(rest), 1e-30)
 
-  def exact_one(j):
-    code = j + 1
-    bits = (jnp.right_shift(code, jnp.minimum(f, 30)) & 1) * (f < 30)
-    bits = (bits > 0) & valid
-    size = jnp.sum(bits)
-    log_binom = (jax.scipy.special.gammaln(m + 1.0) -
-                 jax.scipy.special.gammaln(size + 1.0) -
-                 jax.scipy.special.gammaln(m - size + 1.0))
-    weight = (m - 1) / (jnp.exp(log_binom) * size * (m - size))
-    proper = (j < 2 ** jnp.minimum(m, 30).astype(jnp.int32) - 2)
-    return bits, jnp.where(proper, weight, 0.0)
+  def one(j):
+    h = jnp.clip(jnp.searchsorted(plan["start"] + plan["count"], j,
+                                  side="right"), 1, slots // 2)
+    r = j - plan["start"][h]
+    single = 2 * h == mi
+    flip = ~single & (r % 2 == 1)
+    bits = _unrank(jnp.where(single, r, r // 2), h, valid)
+    bits = jnp.where(flip, valid & ~bits, bits)
+    size = jnp.where(flip, mi - h, h)
+    listed = binom[mi, size].astype(jnp.float32)
+    weight = plan["mass"][size] / jnp.maximum(listed, 1)
 
-  def sampled_one(j):
-    pair = jax.random.fold_in(key, j // 2)
+    q = (j - plan["enumerated"]) // 2
+    pair = jax.random.fold_in(key, q)
     k_size, k_members = jax.random.split(pair)
-    sizes_ok = (k >= 1) & (k <= m - 1)
-    logits = jnp.where(sizes_ok, jnp.log((m - 1) / jnp.maximum(
-        k * (m - k), 1e-9)), -jnp.inf)
-    size = jax.random.categorical(k_size, logits)
+    u = (q + jax.random.uniform(k_size)) / pairs
+    k = jnp.minimum(jnp.searchsorted(cdf, u), slots)
     score = jnp.where(valid, _slot_uniform(k_members, slots), jnp.inf)
-    rank = jnp.argsort(jnp.argsort(score))
-    bits = rank < size
-    bits = jnp.where(j % 2 == 1, valid & ~bits, bits)
-    return bits, jnp.ones((), jnp.float32)
+    picked = jnp.argsort(jnp.argsort(score)) < k
+    picked = jnp.where((j - plan["enumerated"]) % 2 == 1, valid & ~picked,
+                       picked)
+    share = jnp.sum(rest) / jnp.maximum(drawn, 1).astype(jnp.float32)
+    listed_one = j < plan["enumerated"]
+    return (jnp.where(listed_one, bits, picked),
+            jnp.where(listed_one, weight, share))
 
-  ex_bits, ex_w = jax.vmap(exact_one)(ids)
-  sa_bits, sa_w = jax.vmap(sampled_one)(ids)
-  bits = jnp.where(exact, ex_bits, sa_bits).astype(jnp.float32)
-  return bits, jnp.where(exact, ex_w, sa_w)
+  bits, weight = jax.vmap(one)(ids)
+  return bits.astype(jnp.float32), weight
+
+
+def efficient_solve(gram: Array, rhs: Array, valid: Array,
+                    total: Array) -> Array:
+  """Weighted least squares under the efficiency constraint, exactly.
+
+  Minimizes phi' G phi - 2 rhs' phi subject to sum(phi) = total over each
+  image's valid slots. The constraint is eliminated as the shap library does:
+  the last valid slot is phi_L = total - sum of the others, which leaves an
+  unconstrained system in the others. So the values sum to `total` up to the
+  rounding of one sum, whatever the conditioning (a pseudo-inverse of the KKT
+  matrix with the default cutoff can drop the constraint's direction).
+
+  Args:
+    gram: [N, D, D] weighted Gram matrices of the coalition bits.
+    rhs: [N, D] weighted sums bits * (f(z) - f(x0)).
+    valid: [N, D] bool, the slots that are segments (at least one per image).
+    total: [N] f(x) - f(x0).
+
+  Returns:
+    [N, D] values, exactly 0 on slots that are not segments.
+  """
+  slots = valid.shape[1]
+  last = slots - 1 - jnp.argmax(valid[:, ::-1], axis=1)
+  e = jax.nn.one_hot(last, slots, dtype=gram.dtype)  # [N, D]
+  free = (valid & (e == 0)).astype(gram.dtype)
+  # phi = A psi + total e: A's column j (a free slot) is +1 at j, -1 at L.
+  a = jax.vmap(jnp.diag)(free) - e[:, :, None] * free[:, None, :]
+  reduced = jnp.einsum("nij,nik,nkl->njl", a, gram, a)
+  shifted = rhs - jnp.einsum("nij,nj->ni", gram, e) * total[:, None]
+  reduced_rhs = jnp.einsum("nij,ni->nj", a, shifted)
+  # Slots that are not free are held at 0 by an identity row; a relative
+  # ridge of 1e-6 keeps the system regular when the coalitions do not span
+  # every direction (fewer samples than segments), far below the sampling
+  # noise otherwise.
+  scale = jnp.einsum("nii->n", reduced) / jnp.maximum(jnp.sum(free, 1), 1)
+  reduced = reduced + jax.vmap(jnp.diag)(
+      (1 - free) + 1e-6 * scale[:, None] * free)
+  psi = jnp.linalg.solve(reduced, reduced_rhs[..., None])[..., 0]
+  return jnp.einsum("nij,nj->ni", a, psi) + total[:, None] * e
 
 
 @registry.register("kernel_shap", prepare=segments_lib.superpixels,
@@ -157,7 +281,7 @@ def kernel_shap(inputs: inputs_lib.Inputs) -> Array:
   opts = inputs.options
   sizes = inputs.extras["segment_sizes"]
   valid = sizes > 0
-  n, slots = sizes.shape
+  n = sizes.shape[0]
   m = jnp.sum(valid, axis=1).astype(jnp.float32)
   exact = 2.0 ** m - 2 <= opts.shap_samples
   keys = inputs.image_keys(SHAP_STREAM)
@@ -165,24 +289,16 @@ def kernel_shap(inputs: inputs_lib.Inputs) -> Array:
   f0 = perturbation.evaluate(
       inputs, jnp.zeros((n, 1) + inputs.images.shape[1:3]))[:, 0]
 
+  plans = jax.vmap(lambda mi, e: _shap_plan(
+      mi, valid.shape[1], opts.shap_samples, e))(m, exact)
+
   def body(ids, ok):
-    bits, weight = jax.vmap(lambda k, mi, v, e: _shap_bits(
-        k, ids, mi, v, e))(keys, m, valid, exact)
+    bits, weight = jax.vmap(lambda k, mi, v, p: _shap_bits(
+        k, ids, mi, v, p, opts.shap_samples))(keys, m, valid, plans)
     weight = weight * ok.astype(jnp.float32)
     y = _evaluate_bits(inputs, bits) - f0[:, None]
     return _stats(bits, y, weight)
 
   s = inputs_lib.group_loop(opts.shap_samples, inputs.group_size(), body)
-  both = valid[:, :, None] & valid[:, None, :]
-  eye = jnp.eye(slots, dtype=jnp.float32)
-  gram = jnp.where(both, s["wzz"], 0) + jnp.where(valid, 0.0, 1.0)[
-      :, None, :] * eye
-  ones = valid.astype(jnp.float32)
-  kkt = jnp.concatenate([
-      jnp.concatenate([gram, ones[:, :, None]], axis=2),
-      jnp.concatenate([ones[:, None, :], jnp.zeros((n, 1, 1))], axis=2)],
-                        axis=1)
-  rhs = jnp.concatenate([jnp.where(valid, s["wzy"], 0),
-                         (fx - f0)[:, None]], axis=1)
-  values = jnp.einsum("nij,nj->ni", jnp.linalg.pinv(kkt), rhs)[:, :slots]
-  return _spread(jnp.where(valid, values, 0), inputs)
+  values = efficient_solve(s["wzz"], s["wzy"], valid, fx - f0)
+  return _spread(values, inputs)
