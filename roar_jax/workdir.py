@@ -12,7 +12,7 @@ writes through it:
   W/no_retrain/<dataset>.json   the base model on a degraded test split
   W/retrain/<unit>/             one retrain (checkpoints, metrics.json)
   W/results/<unit>.json         its result record
-  W/report/                     tables and figures
+  W/report/                     tables and figures (built aside, swapped in: report_folder.py)
   W/sanity/                     the sanity checks' artifacts
   W/stale/<time>/...            artifacts moved aside by --recompute
 

@@ -8,6 +8,7 @@ result of another config is reused (`artifacts.check`, run by `open_run`
 before any work).
 """
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -15,8 +16,10 @@ import tqdm
 from absl import logging
 
 from roar_jax import provenance as provenance_lib
+from roar_jax import report_folder
 from roar_jax import training
 from roar_jax import workdir as workdir_lib
+from roar_jax.benchmark.roar import agreement
 from roar_jax.benchmark.roar import artifacts as artifacts_lib
 from roar_jax.benchmark.roar import explain
 from roar_jax.benchmark.roar import grid
@@ -78,7 +81,15 @@ def run_metrics(config, plan: artifacts_lib.Plan, source=None):
   train_base(config, plan, source)
   explain.run(config, plan.workdir.root, source=source, plan=plan)
   fill = grid.channel_mean(config, plan, source)
-  return metrics_lib.run(config, plan, source, fill)
+  return staged_metrics(config, plan, source, fill)
+
+
+def staged_metrics(config, plan: artifacts_lib.Plan, source, fill):
+  """`metrics.run`, its report files swapped in whole (process 0)."""
+  with report_folder.staged(plan.workdir, report_folder.owns_metrics,
+                            enabled=jax.process_index() == 0) as wd:
+    return metrics_lib.run(config, dataclasses.replace(plan, workdir=wd),
+                           source, fill)
 
 
 def train_base(config, plan: artifacts_lib.Plan, source) -> dict[str, Any]:
@@ -119,7 +130,7 @@ def run(config, workdir, *, run_unit: UnitRunner = grid.run_unit,
   # One unit of a shared grid (`roar.unit`) leaves the metrics to
   # --mode=metrics, run once for the grid.
   if config.metrics.with_roar and not config.roar.unit:
-    metrics_lib.run(config, plan, source, fill)
+    staged_metrics(config, plan, source, fill)
   units = list(plan.units)
   todo = [u for u in units if not grid.is_done(plan, u)]
   logging.info("grid: %d units, %d finished, %d to run", len(units),
@@ -132,7 +143,8 @@ def run(config, workdir, *, run_unit: UnitRunner = grid.run_unit,
     for unit in tqdm.tqdm(todo, desc="retrain units", disable=None):
       run_unit(config, plan, unit, source, fill)
   summary = None
-  if jax.process_index() == 0:
+  # One unit never replaces the grid's report: --mode=report builds it.
+  if jax.process_index() == 0 and not config.roar.unit:
     summary = report(config, workdir, plan=plan,
                      base_accuracy=base["test_accuracy"],
                      num_classes=source.info.num_classes)
@@ -158,15 +170,37 @@ def verified_records(plan: artifacts_lib.Plan) -> list[dict[str, Any]]:
   return records
 
 
+def check_current(config, plan: artifacts_lib.Plan):
+  """Refuses, like the other stages, to report from a workdir whose
+  artifacts another config made (one line naming the changed fields);
+  nothing is moved or written."""
+  stale = provenance_lib.check([*plan.all(), *metric_artifacts(config, plan)])
+  if stale:
+    raise workdir_lib.WorkdirError(provenance_lib.describe(stale,
+                                                           plan.workdir))
+
+
 def report(config, workdir, *, plan: artifacts_lib.Plan | None = None,
            base_accuracy: float | None = None,
            num_classes: int | None = None):
   """`--mode=report`: rebuilds the report from the stored results.
 
-  Only results and no-retrain scores whose fingerprints match the config's
-  plan are counted.
+  The config must be the one that made the workdir's artifacts (or narrow
+  its grid): a changed field stops it in one line. Only results and
+  no-retrain scores whose fingerprints match the config's plan are counted.
+  The files are written to a staging folder and swapped in whole
+  (`report_folder.staged`): an interrupted build leaves the old report.
+
+  Raises:
+    workdir.WorkdirError: artifacts of another config; or `roar.unit` is
+      set (one unit never makes the grid's report).
   """
+  if config.roar.get("unit"):
+    raise workdir_lib.WorkdirError(
+        f"roar.unit={config.roar.unit}: one unit does not make the grid's "
+        f"report; run --mode=report without --config.roar.unit")
   plan = plan or grid.plan_of(config, workdir)
+  check_current(config, plan)
   if num_classes is None:  # For the chance line.
     num_classes = sources.get_source(config.data).info.num_classes
   if base_accuracy is None:
@@ -175,14 +209,21 @@ def report(config, workdir, *, plan: artifacts_lib.Plan | None = None,
   records = verified_records(plan)
   no_retrain = {key: r["test_accuracy"] for key, a in plan.no_retrain.items()
                 if (r := metrics_lib.matching(a)) is not None}
-  leakage_rows = leakage_lib.stored_rows(config, plan)
-  out = report_lib.build_report(
-      plan.workdir, records, no_retrain, config=config,
-      expected_units=len(plan.results), base_accuracy=base_accuracy,
-      num_classes=num_classes, leakage_rows=leakage_rows)
-  rows = report_lib.read_csv(plan.workdir.report("results.csv"))
-  metrics_lib.report(config, plan, results_rows=rows)
-  leakage_lib.write_csv(plan.workdir, leakage_rows)
+  metric_records = {e: r for e, a in metrics_lib.plan_artifacts(
+      config, plan).items() if (r := metrics_lib.matching(a)) is not None}
+  with report_folder.staged(plan.workdir,
+                            report_folder.owns_report_build) as wd:
+    # metrics.png first: index.html embeds it.
+    metric_rows = (metric_records
+                   and metrics_lib.write_report(wd, metric_records))
+    out = report_lib.build_report(
+        wd, records, no_retrain, config=config,
+        expected_units=len(plan.results), base_accuracy=base_accuracy,
+        num_classes=num_classes)
+    if metric_records:
+      agreement.write(wd, metric_rows, report_lib.read_csv(
+          wd.report("results.csv")))
+    leakage_lib.write_csv(wd, leakage_lib.stored_rows(config, plan))
   logging.info("report: %s (%d results%s)", plan.workdir.report(),
                out["num_results"], ", partial" if out["partial"] else "")
   return out

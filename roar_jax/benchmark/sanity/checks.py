@@ -55,6 +55,7 @@ from absl import logging
 
 from roar_jax import models
 from roar_jax import provenance as provenance_lib
+from roar_jax import report_folder
 from roar_jax import training
 from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.sanity import artifacts
@@ -251,7 +252,10 @@ def run(config, workdir: str, *, source=None, mesh=None,
     records += recs
   report = None
   if jax.process_index() == 0:
-    report = sanity_report.build_report(plan.workdir, records)
+    # Swapped in whole: an interrupted build leaves the old sanity files.
+    with report_folder.staged(plan.workdir,
+                              report_folder.owns_sanity) as wd:
+      report = sanity_report.build_report(wd, records)
   logging.info("sanity checks: %.1f s; report in %s", time.time() - start,
                plan.workdir.report())
   return {"records": records, "report": report, "training": trained}

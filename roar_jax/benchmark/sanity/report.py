@@ -191,7 +191,8 @@ def build_report(workdir, records: Sequence[Mapping[str, Any]]
   Returns:
     {'files': [paths written], 'rows': the csv rows}.
   """
-  wd = workdir_lib.Workdir(workdir)
+  wd = (workdir if isinstance(workdir, workdir_lib.Workdir)
+        else workdir_lib.Workdir(workdir))
   rows = csv_rows(records)
   write_csv(wd.report("sanity.csv"), rows)
   files = [wd.report("sanity.csv")]
