@@ -173,8 +173,9 @@ def test_enumerated_sizes_follow_shaps_rule():
 
 def test_unrank_lists_every_coalition_of_a_size_once():
   valid = jnp.array([True, False, True, True, True, False, True, True])
-  bits = jax.vmap(lambda r: surrogate._unrank(  # pylint: disable=protected-access
-      r, jnp.int32(3), valid))(jnp.arange(20))  # C(6, 3) = 20.
+  unrank = surrogate._unrank  # pylint: disable=protected-access
+  bits = jax.vmap(lambda r: unrank(r, jnp.int32(3), valid))(
+      jnp.arange(20))  # C(6, 3) = 20 coalitions of 3 of the 6 valid slots.
   bits = np.asarray(bits)
   assert (bits.sum(1) == 3).all() and not bits[:, ~np.asarray(valid)].any()
   assert len({tuple(b) for b in bits}) == 20

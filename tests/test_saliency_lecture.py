@@ -1,7 +1,7 @@
 """The lecture's estimators: values against hand computations, and errors.
 
 DeepLIFT against a hand-written Rescale pass, summation to delta on every
-project model, DeepSHAP's sum, occlusion and KernelSHAP on linear models,
+project model, DeepSHAP's sum, occlusion, RISE and KernelSHAP on linear models,
 KernelSHAP's exact Shapley values, baselines per image, bad options.
 """
 
@@ -16,6 +16,7 @@ import pytest
 from roar_jax import models
 from roar_jax import saliency
 from roar_jax.saliency import model as model_lib
+from roar_jax.saliency import perturbation
 
 # Small models compiled many times over: XLA's optimizations cost more than
 # they save (a ResNet's initializer takes half a minute to optimize on 2 cores).
@@ -214,6 +215,30 @@ def test_occlusion_windows_cover_the_image(linear):
   # Windows at 0 and 2 (the last meets the edge): pixel (0, 0) is in one.
   one = (x[:, :4, :4] * w[:4, :4]).sum(axis=(1, 2, 3))
   np.testing.assert_allclose(maps[:, 0, 0, 0], one, rtol=1e-4)
+
+
+@pytest.mark.parametrize("probabilities", [True, False])
+def test_rise_scores_class_probabilities_by_default(linear, probabilities):
+  model, w, x = linear
+  x0, masks_n, keep = np.float32(0.5), 16, 0.5
+  options = {} if probabilities else dict(rise_probabilities=False)
+  maps = np.asarray(saliency.explain(
+      model, x, method="rise", key=KEY, target=np.zeros(3, np.int32),
+      baseline=x0, rise_masks=masks_n, rise_cells=2, **options))
+  for i in range(3):
+    image_key = jax.random.fold_in(jax.random.fold_in(KEY, i),
+                                   perturbation.RISE_STREAM)
+    masks = np.asarray(perturbation.rise_masks(
+        image_key, jnp.arange(masks_n), 6, 6, 2, keep))  # [N, H, W]
+    copies = x0 + masks[..., None] * (x[i] - x0)
+    z = (copies * w).sum(axis=(1, 2, 3)).astype(np.float64)
+    # The model's logits are (z, -z): the probability of class 0 is
+    # sigmoid(2 z), as the paper scores; the logit is z.
+    score = 1 / (1 + np.exp(-2 * z)) if probabilities else z
+    expected = np.einsum("n,nhw->hw", score, masks) / (masks_n * keep)
+    np.testing.assert_allclose(maps[i, ..., 0], expected, rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_array_equal(maps[i, ..., 0], maps[i, ..., 1])
 
 
 def _grid_segments(h, w, cell):

@@ -47,6 +47,8 @@ class Options:
     rise_masks: N, RISE's random masks per image (4000, as Petsiuk et al.).
     rise_cells: side of RISE's grid of cells (8: an 8x8 grid).
     rise_keep: probability that a cell is kept (0.5).
+    rise_probabilities: RISE scores a masked copy by the softmax probability
+      of the explained class (True, as Petsiuk et al.) or by its logit.
     num_segments: superpixels of LIME and KernelSHAP (scikit-image SLIC's
       n_segments, 50); ignored when `segments=` is given.
     lime_samples: LIME's perturbed samples per image (1000; the first keeps
@@ -86,6 +88,7 @@ class Options:
   rise_masks: int = 4000
   rise_cells: int = 8
   rise_keep: float = 0.5
+  rise_probabilities: bool = True
   num_segments: int = 50
   lime_samples: int = 1000
   lime_kernel_width: float = 0.25
@@ -180,8 +183,9 @@ def from_kwargs(kwargs: dict[str, Any]) -> tuple[Options, dict[str, Any]]:
   for name in ("chunk_size", "evaluations_per_step"):
     if static.get(name) == 0:
       static[name] = None
-  if "fast_pooling" in static:
-    static["fast_pooling"] = bool(static["fast_pooling"])
+  for name in ("fast_pooling", "rise_probabilities"):
+    if name in static:
+      static[name] = bool(static[name])
   for name in _POSITIVE_INTS:
     if name in static and static[name] is not None:
       value = static[name]

@@ -21,16 +21,19 @@ Array = jax.Array
 RISE_STREAM = 3
 
 
-def evaluate(inputs: inputs_lib.Inputs, keep: Array) -> Array:
-  """The explained logit of every perturbed copy.
+def evaluate(inputs: inputs_lib.Inputs, keep: Array,
+             probabilities: bool = False) -> Array:
+  """The explained logit (or probability) of every perturbed copy.
 
   Args:
     inputs: the batch (images [N, H, W, C], baseline, targets).
     keep: [N, G, H, W] or [N, G, H, W, C] in [0, 1]: 1 keeps the image, 0
       puts the baseline.
+    probabilities: score by the softmax probability of the explained class
+      instead of its logit.
 
   Returns:
-    [N, G] logits, all N x G copies in one forward pass.
+    [N, G] scores, all N x G copies in one forward pass.
   """
   x = inputs.images
   x0 = jnp.broadcast_to(inputs.baseline, x.shape).astype(x.dtype)
@@ -39,8 +42,10 @@ def evaluate(inputs: inputs_lib.Inputs, keep: Array) -> Array:
     keep = keep[..., None]
   copies = x0[:, None] + keep.astype(x.dtype) * (x - x0)[:, None]
   copies = copies.reshape((n * g,) + x.shape[1:])
-  y = inputs_lib.target_logits(inputs.part("logits"), copies,
-                               jnp.repeat(inputs.targets, g))
+  logits = inputs.part("logits")
+  fn = (lambda z: jax.nn.softmax(logits(z), axis=-1)) if probabilities else (
+      logits)
+  y = inputs_lib.target_logits(fn, copies, jnp.repeat(inputs.targets, g))
   return y.reshape(n, g)
 
 
@@ -119,8 +124,10 @@ def rise_masks(key: Array, ids: Array, height: int, width: int, cells: int,
 def rise(inputs: inputs_lib.Inputs) -> Array:
   """Petsiuk et al. (2018): sum_i f(x masked_i) M_i / (N p), in every channel.
 
-  N = `rise_masks` (4000), an 8x8 grid (`rise_cells`), keep probability p =
-  `rise_keep` (0.5); the masked-out part is the baseline.
+  f is the softmax probability of the explained class, as in the paper (its
+  logit with `rise_probabilities=False`). N = `rise_masks` (4000), an 8x8
+  grid (`rise_cells`), keep probability p = `rise_keep` (0.5); the
+  masked-out part is the baseline.
   """
   x = inputs.images
   n, h, w = x.shape[:3]
@@ -131,7 +138,8 @@ def rise(inputs: inputs_lib.Inputs) -> Array:
   def body(ids, valid):
     masks = jax.vmap(lambda k: rise_masks(k, ids, h, w, opts.rise_cells,
                                           opts.rise_keep))(keys)
-    y = evaluate(inputs, masks) * valid.astype(x.dtype)  # [N, g]
+    y = evaluate(inputs, masks, opts.rise_probabilities)
+    y = y * valid.astype(x.dtype)  # [N, g]
     return jnp.einsum("ng,nghw->nhw", y, masks)
 
   total = inputs_lib.group_loop(opts.rise_masks, group, body)
