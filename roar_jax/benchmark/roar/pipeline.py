@@ -36,8 +36,10 @@ def open_run(config, workdir, *, mode: str, recompute: bool = False
   """Checks the workdir against the config before any work is done.
 
   Stale artifacts (made under another config) stop the run with one line
-  naming the changed fields, unless `recompute` moves them aside. Then
-  `W/config.json` records the config as run.
+  naming the changed fields, unless `recompute` moves them aside; with
+  `recompute` a base model whose checkpoint does not restore (corrupt,
+  missing) is moved aside too, to be trained again. Then `W/config.json`
+  records the config as run.
 
   Args:
     config: the experiment config.
@@ -59,11 +61,43 @@ def open_run(config, workdir, *, mode: str, recompute: bool = False
     provenance_lib.settle([*plan.all(), *metric_artifacts(config, plan)], wd,
                           recompute=recompute,
                           with_them=(wd.report(), wd.config_file))
+  _sync("stale artifacts settled")
+  unreadable = recompute and unreadable_base(config, plan)
+  _sync("base model checked")
+  if jax.process_index() == 0:
+    if unreadable:
+      folder = provenance_lib.move_aside(
+          [provenance_lib.Stale(plan.base, (), corrupt=unreadable)], wd)
+      logging.warning("%s; moved it to %s to train it again", unreadable,
+                      folder)
     workdir_lib.write_config(wd, config, mode)
+  _sync("workdir checked")
+  return plan
+
+
+def _sync(name: str):
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices("workdir checked")
-  return plan
+    multihost_utils.sync_global_devices(name)
+
+
+def unreadable_base(config, plan: artifacts_lib.Plan) -> str:
+  """Why the base model's checkpoint cannot be restored ('' if it can, or
+  if there is none yet).
+
+  A corrupt or missing checkpoint under a matching fingerprint is not stale
+  to `settle`, so `--recompute` checks it here: restoring it (the reported
+  step, its params checksum) is the one sure test.
+  """
+  metrics = training.load_metrics(plan.base.path)
+  steps = workdir_lib.listdir(workdir_lib.join(plan.base.path, "checkpoints"))
+  if metrics is None and not steps:
+    return ""
+  try:
+    training.load_state(config, plan.base.path)
+  except workdir_lib.WorkdirError as e:
+    return str(e).split(";")[0]
+  return ""
 
 
 def metric_artifacts(config, plan: artifacts_lib.Plan
