@@ -124,6 +124,23 @@ def test_paper_configs_rank_table2_rows_as_the_paper_did(name):
     assert explain.maps_method(squared) == squared[3:]
 
 
+@pytest.mark.parametrize("name", ["cifar10", "imagenet_resnet50",
+                                  "food101_resnet50", "birdsnap_resnet50"])
+def test_table2_estimators_of_a_grid_rank_as_the_paper_did(name):
+  """Every Table 2 estimator a config's grid holds is ranked as the paper
+  ranked that row: the base methods and SG signed, SG-SQ, VAR and the
+  controls by magnitude."""
+  from roar_jax.benchmark.roar import explain  # pylint: disable=g-import-not-at-top
+  c = load_config(name)
+  assert set(config_lib.PAPER_ESTIMATORS) <= set(c.explain.estimators)
+  ranked = {e: explain.transform_for(c.explain, e)
+            for e in config_lib.PAPER_ESTIMATORS}
+  for row, (estimator, transform) in _TABLE2_ROWS.items():
+    assert ranked[estimator] == transform, (name, row)
+  assert {e for e, t in ranked.items() if t == "signed"} == set(
+      config_lib.PAPER_SIGNED)
+
+
 def test_config_errors_come_before_tensorflow_is_imported():
   """A typo in a field fails in about a second: the entry point and the
   validation import no TensorFlow (it takes seconds to load)."""
