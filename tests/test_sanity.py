@@ -277,6 +277,14 @@ def test_truncated_normal_init(net):
   assert np.abs(kernel).max() <= 0.02 + 1e-7
   assert kernel.std() == pytest.approx(0.0088, rel=0.1)
   assert np.abs(np.asarray(out["params"]["fc1"]["bias"])).max() > 0
+  # A BatchNorm layer gets its initializer's scale 1 and offset 0, not
+  # draws at std 0.01; its statistics are reset as with 'original'.
+  bn = randomization.randomize(module, trained, ["bn1"], jax.random.key(2),
+                               init="truncated_normal", init_std=0.01)
+  assert randomization.changed_layers(trained, bn) == ("bn1",)
+  np.testing.assert_array_equal(bn["params"]["bn1"]["scale"], 1.0)
+  np.testing.assert_array_equal(bn["params"]["bn1"]["bias"], 0.0)
+  np.testing.assert_array_equal(bn["batch_stats"]["bn1"]["var"], 1.0)
 
 
 def test_randomize_bad_input_names_the_problem(net):

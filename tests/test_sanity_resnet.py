@@ -113,6 +113,38 @@ def test_randomized_block_changes_the_logits():
         jnp.max(jnp.abs(b))) + 1e-7, name
 
 
+def test_truncated_normal_block_keeps_unit_batchnorm_scales():
+  """init='truncated_normal' draws the convolutions at std 0.01 and gives
+  every BatchNorm of the block scale 1 and offset 0; with scales drawn at
+  std 0.01 as well, the residual branch would shrink about a hundredfold."""
+  module = NETS["resnet18_cifar"]()
+  init = randomization._jitted_init  # pylint: disable=protected-access
+  variables = init(module, SHAPE)(jax.random.key(0))
+  name = "stage2_block2"
+  new = randomization.randomize(module, variables, [name], jax.random.key(5),
+                                init="truncated_normal", init_std=0.01)
+  params = new["params"][name]
+  for bn in ("bn1", "bn2"):
+    np.testing.assert_array_equal(params[bn]["scale"], 1.0)
+    np.testing.assert_array_equal(params[bn]["bias"], 0.0)
+  for conv in ("conv1", "conv2"):
+    kernel = np.asarray(params[conv]["kernel"])
+    assert np.abs(kernel).max() <= 0.02 + 1e-7
+    # A 2-sigma-truncated N(0, s^2) has std 0.88 s.
+    assert kernel.std() == pytest.approx(0.0088, rel=0.1)
+  apply, cin = _block(module, name)
+  x = jax.random.normal(jax.random.key(1), (2, 4, 4, cin))
+  stats = new["batch_stats"][name]
+  branch = apply({"params": params, "batch_stats": stats}, x) - nn.relu(x)
+  small = {k: ({"scale": jnp.full_like(v["scale"], 0.01), "bias": v["bias"]}
+               if k.startswith("bn") else v) for k, v in params.items()}
+  shrunk = apply({"params": small, "batch_stats": stats}, x) - nn.relu(x)
+  # BatchNorm is linear in its scale (offset 0, statistics reset): bn2's
+  # scale alone divides the branch by 100 before the final ReLU.
+  ratio = float(jnp.mean(jnp.abs(branch)) / jnp.mean(jnp.abs(shrunk)))
+  assert ratio > 50, ratio
+
+
 def test_unit_zero_scales_touches_only_all_zero_scales():
   params = {"bn": {"scale": jnp.zeros(3), "bias": jnp.zeros(3)},
             "bn_trained": {"scale": jnp.array([0.0, 0.5, 0.0])},

@@ -23,10 +23,13 @@ Re-initialization distributions (`INITS`):
   identity) is set to ones, the standard BatchNorm scale. Re-run as is, it
   would zero the residual branch and the "randomized" block would pass its
   input through: randomizing it would remove it, not randomize it.
-- 'truncated_normal': every parameter of the layer (weights, biases, and
-  BatchNorm scale and offset) from a normal of mean 0 and std `init_std`
-  truncated at two standard deviations, the paper's App. B statement
-  (std 0.01); leaf j of layer i draws from `fold_in(fold_in(key, i), j)`.
+- 'truncated_normal': every weight and bias of the layer from a normal of
+  mean 0 and std `init_std` truncated at two standard deviations, the
+  paper's App. B statement (std 0.01); leaf j of layer i draws from
+  `fold_in(fold_in(key, i), j)`. Normalization layers (BatchNorm, LayerNorm)
+  get their initializer's scale 1 and offset 0 instead: a scale drawn at
+  std 0.01 multiplies a ResNet block's residual branch by about 0.01, so the
+  "randomized" block would pass its input through almost unchanged.
 
 BatchNorm running statistics (`batch_stats`, not trainable) are reset to the
 layer's initial values (mean 0, variance 1) when `reset_batch_stats` (the
@@ -151,13 +154,31 @@ def fresh_layer(module: nn.Module, variables: Variables, layer: str,
         out[collection] = fresh[collection][layer]
     return out
   leaves, treedef = jax.tree.flatten(variables["params"][layer])
+  norms = jax.tree.leaves(_normalization_leaves(variables["params"][layer]))
   new = [init_std * jax.random.truncated_normal(
       jax.random.fold_in(layer_key, j), -2.0, 2.0, jnp.shape(leaf),
       jnp.result_type(leaf)) for j, leaf in enumerate(leaves)]
+  # A normalization layer's scale and offset take its initializer's values
+  # (1 and 0): drawn at std 0.01, the scale would shrink a ResNet block's
+  # residual branch to about 1% and leave the block a near-identity.
+  new = [n if kind == "" else (jnp.ones_like(n) if kind == "scale"
+                               else jnp.zeros_like(n))
+         for n, kind in zip(new, norms)]
   out["params"] = jax.tree.unflatten(treedef, new)
   if layer in variables.get("batch_stats", {}):
     out["batch_stats"] = _reset_stats(variables["batch_stats"][layer])
   return out
+
+
+def _normalization_leaves(params):
+  """`params` with each leaf replaced by 'scale' or 'bias' where it belongs
+  to a normalization layer (a module whose parameters are a `scale` and
+  possibly a `bias`: BatchNorm, LayerNorm, GroupNorm), else by ''."""
+  if not isinstance(params, dict):
+    return ""
+  if "scale" in params and set(params) <= {"scale", "bias"}:
+    return {k: k for k in params}
+  return {k: _normalization_leaves(v) for k, v in params.items()}
 
 
 def unit_zero_scales(params):
