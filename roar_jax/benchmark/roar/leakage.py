@@ -17,11 +17,12 @@ training config of the base model otherwise. A short training is noisy, so
 every probe trains `metrics.leakage_seeds` classifiers (default 3), each its
 own initialization and data order, and reports their mean with a Student-t
 95% interval: a difference between two probes reads as leakage only where
-the intervals allow it. The data order and the reductions do not depend on
-the number of processes, so the same seed gives the same probe on any
-layout. Each probe leaves its folder `W/leakage/<dataset name>/seed<k>/`
-per seed (checkpoints: resumable) and its record
-`W/leakage/<dataset name>.json` (with provenance: reused while it matches);
+the intervals allow it. The data order does not depend on the number of
+processes, so a probe seed trains on the same batches on any layout (only
+the order of the cross-device sums may differ). Each probe leaves its folder
+`W/leakage/<dataset name>/seed<k>/` per seed (checkpoints: resumable) and its
+record `W/leakage/<dataset name>.json` (with provenance: reused while it
+matches);
 `W/report/leakage.csv` has one row per probe: estimator, mode, threshold,
 mask_only_accuracy (the mean over the probe seeds), chance, num_probe_seeds,
 ci95_low, ci95_high, accuracy_by_seed (space-separated, seed 0 first).
