@@ -275,8 +275,10 @@ def kernel_shap(inputs: inputs_lib.Inputs) -> Array:
   """Lundberg and Lee (2017): Shapley values of the segments by weighted
   least squares under the efficiency constraint (they sum to f(x) - f(x0)).
 
-  `shap_samples` coalitions (1000), enumerated exactly when the image has
-  few segments (see `_shap_bits`).
+  `shap_samples` coalitions (1000): the small sizes enumerated whole and the
+  rest drawn, as the shap library does (`_shap_plan`, `_shap_bits`); every
+  coalition when the image has few segments (2^M - 2 <= shap_samples), which
+  gives the exact Shapley values. Solved by `efficient_solve`.
   """
   opts = inputs.options
   sizes = inputs.extras["segment_sizes"]
