@@ -363,8 +363,9 @@ class Lock:
         raise WorkdirError(
             f"{os.path.dirname(self.file) or '.'} is in use by process "
             f"{owner.get('pid')} on {owner.get('host')} (since "
-            f"{owner.get('since')}; lock file {self.file}): wait for it, or "
-            "use another --workdir")
+            f"{owner.get('since')}): wait for it, or use another --workdir; "
+            f"if no run uses it (that process is another program), delete "
+            f"{self.file}")
       path(self.file).unlink(missing_ok=True)
     raise WorkdirError(f"could not take the lock {self.file}")
 

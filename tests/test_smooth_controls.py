@@ -190,17 +190,21 @@ def test_smooth_control_of_an_estimator():
 
 
 def test_rank_store_fingerprints_hold_sigma_and_the_matched_estimator():
-  def plan(sigma, ig_steps=25):
+  def plan(sigma, transforms=()):
     config = load_config("toy")
     with config.unlocked():
       config.explain.estimators = ("gradient", "random_smooth",
                                    "random_smooth.gradient", "blur.sobel")
       config.explain.smooth_sigma = sigma
-      config.explain.ig_steps = ig_steps
+      config.explain.transforms = transforms
     return artifacts.plan(config, workdir_lib.Workdir("/nonexistent"), [])
-  a, b, c = plan(3.0), plan(1.5), plan(3.0, ig_steps=5)
-  for est in ("random_smooth", "random_smooth.gradient", "blur.sobel"):
-    assert a.ranks[est].fingerprint != b.ranks[est].fingerprint
+  a, b = plan(3.0), plan(1.5)
+  c = plan(3.0, transforms=(("gradient", "square"),))
+  # smooth_sigma is read by random_smooth and blur.<e> only: the matched
+  # control's sigma comes from its estimator's maps.
+  changed = {e for e in a.ranks
+             if a.ranks[e].fingerprint != b.ranks[e].fingerprint}
+  assert changed == {"random_smooth", "blur.sobel"}
   assert a.ranks["random_smooth.gradient"].record["inputs"] == {
       "ranks": a.ranks["gradient"].fingerprint}
   assert set(a.ranks["blur.sobel"].record["inputs"]) == {"data"}

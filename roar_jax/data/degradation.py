@@ -274,8 +274,10 @@ def channel_mean(source, split: str = "train") -> np.ndarray:
   channels = int(source.info.image_shape[-1])
   total = np.zeros(channels, dtype=np.int64)
   count = 0
-  ds = source.load(split).map(lambda ex: ex["image"]).batch(256)
-  for images in ds.as_numpy_iterator():
+  # No map: a mapped function would be converted by autograph, which leaves
+  # a temp file behind when the run is killed (see data/pipeline.py).
+  for batch in source.load(split).batch(256).as_numpy_iterator():
+    images = batch["image"]
     total += images.reshape(-1, channels).sum(0, dtype=np.int64)
     count += images.size // channels
   if count == 0:

@@ -62,6 +62,13 @@ def read_idx_header(path: str) -> tuple[np.dtype, tuple[int, ...]]:
   return np.dtype(_IDX_DTYPES[head[2]]), shape
 
 
+def _magic(dtype: np.dtype, shape: tuple[int, ...]) -> str:
+  """The 4-byte magic number, in hex, of a header that reads as dtype and
+  shape."""
+  code = next(c for c, d in _IDX_DTYPES.items() if np.dtype(d) == dtype)
+  return bytes([0, 0, code, len(shape)]).hex()
+
+
 def read_idx(path: str) -> np.ndarray:
   """The array an IDX file (.gz or raw) holds, checked against its header."""
   dtype, shape = read_idx_header(path)
@@ -113,9 +120,16 @@ def _image_shape(files: dict[str, tuple[str, str]], path: str
   for images, labels in files.values():
     dtype, shape = read_idx_header(images)
     if dtype != np.uint8 or len(shape) not in (3, 4):
-      raise DataError(f"{images}: expected uint8 images [N, H, W] or "
-                      f"[N, H, W, C], got {dtype} {shape}")
-    _, label_shape = read_idx_header(labels)
+      raise DataError(f"{images}: bad magic number {_magic(dtype, shape)} "
+                      "for images (expected 00000803 or 00000804: uint8 "
+                      f"[N, H, W] or [N, H, W, C]; the header says {dtype} "
+                      f"{shape})")
+    label_dtype, label_shape = read_idx_header(labels)
+    if len(label_shape) != 1:
+      raise DataError(f"{labels}: bad magic number "
+                      f"{_magic(label_dtype, label_shape)} for labels "
+                      f"(expected 1 dimension, 00000801; the header says "
+                      f"{label_shape})")
     if label_shape != shape[:1]:
       raise DataError(f"{labels}: {label_shape} labels for {shape[0]} "
                       f"images in {images}")

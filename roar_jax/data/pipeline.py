@@ -133,7 +133,8 @@ def _streamed_examples(source, split: str, data_config: Mapping[str, Any], *,
   first_epoch, skip = divmod(first, size)
   ds = source.load(split, process_index=process_index,
                    process_count=process_count)
-  ds = ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+  ds = ds.map(tf.autograph.experimental.do_not_convert(
+      lambda ex: {"image": ex["image"], "label": ex["label"]}))
   buffer = min(int(data_config["shuffle_buffer"]), size)
   process_seed = (int(seed) * 7919 + int(process_index)) % (1 << 40)
 
@@ -145,8 +146,8 @@ def _streamed_examples(source, split: str, data_config: Mapping[str, Any], *,
   # Positions in this process's stream, offset by the process so that no two
   # processes share an augmentation seed.
   offset = int(process_index) << 48
-  return ds.enumerate(start=first).map(
-      lambda i, ex: {**ex, "position": i + offset})
+  return ds.enumerate(start=first).map(tf.autograph.experimental.do_not_convert(
+      lambda i, ex: {**ex, "position": i + offset}))
 
 
 def train_dataset(source, data_config: Mapping[str, Any], *,
@@ -166,6 +167,10 @@ def train_dataset(source, data_config: Mapping[str, Any], *,
 
   # Stateless augmentation seeded by (seed, stream position): the same
   # example draw is augmented alike whatever thread, process or resume.
+  # Plain TF ops (tf.cond where they branch), so autograph is not needed:
+  # converted, each function leaves a generated file in the system temp
+  # folder that only a clean exit removes (a killed run left them there).
+  @tf.autograph.experimental.do_not_convert
   def prepare(ex):
     example_seed = tf.stack([tf.constant(augment_seed, tf.int64),
                              ex["position"]])
@@ -223,6 +228,7 @@ def eval_dataset(source, data_config: Mapping[str, Any], split: str, *,
   num_batches = num_eval_batches(n, global_batch_size, process_count)
   num_pad = num_batches * local - (stop - start)
 
+  @tf.autograph.experimental.do_not_convert  # As train_dataset's.
   def prepare(ex):
     image = preprocess.eval_geometry(ex["image"], data_config)
     return {"image": preprocess.normalize(image, data_config),

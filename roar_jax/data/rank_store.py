@@ -57,16 +57,29 @@ def _npy_header(zf: zipfile.ZipFile, member: str):
   return shape, dtype
 
 
+def _corrupt(path: str, error: Exception) -> workdir_lib.WorkdirError:
+  text = str(error).splitlines()[0] if str(error) else ""
+  return workdir_lib.WorkdirError(
+      f"{path}: corrupt rank-store shard ({type(error).__name__}: {text}); "
+      "delete it and rerun: its images are ranked again")
+
+
 def _load(path: str, *members: str) -> tuple[np.ndarray, ...]:
-  """Arrays of a shard; a shard that cannot be read is named."""
+  """Arrays of a shard; a shard that cannot be read is named.
+
+  The shard's checksum is the zip format's CRC-32 of each member, which
+  `zipfile` verifies whenever a member is read whole (as here): a flipped
+  bit in the data fails the read. A flip in the zip or .npy headers fails
+  the parse in any of several ways (BadZipFile, EOFError,
+  NotImplementedError for a 'compression method', ...): all of them mean
+  the file is corrupt.
+  """
+  data = workdir_lib.read_bytes(path)
   try:
-    with np.load(io.BytesIO(workdir_lib.read_bytes(path))) as z:
+    with np.load(io.BytesIO(data)) as z:
       return tuple(z[m] for m in members)
-  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-    raise workdir_lib.WorkdirError(
-        f"{path}: corrupt rank-store shard ({type(e).__name__}: "
-        f"{str(e).splitlines()[0] if str(e) else ''}); delete it and rerun: "
-        "its images are ranked again") from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise _corrupt(path, e) from None
 
 
 def _load_member(path: str, member: str) -> np.ndarray:
@@ -224,13 +237,12 @@ class RankStore:
     all_indices, shard_ids, rows = [], [], []
     level_shape = None
     for s, path in enumerate(paths):
+      data = workdir_lib.read_bytes(path)
       try:
-        with zipfile.ZipFile(io.BytesIO(workdir_lib.read_bytes(path))) as zf:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
           shape, dtype = _npy_header(zf, "levels.npy")
-      except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise workdir_lib.WorkdirError(
-            f"{path}: corrupt rank-store shard ({type(e).__name__}); delete "
-            "it and rerun: its images are ranked again") from None
+      except Exception as e:  # pylint: disable=broad-except
+        raise _corrupt(path, e) from None  # As in `_load`.
       indices, = _load(path, "indices")
       if dtype != np.uint8 or len(shape) not in (3, 4) or (
           shape[0] != indices.shape[0]):

@@ -117,6 +117,7 @@ class TfdsSource:
       ds = ds.take(0)
     has_index = self._has_index
 
+    @tf.autograph.experimental.do_not_convert  # No temp files: pipeline.py.
     def select(position, ex):
       index = ex["index"] if has_index else position + start
       return {"image": ex["image"], "label": tf.cast(ex["label"], tf.int64),

@@ -227,8 +227,8 @@ def _write_split(source, features, out_dir: str, *, split: str, name: str,
   tf.io.gfile.makedirs(out_dir)
   ds = source.load(split, process_index=process_index,
                    process_count=process_count)
-  ds = ds.map(lambda ex: (tf.io.encode_png(ex["image"]), ex["label"],
-                          ex["index"]),
+  ds = ds.map(tf.autograph.experimental.do_not_convert(
+      lambda ex: (tf.io.encode_png(ex["image"]), ex["label"], ex["index"])),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   # Batches amortize the iterator's per-element cost (the bulk of the time
   # for small images); the loop below takes them apart again.

@@ -1,5 +1,6 @@
 """Checkpoints with orbax: a run always resumes from its own workdir."""
 
+import contextlib
 import os
 
 import jax
@@ -88,6 +89,37 @@ def restore_step(mngr: ocp.CheckpointManager, state, step: int | None,
   return _restore(mngr, state, step, folder)
 
 
+def _os_error(error: BaseException | None) -> OSError | None:
+  """The OSError behind an error orbax raised (it wraps them), if any."""
+  while error is not None:
+    if isinstance(error, OSError):
+      return error
+    error = error.__cause__ or error.__context__
+  return None
+
+
+@contextlib.contextmanager
+def _writing(where: str):
+  """A failed write (full disk, no permission) as one line naming `where`.
+
+  Orbax and tensorstore report a failed write as an OSError, wrapped in
+  their own errors, or (tensorstore) only in the message.
+  """
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    os_error = _os_error(e)
+    if os_error is not None:
+      reason = workdir_lib.os_reason(os_error)
+    elif "No space left" in str(e):
+      reason = "no space left on the device"
+    else:
+      raise
+    raise workdir_lib.WorkdirError(
+        f"cannot write the checkpoint {where}: {reason}; free space and "
+        "rerun to resume from the last checkpoint written") from e
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state, *, wait: bool = False):
   """Saves `state` at `step` (asynchronously unless `wait`).
 
@@ -95,10 +127,23 @@ def save(mngr: ocp.CheckpointManager, step: int, state, *, wait: bool = False):
   host copy: orbax would otherwise slice every array once per device (for a
   width-8 ResNet-50 on 8 CPU devices, 7 s a save against 1 s). Restoring
   places it back with the target's shardings, bit for bit.
+
+  Raises:
+    workdir.WorkdirError: the checkpoint cannot be written (full disk, ...),
+      naming its folder.
   """
   if jax.process_count() == 1 and all(
       getattr(x, "is_fully_replicated", True) for x in jax.tree.leaves(state)):
     state = jax.device_get(state)
-  mngr.save(step, args=ocp.args.StandardSave(state))
-  if wait:
+  with _writing(workdir_lib.join(os.fspath(mngr.directory), str(step))):
+    mngr.save(step, args=ocp.args.StandardSave(state))
+    if wait:
+      mngr.wait_until_finished()
+
+
+def finish(mngr: ocp.CheckpointManager):
+  """Waits for the last asynchronous save and closes the manager; a failed
+  write is named as in `save`."""
+  with _writing(os.fspath(mngr.directory)):
     mngr.wait_until_finished()
+  mngr.close()

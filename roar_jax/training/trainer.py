@@ -296,8 +296,7 @@ def train_and_evaluate(config, workdir: str, *, source=None,
   if start_step < num_steps:
     state, last = _train_loop(config, workdir, state, start_step, source,
                               mesh, mngr, step_callback)
-  mngr.wait_until_finished()
-  mngr.close()
+  checkpoints.finish(mngr)
   result = _final_metrics(config, workdir, state, source, mesh, last,
                           time.time() - start_time)
   if jax.process_index() == 0:

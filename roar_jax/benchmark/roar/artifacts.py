@@ -23,6 +23,7 @@ from roar_jax import provenance as provenance_lib
 from roar_jax import workdir as workdir_lib
 from roar_jax.provenance import Artifact
 from roar_jax.benchmark.roar import estimator_names
+from roar_jax.benchmark.roar import metric_options
 from roar_jax.data import offline_builder
 
 # Saliency methods that never look at the model: their rankings (and those of
@@ -62,13 +63,18 @@ def training_fields(config) -> dict[str, Any]:
 
 def explain_fields(config, estimator: str) -> dict[str, Any]:
   """The fields that determine one estimator's rank store: the explain
-  options, and its own ranking transform (not the other estimators')."""
+  options it reads (`estimator_names.options_read`: adding an estimator
+  with options of its own leaves the others' stores valid), and its own
+  ranking transform (not the other estimators')."""
   from roar_jax.benchmark.roar import explain  # pylint: disable=g-import-not-at-top
+  read = estimator_names.options_read(estimator)
   out = {"estimator": estimator, "seed": config.seed,
          "transform": explain.transform_for(config.explain, estimator)}
-  out.update({f"explain.{k}": v for k, v in
-              provenance_lib.flatten(config.explain.to_dict()).items()
-              if k.split(".")[0] not in _EXPLAIN_LOGISTICS})
+  for k, v in provenance_lib.flatten(config.explain.to_dict()).items():
+    if k.split(".")[0] in _EXPLAIN_LOGISTICS:
+      continue
+    if read is None or k not in estimator_names.METHOD_OPTIONS or k in read:
+      out[f"explain.{k}"] = v
   return out
 
 
@@ -143,7 +149,11 @@ def _fill_artifacts(config, wd: workdir_lib.Workdir, data):
   rc = config.roar
   fills = levels_lib.fills_of(rc.fill)
   mean = None
-  if "channel_mean" in fills and not rc.fill_value:
+  # The no-retrain metrics' fill reads the mean too: planned for them, it
+  # stays an input of their records when a grid drops the channel-mean fill
+  # (narrowing the grid keeps them valid).
+  metrics_fill = metric_options.Options.from_config(config).fill
+  if "channel_mean" in (*fills, metrics_fill) and not rc.fill_value:
     mean = _artifact("channel mean", wd.channel_mean, data)
   out = {}
   for fill in fills:

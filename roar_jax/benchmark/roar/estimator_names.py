@@ -33,6 +33,34 @@ MATCHED = SMOOTH + "."
 CONTROLS = (RANDOM, SMOOTH, ORACLE)
 
 
+# The `explain.*` options each saliency method reads (dotted, under
+# `explain.`). Options outside every entry (granularity, shard_size,
+# methods.evaluations_per_step, methods.fast_pooling, and any new field)
+# stay in every rank store's fingerprint; an option in an entry is in the
+# fingerprints of the names that read it only. A method not listed (one a
+# user registered) gets every option.
+_NOISE = ("num_samples", "noise_scale")  # The sg./sg_sq./var. ensembles.
+_BLUR = ("smooth_sigma",)  # blur.<e>, and random_smooth's own sigma.
+OPTIONS_READ = {
+    "gradient": (), "gradient_x_input": (), "guided_backprop": (),
+    "gradcam": (), "guided_gradcam": (), "deeplift": (), "random": (),
+    "sobel": (),
+    "integrated_gradients": ("ig_steps",),
+    "deepshap": ("num_references",),
+    "random_smooth": _BLUR,
+    "occlusion": ("methods.occlusion_window", "methods.occlusion_stride"),
+    "rise": ("methods.rise_masks", "methods.rise_cells", "methods.rise_keep",
+             "methods.rise_probabilities"),
+    "lime": ("methods.num_segments", "methods.lime_samples",
+             "methods.lime_kernel_width", "methods.lime_ridge"),
+    "kernel_shap": ("methods.num_segments", "methods.shap_samples"),
+    "xrai": ("methods.xrai_steps", "methods.xrai_min_pixel_diff",
+             "methods.xrai_max_segments"),
+}
+METHOD_OPTIONS = frozenset(
+    o for read in OPTIONS_READ.values() for o in read) | set(_NOISE)
+
+
 @dataclasses.dataclass(frozen=True)
 class Name:
   """A parsed estimator name.
@@ -119,6 +147,25 @@ def transform_for(explain_config, name: str) -> str:
   if parsed.blurred:
     return own.get(parsed.method, explain_config.transform)
   return explain_config.transform
+
+
+def options_read(name: str) -> frozenset[str] | None:
+  """The method options (of `METHOD_OPTIONS`) a name's ranking reads; None
+  for a method not in `OPTIONS_READ` (it may read any).
+
+  `oracle` and `random_smooth.<e>` read none (the matched control's sigma
+  comes from <e>'s rank store, its input); `blur.<e>` reads <e>'s and
+  `smooth_sigma`; a noise ensemble its method's and `num_samples`,
+  `noise_scale`.
+  """
+  parsed = parse(name)
+  if parsed.method is None:
+    return frozenset()
+  kind, _, base = parsed.method.rpartition(".")
+  if base not in OPTIONS_READ:
+    return None
+  read = set(OPTIONS_READ[base]) | (set(_NOISE) if kind else set())
+  return frozenset(read | (set(_BLUR) if parsed.blurred else set()))
 
 
 def blur_sigma(explain_config, name: str) -> float:
