@@ -198,7 +198,7 @@ _KILLED = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 from conftest import load_config
-from roar_jax.data import pipeline, sources
+from roar_jax.data import degradation, pipeline, sources
 config = load_config("toy")
 with config.unlocked():
   config.data.toy.num_train, config.data.toy.num_test = 64, 32
@@ -208,6 +208,8 @@ next(pipeline.train_iterator(source, config.data, global_batch_size=16,
                              seed=0))
 next(iter(pipeline.eval_iterator(source, config.data, "test",
                                  global_batch_size=16)))
+pipeline.channel_mean_std(source)
+degradation.channel_mean(source)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 

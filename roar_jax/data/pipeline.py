@@ -314,6 +314,7 @@ def channel_mean_std(source, split: str = "train", *,
   if num_examples is not None:
     ds = ds.take(num_examples)
 
+  @tf.autograph.experimental.do_not_convert  # No temp files: see above.
   def stats(ex):
     x = tf.cast(ex["image"], tf.float64) / 255.0
     x = tf.reshape(x, [-1, tf.shape(x)[-1]])

@@ -90,7 +90,9 @@ class MaskSource:
            process_count: int = 1) -> tf.data.Dataset:
     ds = self.base.load(split, process_index=process_index,
                         process_count=process_count)
-    ds = ds.map(lambda ex: {"label": ex["label"], "index": ex["index"]})
+    # Not converted by autograph (no temp file left: data/pipeline.py).
+    ds = ds.map(tf.autograph.experimental.do_not_convert(
+        lambda ex: {"label": ex["label"], "index": ex["index"]}))
     fn = functools.partial(self.masks, split)
     shape = list(self.info.image_shape)
 
@@ -139,9 +141,8 @@ def probe_config(config, probe_seed: int = 0):
 def chance(source, split: str = "test") -> float:
   """The frequency of the split's most common class."""
   counts = np.zeros(source.info.num_classes, np.int64)
-  ds = source.load(split).map(lambda ex: ex["label"]).batch(4096)
-  for labels in ds.as_numpy_iterator():
-    counts += np.bincount(labels, minlength=len(counts))
+  for batch in source.load(split).batch(4096).as_numpy_iterator():
+    counts += np.bincount(batch["label"], minlength=len(counts))
   return float(counts.max() / max(counts.sum(), 1))
 
 

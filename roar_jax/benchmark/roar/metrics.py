@@ -103,8 +103,9 @@ def _test_batches(config, source, options: Options, rows: int):
     # process slice of the split may hold none of them.
     ds = source.load("test")
     limit = tf.constant(options.num_images, tf.int64)
-    ds = ds.filter(lambda ex: (tf.cast(ex["index"], tf.int64) < limit) & (
-        tf.cast(ex["index"], tf.int64) % nproc == pid))
+    ds = ds.filter(tf.autograph.experimental.do_not_convert(
+        lambda ex: (tf.cast(ex["index"], tf.int64) < limit) & (
+            tf.cast(ex["index"], tf.int64) % nproc == pid)))
   else:
     ds = source.load("test", process_index=pid, process_count=nproc)
   ds = ds.map(tf.autograph.experimental.do_not_convert(
