@@ -245,6 +245,7 @@ def report(config, workdir, *, plan: artifacts_lib.Plan | None = None,
                 if (r := metrics_lib.matching(a)) is not None}
   metric_records = {e: r for e, a in metrics_lib.plan_artifacts(
       config, plan).items() if (r := metrics_lib.matching(a)) is not None}
+  leakage_rows = leakage_lib.stored_rows(config, plan)
   with report_folder.staged(plan.workdir,
                             report_folder.owns_report_build) as wd:
     # metrics.png first: index.html embeds it.
@@ -253,11 +254,11 @@ def report(config, workdir, *, plan: artifacts_lib.Plan | None = None,
     out = report_lib.build_report(
         wd, records, no_retrain, config=config,
         expected_units=len(plan.results), base_accuracy=base_accuracy,
-        num_classes=num_classes)
+        num_classes=num_classes, leakage_rows=leakage_rows)
     if metric_records:
       agreement.write(wd, metric_rows, report_lib.read_csv(
           wd.report("results.csv")))
-    leakage_lib.write_csv(wd, leakage_lib.stored_rows(config, plan))
+    leakage_lib.write_csv(wd, leakage_rows)
   logging.info("report: %s (%d results%s)", plan.workdir.report(),
                out["num_results"], ", partial" if out["partial"] else "")
   return out
