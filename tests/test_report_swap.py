@@ -18,6 +18,7 @@ from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.roar import grid
 from roar_jax.benchmark.roar import pipeline
 from roar_jax.benchmark.roar import report as report_lib
+from roar_jax.benchmark.sanity import report as sanity_report
 
 
 def _config(**roar):
@@ -159,3 +160,17 @@ def test_one_unit_never_replaces_the_grids_report(reported, monkeypatch):
                      run_unit=lambda *_: pytest.fail("the unit is done"))
   assert out["report"] is None and out["units"] == 0
   assert _files(root / "report") == before
+
+
+def test_sanity_files_are_swapped_in_beside_the_grids_report(reported):
+  _, root = reported
+  before = _files(root / "report")
+  wd = workdir_lib.Workdir(str(root))
+  with report_folder.staged(wd, report_folder.owns_sanity) as staged:
+    sanity_report.build_report(staged, [])
+  after = _files(root / "report")
+  # The grid's files are carried over unchanged; sanity's are replaced.
+  assert {n: b for n, b in after.items() if not n.startswith("sanity")} == {
+      n: b for n, b in before.items() if not n.startswith("sanity")}
+  assert after["sanity.csv"] != before["sanity.csv"]
+  assert after["sanity.md"].startswith(b"#")

@@ -46,6 +46,7 @@ an unchanged rerun does no work and writes the same report (`report.py`).
 """
 
 import io
+import os
 import time
 from typing import Any
 
@@ -256,6 +257,9 @@ def run(config, workdir: str, *, source=None, mesh=None,
     with report_folder.staged(plan.workdir,
                               report_folder.owns_sanity) as wd:
       report = sanity_report.build_report(wd, records)
+    # The files' final paths, now the staging folder is swapped in.
+    report["files"] = [plan.workdir.report(os.path.basename(f))
+                       for f in report["files"]]
   logging.info("sanity checks: %.1f s; report in %s", time.time() - start,
                plan.workdir.report())
   return {"records": records, "report": report, "training": trained}
