@@ -223,3 +223,21 @@ def test_win_only_against_iid_random_is_marked(tmp_path):
   assert rows.loc["gradient", "only vs iid random"] == ""
   assert rows.loc["gradient", "vs smoothness-matched control"].startswith(
       "better than random_smooth")
+
+
+def test_matched_controls_of_different_estimators_form_one_family():
+  rng = np.random.default_rng(7)
+  recs = _grid(rng, {"random": 0.0, "sobel": -0.15, "gradient": -0.3,
+                     "random_smooth.sobel": -0.1,
+                     "random_smooth.gradient": -0.05})
+  compared = comparisons.compare(results.records_frame(recs))
+  smooth = compared[compared["control"].str.startswith("random_smooth.")]
+  assert set(smooth["estimator"]) == {"sobel", "gradient"}
+  assert (smooth["family_size"] == 2).all()
+  p = smooth["p"].to_numpy()
+  expected = np.minimum(1, np.maximum.accumulate(
+      np.sort(p) * np.array([2, 1])))[np.argsort(np.argsort(p))]
+  np.testing.assert_allclose(smooth["p_holm"], expected)
+  # Against random: sobel, gradient and the two matched controls.
+  assert (compared.loc[compared["control"] == "random", "family_size"]
+          == 4).all()

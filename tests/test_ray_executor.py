@@ -196,6 +196,10 @@ def test_units_failing_every_attempt_are_named(ray_cluster, tmp_path):
   stored["fingerprint"] = plan.results[done].fingerprint
   stored["provenance"] = dict(plan.results[done].record)
   grid.write_result(plan, done, stored)
+  # As written: the record with its checksum.
+  stored = [r for _, r in workdir_lib.iter_json(
+      os.path.join(workdir, "results"))]
+  assert stored[0]["test_accuracy"] == 0.875
   bad = [grid.Unit("random", "kar", 0.5, 7), grid.Unit("oracle", "kar",
                                                         0.5, 7)]
 
@@ -217,7 +221,7 @@ def test_units_failing_every_attempt_are_named(ray_cluster, tmp_path):
   # A unit with a stored result is not run again: its task returns the record.
   assert not _attempts(workdir, done.name)
   assert [r for _, r in workdir_lib.iter_json(
-      os.path.join(workdir, "results"))] == [stored]
+      os.path.join(workdir, "results"))] == stored
 
 
 def test_task_options_from_config():

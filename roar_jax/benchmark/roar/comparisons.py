@@ -8,8 +8,9 @@ of `estimator_names.smooth_control` when the grid has one):
   initialization and data order): `p`, `mean_diff` (estimator minus control,
   accuracy fraction), `paired_seeds`;
 - Holm's adjusted p and Benjamini-Hochberg's q over the family of the cell:
-  every (estimator, threshold) tested against the same control under one mode
-  and fill (`corrections.py`); the verdict words use Holm's;
+  every (estimator, threshold) tested against the same kind of control (iid
+  random, or the smoothness-matched controls together) under one mode and
+  fill (`corrections.py`); the verdict words use Holm's;
 - the per-image paired bootstrap of the difference (`paired_bootstrap.py`):
   `diff_ci95_low/high`, `diff_se`, where every paired retrain kept its
   per-image record;
@@ -97,8 +98,7 @@ def _compare(cell: pd.DataFrame, control: pd.DataFrame, key) -> dict:
   est, ctl = est.loc[seeds], ctl.loc[seeds]
   out = _t_test(est["test_accuracy"].to_numpy(float),
                 ctl["test_accuracy"].to_numpy(float))
-  out.update(_bootstrap(est, ctl, key) if seeds else _bootstrap(
-      est.iloc[:0], ctl.iloc[:0], key))
+  out.update(_bootstrap(est, ctl, key))
   return out
 
 
@@ -131,14 +131,24 @@ def compare(frame: pd.DataFrame) -> pd.DataFrame:
   return _corrected(out)[list(COLUMNS)]
 
 
+def family_of(control: str) -> str:
+  """The kind of control a test belongs to: 'random', or 'smooth' for every
+  smoothness-matched control (each estimator has its own, and together they
+  are one family)."""
+  return RANDOM if control == RANDOM else "smooth"
+
+
 def _corrected(out: pd.DataFrame) -> pd.DataFrame:
-  """Adds p_holm, q_bh and family_size within each (control, mode, fill)."""
-  out = out.assign(p_holm=np.nan, q_bh=np.nan, family_size=0)
-  for _, family in out.groupby(["control", "mode", "fill"], sort=False):
+  """Adds p_holm, q_bh and family_size within each family: one kind of
+  control (`family_of`), one mode and one fill."""
+  out = out.assign(p_holm=np.nan, q_bh=np.nan, family_size=0,
+                   _family=out["control"].map(family_of))
+  for _, family in out.groupby(["_family", "mode", "fill"], sort=False):
     p = family["p"].to_numpy(float)
     out.loc[family.index, "p_holm"] = corrections.holm(p)
     out.loc[family.index, "q_bh"] = corrections.benjamini_hochberg(p)
     out.loc[family.index, "family_size"] = int(np.sum(~np.isnan(p)))
+  out = out.drop(columns="_family")
   out["family_size"] = out["family_size"].astype(int)
   out["paired_seeds"] = out["paired_seeds"].astype(int)
   return out.sort_values(["control", "mode", "fill", "threshold",
