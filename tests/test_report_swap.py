@@ -13,9 +13,9 @@ import types
 import pytest
 
 from conftest import load_config
+import finished_runs
 from roar_jax import report_folder
 from roar_jax import workdir as workdir_lib
-from roar_jax.benchmark.roar import grid
 from roar_jax.benchmark.roar import pipeline
 from roar_jax.benchmark.roar import report as report_lib
 from roar_jax.benchmark.sanity import report as sanity_report
@@ -33,22 +33,6 @@ def _config(**roar):
   return config
 
 
-def _lay_down(config, workdir, accuracy):
-  """Every artifact of the config's plan, as a finished run leaves them."""
-  plan = grid.plan_of(config, workdir)
-  for artifact in (plan.base, *plan.ranks.values()):
-    artifact.write()
-  for unit, artifact in plan.results.items():
-    plan.units[unit].write()
-    grid.write_result(plan, unit, {
-        "estimator": unit.estimator, "mode": unit.mode,
-        "threshold": unit.threshold, "seed": unit.seed,
-        "test_accuracy": accuracy, "steps": 1, "wall_time_s": 0.0,
-        "config_hash": "x", "fingerprint": artifact.fingerprint,
-        "provenance": dict(artifact.record)})
-  return plan
-
-
 def _files(folder):
   return {n: (folder / n).read_bytes() for n in sorted(os.listdir(folder))}
 
@@ -62,7 +46,7 @@ def _mean_accuracies(root):
 def reported(tmp_path):
   """A workdir with a report of accuracy 0.25 and another stage's figure."""
   config = _config()
-  _lay_down(config, str(tmp_path), accuracy=0.25)
+  finished_runs.lay_down(config, str(tmp_path), accuracy=0.25)
   (tmp_path / "report").mkdir()
   (tmp_path / "report" / "saliency.png").write_bytes(b"explain's figure")
   (tmp_path / "report" / "sanity.csv").write_text("sanity's table\n")
@@ -87,7 +71,7 @@ def test_interrupted_report_leaves_the_old_one_byte_identical(
     reported, monkeypatch):
   config, root = reported
   before = _files(root / "report")
-  _lay_down(config, str(root), accuracy=0.75)  # New results to report.
+  finished_runs.lay_down(config, str(root), accuracy=0.75)  # New results to report.
 
   def crash(*args, **kwargs):
     raise KeyboardInterrupt  # As SIGTERM / Ctrl-C midway through the build.

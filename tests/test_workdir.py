@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from conftest import load_config
+import finished_runs
 from roar_jax import config as config_pkg
 from roar_jax import provenance
 from roar_jax import workdir as workdir_lib
@@ -37,22 +38,6 @@ def _config(**roar):
     for k, v in roar.items():
       config.roar[k] = v
   return config
-
-
-def _lay_down(config, workdir, accuracy=0.5):
-  """Every artifact of the config's plan, as a finished run leaves them."""
-  plan = grid.plan_of(config, workdir)
-  for artifact in (plan.base, *plan.ranks.values()):
-    artifact.write()
-  for unit, artifact in plan.results.items():
-    plan.units[unit].write()
-    grid.write_result(plan, unit, {
-        "estimator": unit.estimator, "mode": unit.mode,
-        "threshold": unit.threshold, "seed": unit.seed,
-        "test_accuracy": accuracy, "steps": 1, "wall_time_s": 0.0,
-        "config_hash": "x", "fingerprint": artifact.fingerprint,
-        "provenance": dict(artifact.record)})
-  return plan
 
 
 def test_writes_are_atomic_with_readable_modes(tmp_path):
@@ -180,7 +165,7 @@ def test_one_rounding_rule_for_removal_names_and_fingerprints(tmp_path):
       "gradient__roar__t015__seed0")
   # A run at 0.125 leaves results that a rerun at 0.12 neither finds under
   # its names nor accepts under its fingerprints.
-  done = _lay_down(_config(thresholds=(0.125,)), str(tmp_path))
+  done = finished_runs.lay_down(_config(thresholds=(0.125,)), str(tmp_path))
   rerun = grid.plan_of(_config(thresholds=(0.12,)), str(tmp_path))
   for unit_125, unit_12 in zip(sorted(done.results), sorted(rerun.results)):
     assert done.results[unit_125].path != rerun.results[unit_12].path
@@ -195,7 +180,7 @@ def test_one_rounding_rule_for_removal_names_and_fingerprints(tmp_path):
 
 def test_unchanged_config_reuses_every_artifact(tmp_path):
   config = _config()
-  plan = _lay_down(config, str(tmp_path))
+  plan = finished_runs.lay_down(config, str(tmp_path))
   assert provenance.check(grid.plan_of(config, str(tmp_path)).all()) == []
   assert all(grid.is_done(plan, u) for u in plan.units)
 
@@ -210,7 +195,7 @@ def test_unchanged_config_reuses_every_artifact(tmp_path):
 ])
 def test_changed_config_stops_naming_fields_and_artifacts(
     tmp_path, field, value, affected):
-  _lay_down(_config(), str(tmp_path))
+  finished_runs.lay_down(_config(), str(tmp_path))
   config = _config()
   section, _, name = field.rpartition(".")
   with config.unlocked():
@@ -226,7 +211,7 @@ def test_changed_config_stops_naming_fields_and_artifacts(
 
 def test_corrupt_result_is_named_and_recompute_moves_it(tmp_path):
   config = _config()
-  plan = _lay_down(config, str(tmp_path))
+  plan = finished_runs.lay_down(config, str(tmp_path))
   (unit,) = [u for u in plan.units if u.estimator == "oracle"]
   path = plan.results[unit].path
   with open(path, "w") as f:
@@ -242,7 +227,7 @@ def test_corrupt_result_is_named_and_recompute_moves_it(tmp_path):
 def test_recompute_moves_stale_artifacts_aside(tmp_path):
   old = _config()
   pipeline.open_run(old, str(tmp_path), mode="roar")  # Writes config.json.
-  _lay_down(old, str(tmp_path))
+  finished_runs.lay_down(old, str(tmp_path))
   old_config = (tmp_path / "config.json").read_bytes()
   (tmp_path / "report").mkdir()
   (tmp_path / "report" / "results.csv").write_text("old report\n")
@@ -267,7 +252,7 @@ def test_recompute_moves_stale_artifacts_aside(tmp_path):
 
 
 def test_extending_the_grid_keeps_finished_units(tmp_path):
-  _lay_down(_config(), str(tmp_path), accuracy=0.25)
+  finished_runs.lay_down(_config(), str(tmp_path), accuracy=0.25)
   config = _config(thresholds=(0.5, 0.9), num_seeds=2, modes=("roar", "kar"))
   plan = pipeline.open_run(config, str(tmp_path), mode="roar")
   done = {u for u in plan.units if grid.is_done(plan, u)}
@@ -279,7 +264,7 @@ def test_extending_the_grid_keeps_finished_units(tmp_path):
 def test_a_second_fill_keeps_the_first_fills_units(tmp_path):
   """The fill is a grid axis: adding one runs its units beside the others,
   under names that carry it; the channel mean's units keep their names."""
-  _lay_down(_config(), str(tmp_path), accuracy=0.25)
+  finished_runs.lay_down(_config(), str(tmp_path), accuracy=0.25)
   config = _config()
   with config.unlocked():
     config.roar.fill = ("channel_mean", "noisy_linear")
@@ -296,7 +281,7 @@ def test_a_second_fill_keeps_the_first_fills_units(tmp_path):
 
 def test_report_counts_only_results_of_the_current_config(tmp_path):
   config = _config()
-  plan = _lay_down(config, str(tmp_path), accuracy=0.25)
+  plan = finished_runs.lay_down(config, str(tmp_path), accuracy=0.25)
   # A result left by another config under a current unit's name.
   (unit,) = [u for u in plan.units if u.estimator == "random"]
   record = workdir_lib.read_json(plan.results[unit].path)
@@ -354,7 +339,7 @@ def _forge(path, **values):
 
 def test_a_forged_result_record_stops_the_report(tmp_path):
   config = _config()
-  plan = _lay_down(config, str(tmp_path), accuracy=0.255)
+  plan = finished_runs.lay_down(config, str(tmp_path), accuracy=0.255)
   unit = sorted(plan.results)[0]
   assert {r["test_accuracy"] for r in pipeline.verified_records(plan)} == {
       0.255}

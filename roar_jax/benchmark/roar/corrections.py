@@ -25,23 +25,33 @@ def _valid(p) -> tuple[np.ndarray, np.ndarray]:
   return p, ~np.isnan(p)
 
 
-def holm(p) -> np.ndarray:
-  """Holm-adjusted p-values, same shape as `p` (NaN where p is NaN).
+def _adjusted(p, scale, running) -> np.ndarray:
+  """Applies a step-wise adjustment to the sorted valid p-values.
 
   Args:
-    p: raw p-values of one family of tests.
+    p: raw p-values (NaN: untested).
+    scale: (sorted p, m) -> the scaled values before the running bound.
+    running: the running bound over the sorted scaled values.
   """
   p, ok = _valid(p)
   out = np.full_like(p, np.nan)
   m = int(ok.sum())
   if m:
     order = np.argsort(p[ok], kind="stable")
-    scaled = (m - np.arange(m)) * p[ok][order]
-    adjusted = np.minimum(1.0, np.maximum.accumulate(scaled))
     values = np.empty(m)
-    values[order] = adjusted
+    values[order] = np.minimum(1.0, running(scale(p[ok][order], m)))
     out[ok] = values
   return out
+
+
+def holm(p) -> np.ndarray:
+  """Holm-adjusted p-values, same shape as `p` (NaN where p is NaN).
+
+  Args:
+    p: raw p-values of one family of tests.
+  """
+  return _adjusted(p, lambda s, m: (m - np.arange(m)) * s,
+                   np.maximum.accumulate)
 
 
 def benjamini_hochberg(p) -> np.ndarray:
@@ -50,14 +60,5 @@ def benjamini_hochberg(p) -> np.ndarray:
   Args:
     p: raw p-values of one family of tests.
   """
-  p, ok = _valid(p)
-  out = np.full_like(p, np.nan)
-  m = int(ok.sum())
-  if m:
-    order = np.argsort(p[ok], kind="stable")
-    scaled = m * p[ok][order] / np.arange(1, m + 1)
-    adjusted = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
-    values = np.empty(m)
-    values[order] = adjusted
-    out[ok] = values
-  return out
+  return _adjusted(p, lambda s, m: m * s / np.arange(1, m + 1),
+                   lambda v: np.minimum.accumulate(v[::-1])[::-1])
