@@ -1,6 +1,20 @@
 """A workdir as a finished grid leaves it, for tests of what reads one."""
 
+from conftest import load_config
 from roar_jax.benchmark.roar import grid
+
+
+def toy_grid(**roar):
+  """The toy config at one threshold, one seed, ROAR only; `roar` sets more
+  `config.roar` fields."""
+  config = load_config("toy")
+  with config.unlocked():
+    config.roar.thresholds = (0.5,)
+    config.roar.num_seeds = 1
+    config.roar.modes = ("roar",)
+    for k, v in roar.items():
+      config.roar[k] = v
+  return config
 
 
 def lay_down(config, workdir, accuracy=0.5):

@@ -12,7 +12,6 @@ import types
 
 import pytest
 
-from conftest import load_config
 import finished_runs
 from roar_jax import report_folder
 from roar_jax import workdir as workdir_lib
@@ -22,14 +21,9 @@ from roar_jax.benchmark.sanity import report as sanity_report
 
 
 def _config(**roar):
-  config = load_config("toy")
+  config = finished_runs.toy_grid(**roar)
   with config.unlocked():
-    config.roar.thresholds = (0.5,)
-    config.roar.num_seeds = 1
-    config.roar.modes = ("roar",)
     config.metrics.with_roar = False
-    for k, v in roar.items():
-      config.roar[k] = v
   return config
 
 

@@ -14,7 +14,6 @@ import sys
 
 import pytest
 
-from conftest import load_config
 import finished_runs
 from roar_jax import config as config_pkg
 from roar_jax import provenance
@@ -29,15 +28,7 @@ def _umask() -> int:
   return mask
 
 
-def _config(**roar):
-  config = load_config("toy")
-  with config.unlocked():
-    config.roar.thresholds = (0.5,)
-    config.roar.num_seeds = 1
-    config.roar.modes = ("roar",)
-    for k, v in roar.items():
-      config.roar[k] = v
-  return config
+_config = finished_runs.toy_grid
 
 
 def test_writes_are_atomic_with_readable_modes(tmp_path):
