@@ -105,6 +105,14 @@ class Artifact:
       return read_provenance(self.path) or {}
     return workdir_lib.read_json(self.path).get("provenance") or {}
 
+  def matching(self) -> Mapping[str, Any] | None:
+    """The JSON record of a file artifact if it is stored under this
+    artifact's fingerprint; None when it is missing or of another config."""
+    record = workdir_lib.read_json(self.path, missing_ok=True)
+    if record and record.get("fingerprint") == self.fingerprint:
+      return record
+    return None
+
   def write(self):
     """Records the provenance of a folder artifact (before filling it)."""
     write_provenance(self.path, self.record)

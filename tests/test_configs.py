@@ -5,6 +5,7 @@ import re
 import pytest
 
 from conftest import REPO, load_config
+from roar_jax.benchmark.roar import estimator_names
 from roar_jax.config import defaults as config_lib
 from roar_jax.config import validation as validate
 
@@ -79,7 +80,7 @@ def test_paper_grid_explains_in_432_gradient_passes():
       jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
   options = {**explain.explain_options(c), "baseline": 0.0}
   # The squared rows (`sq.*`) rank maps the grid computes anyway.
-  maps = tuple(dict.fromkeys(explain.maps_method(e)
+  maps = tuple(dict.fromkeys(estimator_names.maps_method(e)
                              for e in c.explain.estimators))
   methods = [e for e in maps if e not in ("random", "sobel")]
   shared = saliency.gradient_passes(model, maps, (8, 8, 3), **options)
@@ -109,7 +110,6 @@ _TABLE2_ROWS = {
 @pytest.mark.parametrize("name", ["imagenet_resnet50", "food101_resnet50",
                                   "birdsnap_resnet50"])
 def test_paper_configs_rank_table2_rows_as_the_paper_did(name):
-  from roar_jax.benchmark.roar import explain  # pylint: disable=g-import-not-at-top
   c = load_config(name)
   doc = open(f"{REPO}/configs/{name}.py").read().split('"""')[1]
   promised = re.findall(r"^  ([A-Z][A-Za-z-]+)\s+\d", doc, re.M)
@@ -117,11 +117,11 @@ def test_paper_configs_rank_table2_rows_as_the_paper_did(name):
   for row in promised:
     estimator, transform = _TABLE2_ROWS[row]
     assert estimator in c.explain.estimators, row
-    assert explain.transform_for(c.explain, estimator) == transform, row
+    assert estimator_names.transform_for(c.explain, estimator) == transform, row
   for squared in ("sq.gradient", "sq.integrated_gradients",
                   "sq.guided_backprop"):
-    assert explain.transform_for(c.explain, squared) == "square"
-    assert explain.maps_method(squared) == squared[3:]
+    assert estimator_names.transform_for(c.explain, squared) == "square"
+    assert estimator_names.maps_method(squared) == squared[3:]
 
 
 @pytest.mark.parametrize("name", ["cifar10", "imagenet_resnet50",
@@ -130,10 +130,9 @@ def test_table2_estimators_of_a_grid_rank_as_the_paper_did(name):
   """Every Table 2 estimator a config's grid holds is ranked as the paper
   ranked that row: the base methods and SG signed, SG-SQ, VAR and the
   controls by magnitude."""
-  from roar_jax.benchmark.roar import explain  # pylint: disable=g-import-not-at-top
   c = load_config(name)
   assert set(config_lib.PAPER_ESTIMATORS) <= set(c.explain.estimators)
-  ranked = {e: explain.transform_for(c.explain, e)
+  ranked = {e: estimator_names.transform_for(c.explain, e)
             for e in config_lib.PAPER_ESTIMATORS}
   for row, (estimator, transform) in _TABLE2_ROWS.items():
     assert ranked[estimator] == transform, (name, row)
@@ -158,7 +157,7 @@ def test_config_errors_come_before_tensorflow_is_imported():
 def test_cifar10_study_runs_the_grid_it_states():
   """The paper's estimators that matter, both modes at 50 and 90%, both
   fills, 3 seeds: 264 retrains; the base rows ranked signed, as Table 2's."""
-  from roar_jax.benchmark.roar import explain, grid  # pylint: disable=g-import-not-at-top
+  from roar_jax.benchmark.roar import grid  # pylint: disable=g-import-not-at-top
   c = load_config("cifar10_study")
   assert len(grid.all_units(c)) == 11 * 2 * 2 * 2 * 3
   assert set(c.roar.fill) == {"channel_mean", "noisy_linear"}
@@ -166,7 +165,8 @@ def test_cifar10_study_runs_the_grid_it_states():
   base = ("gradient", "guided_backprop", "integrated_gradients")
   assert {e for e in c.explain.estimators if "." not in e} == {
       "random", "sobel", *base}
-  assert {explain.transform_for(c.explain, e) for e in base} == {"signed"}
+  assert {estimator_names.transform_for(c.explain, e)
+          for e in base} == {"signed"}
 
 
 def test_unknown_field_in_a_config_file_is_refused_with_the_closest():

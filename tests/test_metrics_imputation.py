@@ -1,12 +1,12 @@
 """The batched noisy linear imputation against the per-image scipy reference
-of `degradation.noisy_linear_fill`."""
+of `road_fill.noisy_linear_fill`."""
 
 import numpy as np
 import pytest
 
-from roar_jax.data import degradation
 from roar_jax.data import host_fill
 from roar_jax.data import imputation
+from roar_jax.data import road_fill
 
 
 def _case(granularity, seed=0, b=6, h=20, w=17):
@@ -26,12 +26,12 @@ def _reference(images, removed, indices, seed):
   out = images.astype(np.float64) / 255.0
   for i in range(len(images)):
     m = removed[i] if removed.ndim == 4 else removed[i][..., None]
-    noise = degradation.noise_rng(seed, int(indices[i])).normal(
-        0.0, degradation.NOISY_LINEAR_STD, size=images.shape[1:])
+    noise = road_fill.noise_rng(seed, int(indices[i])).normal(
+        0.0, road_fill.NOISY_LINEAR_STD, size=images.shape[1:])
     groups = ([(m[..., 0], slice(None))] if m.shape[-1] == 1 else
               [(m[..., c], slice(c, c + 1)) for c in range(3)])
     for mask, chans in groups:
-      values = degradation._harmonic_fill(  # pylint: disable=protected-access
+      values = road_fill._harmonic_fill(  # pylint: disable=protected-access
           images[i][:, :, chans] / 255.0, mask)
       r, c = np.nonzero(mask)
       out[i, r, c, chans] = values + noise[r, c][:, chans]
@@ -60,7 +60,7 @@ def test_batched_imputation_equals_the_reference(granularity, solver):
   # boundary may round the other way: at most one level, almost never).
   out = np.asarray(imputation.noisy_linear(images, removed, noise,
                                            solver=solver))
-  ref = np.stack([degradation.noisy_linear_fill(
+  ref = np.stack([road_fill.noisy_linear_fill(
       images[i], m[i], seed=seed, index=int(indices[i]))
                   for i in range(len(images))])
   diff = np.abs(out.astype(int) - ref.astype(int))

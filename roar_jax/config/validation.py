@@ -14,6 +14,7 @@ import jax
 from roar_jax import levels as levels_lib
 from roar_jax import models
 from roar_jax.benchmark.roar import estimator_names
+from roar_jax.benchmark.roar import metric_options
 from roar_jax.config import defaults as defaults_lib
 # Names only: the validation imports no TensorFlow, so a bad field fails fast.
 from roar_jax.data import names as data_names
@@ -360,9 +361,8 @@ def _validate_metrics(config):
   """Checks `config.metrics` (the no-retrain metrics and leakage probe)."""
   if config.get("metrics") is None:
     return
-  from roar_jax.benchmark.roar import metrics  # pylint: disable=g-import-not-at-top
   try:
-    metrics.Options.from_config(config)
+    metric_options.Options.from_config(config)
   except (TypeError, ValueError) as e:
     raise ConfigError(str(e).splitlines()[0]) from None
   steps = config.metrics.get("leakage_steps", 0)

@@ -10,7 +10,7 @@ import importlib
 
 _EXPORTS = {
     "birdsnap": ("BirdsnapBuilder", "birdsnap_source_builder"),
-    "degradation": ("channel_mean", "degrade", "noisy_linear_fill"),
+    "degradation": ("channel_mean", "degrade"),
     "degraded": ("DegradedSource",),
     "errors": ("DataError",),
     "idx": ("prepare_idx", "read_idx"),
@@ -19,6 +19,7 @@ _EXPORTS = {
                  "train_iterator"),
     "preprocess": ("denormalize", "eval_geometry", "normalize"),
     "rank_store": ("RankStore",),
+    "road_fill": ("noisy_linear_fill",),
     "source_protocol": ("ArraySource", "DatasetInfo", "Source",
                         "process_slice"),
     "sources": ("KNOWN_DATASETS", "DirectorySource", "TfdsSource",

@@ -28,7 +28,7 @@ import scipy.sparse
 import scipy.sparse.linalg
 import threadpoolctl
 
-from roar_jax.data import degradation as degrade_lib
+from roar_jax.data import road_fill
 
 # Band storage per chunk: (W + 2) x pixels float64 values at most.
 CHUNK_BYTES = 64 << 20
@@ -117,7 +117,7 @@ def stacked_system(x: np.ndarray, mask: np.ndarray):
   diag = np.zeros(position.size)
   rhs = np.zeros((position.size, k))
   couplings = []
-  for dy, dx, weight in degrade_lib._NEIGHBOURS:  # pylint: disable=protected-access
+  for dy, dx, weight in road_fill.NEIGHBOURS:
     nr, nc = row + dy, col + dx
     inside = (nr >= 0) & (nr < h) & (nc >= 0) & (nc < w)
     diag[inside] += weight

@@ -1,6 +1,6 @@
 """ROAD's noisy linear imputation for a whole batch at once.
 
-`degradation.noisy_linear_fill` is the reference: per image and channel group
+`road_fill.noisy_linear_fill` is the reference: per image and channel group
 it builds one sparse system (every removed pixel equals the weighted mean of
 its 8 neighbours, 1/6 direct and 1/12 diagonal, renormalized at the border)
 and solves it with `scipy.sparse.linalg.spsolve`, then adds N(0, 0.01^2) noise
@@ -34,8 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from roar_jax.data import degradation as degrade_lib
 from roar_jax.data import host_fill
+from roar_jax.data import road_fill
 
 SOLVERS = ("auto", "banded", "cg", "scipy")
 PRECISIONS = ("float64", "float32")
@@ -44,7 +44,7 @@ CG_TOL = 1e-8
 
 
 def noise(indices, shape, *, seed: int,
-          std: float = degrade_lib.NOISY_LINEAR_STD) -> np.ndarray:
+          std: float = road_fill.NOISY_LINEAR_STD) -> np.ndarray:
   """The reference's noise for a batch: image i's is a pure function of
   (seed, indices[i]), drawn for every value whatever the mask.
 
@@ -57,7 +57,7 @@ def noise(indices, shape, *, seed: int,
   Returns:
     float64 [B, H, W, C].
   """
-  return np.stack([degrade_lib.noise_rng(seed, int(i)).normal(0.0, std,
+  return np.stack([road_fill.noise_rng(seed, int(i)).normal(0.0, std,
                                                               size=shape)
                    for i in np.asarray(indices).reshape(-1)]) if len(
                        np.asarray(indices).reshape(-1)) else np.zeros(

@@ -66,10 +66,10 @@ def explain_fields(config, estimator: str) -> dict[str, Any]:
   options it reads (`estimator_names.options_read`: adding an estimator
   with options of its own leaves the others' stores valid), and its own
   ranking transform (not the other estimators')."""
-  from roar_jax.benchmark.roar import explain  # pylint: disable=g-import-not-at-top
   read = estimator_names.options_read(estimator)
   out = {"estimator": estimator, "seed": config.seed,
-         "transform": explain.transform_for(config.explain, estimator)}
+         "transform": estimator_names.transform_for(config.explain,
+                                                    estimator)}
   for k, v in provenance_lib.flatten(config.explain.to_dict()).items():
     if k.split(".")[0] in _EXPLAIN_LOGISTICS:
       continue

@@ -39,8 +39,6 @@ from roar_jax.data import synthetic
 ORACLE = names.ORACLE
 # Methods whose features are superpixels of the image in pixel space.
 SEGMENTED = ("lime", "kernel_shap", "xrai")
-maps_method = names.maps_method
-transform_for = names.transform_for
 
 
 def explainable(config, module, variables) -> saliency.Model:
@@ -68,9 +66,9 @@ def explain_options(config) -> dict[str, Any]:
              **{k: v for k, v in ec.methods.items() if v is not None}}
   if ec.chunk_size:
     options["chunk_size"] = ec.chunk_size
-  if any(maps_method(e) == names.SMOOTH for e in ec.estimators):
+  if any(names.maps_method(e) == names.SMOOTH for e in ec.estimators):
     options["smooth_sigma"] = ec.smooth_sigma
-  if any(maps_method(e) in SEGMENTED for e in ec.estimators):
+  if any(names.maps_method(e) in SEGMENTED for e in ec.estimators):
     # Superpixels are computed on the images in pixel space. The model of
     # `explainable` declares the same statistics; they stay here because the
     # sanity records' provenance lists these options.
@@ -168,9 +166,9 @@ class _Stage:
                          if names.parse(e).matched_to is not None)
     self.estimators = tuple(e for e in ec.estimators if e not in self.matched)
     self.model_estimators = tuple(e for e in self.estimators
-                                  if maps_method(e) is not None)
+                                  if names.maps_method(e) is not None)
     # Each map is computed once, however many rankings it serves.
-    self.methods = tuple(dict.fromkeys(maps_method(e)
+    self.methods = tuple(dict.fromkeys(names.maps_method(e)
                                        for e in self.model_estimators))
     self.options = explain_options(config)
     if "deepshap" in self.methods:
@@ -252,8 +250,8 @@ class _Stage:
         key=split_key, indices=images["index"], target=None,
         **self.options) if self.methods else {}
     for e in self.model_estimators:
-      levels = saliency.rank(maps[maps_method(e)], granularity=ec.granularity,
-                             transform=transform_for(ec, e),
+      levels = saliency.rank(maps[names.maps_method(e)], granularity=ec.granularity,
+                             transform=names.transform_for(ec, e),
                              blur_sigma=names.blur_sigma(ec, e))
       pending[e].append(_local_rows(levels)[real])
     if ORACLE in self.estimators:

@@ -207,12 +207,11 @@ def plan_artifacts(config, plan) -> dict[tuple[str, str, float],
 def run(config, plan, source) -> list[dict[str, Any]]:
   """Trains every probe of the grid that has no matching record, and writes
   W/report/leakage.csv (process 0). Returns its rows."""
-  from roar_jax.benchmark.roar import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   store = rank_store_lib.RankStore(plan.workdir.root)
   base_chance = None
   rows = []
   for (est, mode, thr), (folder, rec) in plan_artifacts(config, plan).items():
-    record = metrics_lib.matching(rec)
+    record = rec.matching()
     if record is None:
       if base_chance is None:
         base_chance = chance(source)
@@ -257,10 +256,9 @@ def write_csv(wd: workdir_lib.Workdir, rows):
 
 def stored_rows(config, plan) -> list[dict[str, Any]]:
   """The rows of the stored probes that match the config (report mode)."""
-  from roar_jax.benchmark.roar import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   rows = []
   for _, rec in plan_artifacts(config, plan).values():
-    record = metrics_lib.matching(rec)
+    record = rec.matching()
     if record is not None:
       rows.append(_row(record))
   return rows

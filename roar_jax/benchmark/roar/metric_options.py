@@ -7,8 +7,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from roar_jax import levels as levels_lib
-from roar_jax.data import degradation as degrade_lib
 from roar_jax.data import imputation as imputation_lib
+from roar_jax.data import road_fill
 
 METRICS = ("deletion", "insertion", "road_morf", "road_lerf")
 # Whether a low area is good: deletion and MoRF fall fast for a good ranking.
@@ -39,7 +39,7 @@ class Options:
   blur_sigma: float = 5.0
   road_thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
                                         0.8, 0.9)
-  noise_std: float = degrade_lib.NOISY_LINEAR_STD
+  noise_std: float = road_fill.NOISY_LINEAR_STD
   num_images: int = 0
   batch_size: int = 512
   imputation: str = "auto"

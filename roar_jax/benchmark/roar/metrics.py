@@ -46,6 +46,8 @@ from roar_jax import levels as levels_lib
 from roar_jax import provenance as provenance_lib
 from roar_jax import workdir as workdir_lib
 from roar_jax.data import degradation as degrade_lib
+from roar_jax.benchmark.roar import agreement
+from roar_jax.benchmark.roar import leakage
 from roar_jax.benchmark.roar.curves import auc, curves, mean_ci, summarize
 from roar_jax.benchmark.roar.metric_options import (
     CSV_COLUMNS, LOWER_IS_BETTER, METRICS, METRICS_DIR, Options, auc_name)
@@ -83,14 +85,6 @@ def plan_artifacts(config, plan) -> dict[str, provenance_lib.Artifact]:
       provenance_lib.provenance(fields, {**inputs,
                                          "ranks": plan.ranks[est].fingerprint}))
           for est in config.explain.estimators}
-
-
-def matching(artifact: provenance_lib.Artifact) -> dict[str, Any] | None:
-  """The artifact's JSON record if it is stored under its fingerprint."""
-  record = workdir_lib.read_json(artifact.path, missing_ok=True)
-  if record and record.get("fingerprint") == artifact.fingerprint:
-    return record
-  return None
 
 
 def _test_batches(config, source, options: Options, rows: int):
@@ -197,7 +191,7 @@ def compute(config, plan, source, channel_mean=None, *, logits_fn=None
   from roar_jax.data import rank_store as rank_store_lib  # pylint: disable=g-import-not-at-top
   options = Options.from_config(config)
   artifacts = plan_artifacts(config, plan)
-  records = {est: matching(a) for est, a in artifacts.items()}
+  records = {est: a.matching() for est, a in artifacts.items()}
   todo = [est for est, r in records.items() if r is None]
   if not todo:
     return records
@@ -329,8 +323,6 @@ def run(config, plan, source, channel_mean=None, *,
     {'metrics': metrics.csv rows, 'leakage': leakage.csv rows,
      'agreement': agreement.csv rows}.
   """
-  from roar_jax.benchmark.roar import agreement  # pylint: disable=g-import-not-at-top
-  from roar_jax.benchmark.roar import leakage  # pylint: disable=g-import-not-at-top
   records = compute(config, plan, source, channel_mean, logits_fn=logits_fn)
   leak = []
   if config.get("metrics") is None or config.metrics.get("leakage", True):
@@ -345,9 +337,8 @@ def run(config, plan, source, channel_mean=None, *,
 def report(config, plan, *, results_rows=None) -> dict[str, Any] | None:
   """`--mode=report`: metrics.csv, the figure and agreement.csv from the
   stored records that match the config (None when there are none)."""
-  from roar_jax.benchmark.roar import agreement  # pylint: disable=g-import-not-at-top
   records = {est: r for est, a in plan_artifacts(config, plan).items()
-             if (r := matching(a)) is not None}
+             if (r := a.matching()) is not None}
   if not records:
     return None
   rows = write_report(plan.workdir, records)

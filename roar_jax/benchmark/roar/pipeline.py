@@ -196,7 +196,7 @@ def verified_records(plan: artifacts_lib.Plan) -> list[dict[str, Any]]:
   """
   records = []
   for unit in plan.results:
-    record = metrics_lib.matching(plan.results[unit])
+    record = plan.results[unit].matching()
     if record is not None:
       grid.verify_result(plan, unit, record)
       records.append({**record, "fill": unit.fill,
@@ -242,9 +242,9 @@ def report(config, workdir, *, plan: artifacts_lib.Plan | None = None,
     base_accuracy = base and base.get("test_accuracy")
   records = verified_records(plan)
   no_retrain = {key: r["test_accuracy"] for key, a in plan.no_retrain.items()
-                if (r := metrics_lib.matching(a)) is not None}
+                if (r := a.matching()) is not None}
   metric_records = {e: r for e, a in metrics_lib.plan_artifacts(
-      config, plan).items() if (r := metrics_lib.matching(a)) is not None}
+      config, plan).items() if (r := a.matching()) is not None}
   leakage_rows = leakage_lib.stored_rows(config, plan)
   with report_folder.staged(plan.workdir,
                             report_folder.owns_report_build) as wd:
