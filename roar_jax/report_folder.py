@@ -20,7 +20,8 @@ copy and a delete:
 
 A staging folder with a manifest is finished: whichever run next opens a
 staging folder (`recover`) completes its swap. One without a manifest was
-abandoned half-built: it is deleted when its process (on this host) is dead.
+abandoned half-built: it is deleted once its process (on this host) has
+ended.
 """
 
 import contextlib
@@ -71,18 +72,22 @@ def _suffix() -> str:
 
 
 def _abandoned(name: str) -> bool:
-  """Whether a staging folder's process (named in it) is dead on this
-  host; folders of other hosts are left to their own runs."""
+  """Whether a staging folder's process (named in it) has ended on this
+  host. `--mode=report` holds no lock and may run beside a grid, so a live
+  process's folder is left alone; folders of other hosts (processes of a
+  multi-host run) are left to their own runs."""
   host, _, pid = name[len(_STAGING):].rpartition("-")
   if host != socket.gethostname() or not pid.isdigit():
     return False
+  if int(pid) == os.getpid():
+    return True  # Ours, from a build that raised before its cleanup.
   try:
     os.kill(int(pid), 0)
   except ProcessLookupError:
     return True
   except PermissionError:
-    return False
-  return int(pid) != os.getpid()
+    return False  # Alive, another user's.
+  return False
 
 
 def _publish(wd: workdir_lib.Workdir, staging: str):

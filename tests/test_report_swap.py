@@ -8,6 +8,8 @@ provenance the config plans for them.
 
 import os
 import socket
+import subprocess
+import sys
 import types
 
 import pytest
@@ -90,8 +92,19 @@ def test_killed_build_is_cleared_and_a_finished_swap_completed(reported):
   dead = root / f"report.tmp-{socket.gethostname()}-999999999"
   dead.mkdir()
   (dead / "results.csv").write_text("half written\n")
-  report_folder.recover(workdir_lib.Workdir(str(root)))
+  # A build still running beside it (--mode=report holds no lock).
+  other = subprocess.Popen([sys.executable, "-c",
+                            "import time; time.sleep(60)"])
+  live = root / f"report.tmp-{socket.gethostname()}-{other.pid}"
+  live.mkdir()
+  try:
+    report_folder.recover(workdir_lib.Workdir(str(root)))
+    assert live.exists()
+  finally:
+    other.kill()
+    other.wait()
   assert not dead.exists() and _files(root / "report") == before
+  live.rmdir()
   # kill -9 inside the swap, after the old report was renamed away: the
   # manifest marks the staging folder finished, the next run publishes it.
   done = root / f"report.tmp-{socket.gethostname()}-999999998"

@@ -31,8 +31,8 @@ from roar_jax.data import sources
 from roar_jax.training import checkpoints
 from roar_jax.training import mesh as mesh_lib
 from roar_jax.training import optimizers
-from roar_jax.training import resumes
 from roar_jax.training import per_image
+from roar_jax.training import resumes
 from roar_jax.training import steps
 
 METRICS_FILE = "metrics.json"

@@ -56,7 +56,7 @@ from roar_jax.benchmark.roar.metric_options import (
 # them.
 __all__ = ["CSV_COLUMNS", "LOWER_IS_BETTER", "METRICS", "Options", "auc",
            "auc_name", "compute", "curves", "mean_ci", "plan_artifacts",
-           "rank_maps", "report", "run", "summarize"]
+           "rank_maps", "run", "summarize"]
 
 # ----------------------------------------------------------------------------
 # The stage: images from the test split, rankings from the rank store.
@@ -332,18 +332,6 @@ def run(config, plan, source, channel_mean=None, *,
   rows = write_report(plan.workdir, records)
   agree = agreement.write(plan.workdir, rows, results_rows)
   return {"metrics": rows, "leakage": leak, "agreement": agree}
-
-
-def report(config, plan, *, results_rows=None) -> dict[str, Any] | None:
-  """`--mode=report`: metrics.csv, the figure and agreement.csv from the
-  stored records that match the config (None when there are none)."""
-  records = {est: r for est, a in plan_artifacts(config, plan).items()
-             if (r := a.matching()) is not None}
-  if not records:
-    return None
-  rows = write_report(plan.workdir, records)
-  return {"metrics": rows,
-          "agreement": agreement.write(plan.workdir, rows, results_rows)}
 
 
 def rank_maps(maps, *, key: jax.Array, granularity: str = "pixel",
