@@ -263,9 +263,8 @@ def _check_statistics(config):
              f"config.data.{field} has {len(values)} values for "
              f"{config.data.name}'s images with {channels} channel"
              f"{'s' if channels != 1 else ''}")
-  _require(all(v > 0 for v in (config.data.std if isinstance(
-      config.data.std, (tuple, list)) else (config.data.std,))),
-           f"config.data.std={config.data.std!r} must be positive")
+    _require(field != "std" or all(v > 0 for v in values),
+             f"config.data.std={value!r} must be positive")
 
 
 def _check_fill_value(config):

@@ -49,7 +49,7 @@ def controls_of(estimator: str, estimators: Sequence[str]) -> list[str]:
   control when the grid has one."""
   out = [RANDOM] if estimator != RANDOM and RANDOM in estimators else []
   smooth = estimator_names.smooth_control(estimator, estimators)
-  return out + ([smooth] if smooth and smooth != estimator else [])
+  return out + ([smooth] if smooth else [])
 
 
 def _t_test(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
