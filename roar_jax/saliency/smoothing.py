@@ -12,12 +12,11 @@ knowing anything about the model. The smoothness controls (`random_smooth`,
   `scipy.ndimage.gaussian_filter(x, (0, sigma, sigma, 0))`.
 - `lag1_autocorrelation`: the mean correlation of horizontally and vertically
   adjacent levels of a ranking, per image, averaged over images.
-- `match_sigma`: the sigma whose blurred iid noise, ranked as the estimator
-  is, has a given lag-1 autocorrelation (bisection; the noise is drawn once,
-  so the function bisected is deterministic and continuous in sigma).
+
+`benchmark/roar/matched_controls.py` finds the sigma whose blurred noise has
+an estimator's autocorrelation.
 """
 
-import functools
 import math
 
 import jax
@@ -28,13 +27,6 @@ Array = jax.Array
 
 # scipy.ndimage's default truncation: the kernel reaches 4 sigma each side.
 TRUNCATE = 4.0
-# The bisection's bracket: below MIN_SIGMA the blur changes no ranking of iid
-# noise measurably; above half the image side a ranking is one blob.
-MIN_SIGMA = 0.05
-# Noise images drawn to measure a sigma's autocorrelation, and bisection steps
-# (the bracket [MIN_SIGMA, H / 2] shrinks to about 1e-6 of its log-width).
-MATCH_SAMPLES = 64
-MATCH_STEPS = 24
 
 
 def gaussian_kernel(sigma: float) -> np.ndarray:
@@ -111,63 +103,3 @@ def lag1_autocorrelation(levels) -> float:
   if not ok.any():
     return math.nan
   return float(np.mean(0.5 * (horizontal[ok] + vertical[ok]) / var[ok]))
-
-
-def _levels_of(scores: np.ndarray) -> np.ndarray:
-  """Levels floor(100 r / P) of scores [N, H, W] or [N, H, W, C] (rank 0 =
-  the highest score), as `saliency.rank` gives them for distinct scores."""
-  flat = scores.reshape(scores.shape[0], -1)
-  ranks = np.argsort(np.argsort(-flat, axis=1, kind="stable"), axis=1)
-  return (ranks * 100 // flat.shape[1]).reshape(scores.shape)
-
-
-@functools.lru_cache(maxsize=64)
-def noise_autocorrelation(sigma: float, shape: tuple[int, ...],
-                          seed: int = 0) -> float:
-  """The lag-1 autocorrelation of the levels of blurred iid noise.
-
-  Args:
-    sigma: the blur (0: iid noise).
-    shape: the level shape of one image, (H, W) for pixel rankings (noise
-      drawn for 3 channels and summed, as `random_smooth` at pixel
-      granularity) or (H, W, C) for value rankings.
-    seed: of the noise images.
-
-  Returns:
-    `lag1_autocorrelation` of MATCH_SAMPLES noise images' levels.
-  """
-  h, w = shape[:2]
-  channels = shape[2] if len(shape) == 3 else 3
-  noise = np.random.default_rng(seed).random(
-      (MATCH_SAMPLES, h, w, channels), np.float32)
-  scores = np.asarray(blur(noise, sigma), np.float64)
-  if len(shape) == 2:
-    scores = scores.sum(-1)
-  return lag1_autocorrelation(_levels_of(scores))
-
-
-def match_sigma(target: float, shape: tuple[int, ...]) -> float:
-  """The sigma whose `random_smooth` ranking has autocorrelation `target`.
-
-  Args:
-    target: a lag-1 autocorrelation (`lag1_autocorrelation` of an
-      estimator's levels).
-    shape: the level shape of one image, (H, W) or (H, W, C).
-
-  Returns:
-    sigma in pixels: 0 when `target` is no more than iid noise gives; half the
-    larger image side when even that is not as smooth as `target`.
-  """
-  shape = tuple(int(s) for s in shape)
-  lo, hi = MIN_SIGMA, max(shape[:2]) / 2.0
-  if not target > noise_autocorrelation(lo, shape):
-    return 0.0
-  if target >= noise_autocorrelation(hi, shape):
-    return hi
-  for _ in range(MATCH_STEPS):
-    mid = math.sqrt(lo * hi)  # Bisection of log sigma.
-    if noise_autocorrelation(mid, shape) < target:
-      lo = mid
-    else:
-      hi = mid
-  return math.sqrt(lo * hi)

@@ -3,7 +3,7 @@ stage.
 
 `random_smooth.<e>` is `random_smooth` at the sigma whose ranking has the
 same mean lag-1 spatial autocorrelation as <e>'s levels on the test split
-(`saliency/smoothing.py`). It is ranked after every other estimator, once
+(`saliency/smoothing.py` measures it; `match_sigma` bisects for the sigma). It is ranked after every other estimator, once
 <e>'s rank store is complete: its sigma is a function of those levels, read
 by every process from the store (so every process finds the same sigma), and
 its shards hold the same images as <e>'s. The noise of image i comes from
@@ -12,6 +12,8 @@ the explain stage's key and i alone, so `random_smooth.<e>` equals
 """
 
 import dataclasses
+import functools
+import math
 from typing import Any
 
 import jax
@@ -30,6 +32,68 @@ MATCH_IMAGES = 2000
 RECORD = "matched.json"
 
 
+# The bisection's bracket: below MIN_SIGMA the blur changes no ranking of iid
+# noise measurably; above half the image side a ranking is one blob.
+MIN_SIGMA = 0.05
+# Noise images drawn to measure a sigma's autocorrelation, and bisection steps
+# (the bracket [MIN_SIGMA, H / 2] shrinks to about 1e-6 of its log-width).
+MATCH_SAMPLES = 64
+MATCH_STEPS = 24
+
+
+@functools.lru_cache(maxsize=64)
+def noise_autocorrelation(sigma: float, shape: tuple[int, ...],
+                          seed: int = 0) -> float:
+  """The lag-1 autocorrelation of the levels of blurred iid noise.
+
+  Args:
+    sigma: the blur (0: iid noise).
+    shape: the level shape of one image, (H, W) for pixel rankings (noise
+      drawn for 3 channels and summed, as `random_smooth` at pixel
+      granularity) or (H, W, C) for value rankings.
+    seed: of the noise images.
+
+  Returns:
+    `smoothing.lag1_autocorrelation` of MATCH_SAMPLES noise images' levels.
+  """
+  h, w = shape[:2]
+  channels = shape[2] if len(shape) == 3 else 3
+  noise = np.random.default_rng(seed).random(
+      (MATCH_SAMPLES, h, w, channels), np.float32)
+  # Ranked as the explain stage ranks `random_smooth` (blurred, then
+  # summed over channels at pixel granularity: the blur is linear).
+  levels = saliency.rank(noise, transform="signed", blur_sigma=sigma,
+                         granularity="pixel" if len(shape) == 2 else "value")
+  return smoothing.lag1_autocorrelation(np.asarray(levels))
+
+
+def match_sigma(target: float, shape: tuple[int, ...]) -> float:
+  """The sigma whose `random_smooth` ranking has autocorrelation `target`.
+
+  Args:
+    target: a lag-1 autocorrelation (`lag1_autocorrelation` of an
+      estimator's levels).
+    shape: the level shape of one image, (H, W) or (H, W, C).
+
+  Returns:
+    sigma in pixels: 0 when `target` is no more than iid noise gives; half the
+    larger image side when even that is not as smooth as `target`.
+  """
+  shape = tuple(int(s) for s in shape)
+  lo, hi = MIN_SIGMA, max(shape[:2]) / 2.0
+  if not target > noise_autocorrelation(lo, shape):
+    return 0.0
+  if target >= noise_autocorrelation(hi, shape):
+    return hi
+  for _ in range(MATCH_STEPS):
+    mid = math.sqrt(lo * hi)  # Bisection of log sigma.
+    if noise_autocorrelation(mid, shape) < target:
+      lo = mid
+    else:
+      hi = mid
+  return math.sqrt(lo * hi)
+
+
 def match(store: rank_store_lib.RankStore, estimator: str) -> dict[str, Any]:
   """The matched sigma of `estimator`'s complete test-split rank store.
 
@@ -43,7 +107,7 @@ def match(store: rank_store_lib.RankStore, estimator: str) -> dict[str, Any]:
   """
   levels = store.read(estimator, "test")[:MATCH_IMAGES]
   target = smoothing.lag1_autocorrelation(levels)
-  sigma = smoothing.match_sigma(target, levels.shape[1:])
+  sigma = match_sigma(target, levels.shape[1:])
   return {"estimator": estimator, "autocorrelation": target,
           "images": int(len(levels)), "sigma": sigma}
 
