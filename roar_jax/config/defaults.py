@@ -135,6 +135,10 @@ def _roar_defaults(c: ml_collections.ConfigDict):
   # 'estimator/mode/threshold/seed[/fill]': run that unit alone (the fill
   # may be left out when the grid has one).
   c.roar.unit = ""
+  # Units trained together in one program (training/batched.py) by the
+  # local loop; 1: one at a time. Not a result field (not in the config
+  # hash): a unit trained in a group matches it alone to float rounding.
+  c.roar.batch_units = 1
 
 
 def _grid_defaults(c: ml_collections.ConfigDict):

@@ -328,6 +328,10 @@ def _validate_roar(config):
              "config.grid.executor='ray' needs Ray: pip install -e \".[ray]\"")
   _require(rc.num_seeds > 0, f"config.roar.num_seeds={rc.num_seeds} must be "
            "> 0")
+  _require(isinstance(rc.batch_units, int) and not isinstance(
+      rc.batch_units, bool) and rc.batch_units >= 1,
+           f"config.roar.batch_units={rc.batch_units!r} must be an integer "
+           ">= 1 (units trained together; 1: one at a time)")
   if rc.unit:
     from roar_jax.benchmark.roar import grid  # pylint: disable=g-import-not-at-top
     try:

@@ -32,6 +32,7 @@ from roar_jax.training import checkpoints
 from roar_jax.training import mesh as mesh_lib
 from roar_jax.training import optimizers
 from roar_jax.training import per_image
+from roar_jax.training import progress
 from roar_jax.training import resumes
 from roar_jax.training import steps
 
@@ -112,6 +113,13 @@ def _input_shape(config, info) -> tuple[int, int, int]:
   return (size, size, info.image_shape[-1])
 
 
+def initial_state(config, source, mesh: Mesh) -> steps.TrainState:
+  """A run's state at step 0: `create_state` with the run's init key."""
+  return create_state(config, source.info.num_classes,
+                      _input_shape(config, source.info), mesh,
+                      jax.random.fold_in(jax.random.key(config.seed), 0))
+
+
 def evaluate(state, source, config, mesh: Mesh, split: str = "test",
              desc: str = "eval") -> dict[str, Any]:
   """Accuracy and loss of `state` over the whole `split` of `source`.
@@ -164,13 +172,9 @@ def data_seed(config) -> int:
   return int(config.seed) * 1_000_003
 
 
-def _summary_writer(config, workdir: str, step: int):
-  """TensorBoard writer of process 0 (one per run, whatever the hosts)."""
-  if jax.process_index() != 0:
-    return None
-  writer = tensorboardX.SummaryWriter(workdir_lib.join(workdir, "tensorboard"))
-  writer.add_text("config", f"<pre>{config}</pre>", step)
-  return writer
+def step_key(config) -> jax.Array:
+  """The key of a run's stochastic layers (`train_step` folds in the step)."""
+  return jax.random.fold_in(jax.random.key(config.seed), 1)
 
 
 def _train_loop(config, workdir: str, state, start_step: int, source, mesh,
@@ -180,9 +184,8 @@ def _train_loop(config, workdir: str, state, start_step: int, source, mesh,
   tc = config.train
   num_steps = int(tc.num_steps)
   train_fn, _ = _compiled_steps(mesh, float(tc.label_smoothing))
-  step_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
-  run_name = os.path.basename(workdir.rstrip("/"))
-  writer = _summary_writer(config, workdir, start_step)
+  step_rng = step_key(config)
+  writer = progress.summary_writer(config, workdir, start_step)
   # The data order is a function of (seed, step): a resumed run starts at
   # the batch an uninterrupted run would take next.
   batches = pipeline.train_iterator(
@@ -194,7 +197,6 @@ def _train_loop(config, workdir: str, state, start_step: int, source, mesh,
   bar = tqdm.tqdm(total=num_steps, initial=start_step,
                   desc=f"train {os.path.basename(workdir.rstrip('/'))}",
                   disable=None, file=sys.stderr, leave=False)
-  learning_rate = optimizers.learning_rate_schedule(tc)
   tick, tick_step, window, last = time.time(), start_step, [], {}
   for step in range(start_step + 1, num_steps + 1):
     state, metrics = train_fn(state, mesh_lib.to_global(next(batches), mesh),
@@ -202,23 +204,12 @@ def _train_loop(config, workdir: str, state, start_step: int, source, mesh,
     window.append(metrics)
     bar.update(1)
     if step % log_every == 0 or step == num_steps or step % ckpt_every == 0:
-      last = {k: float(np.mean([m[k] for m in jax.device_get(window)]))
-              for k in window[0]}
-      window = []
-      if not np.isfinite(last["loss"]):
-        raise FloatingPointError(
-            f"training loss is {last['loss']} at step {step} of {workdir}; "
-            "lower config.train.learning_rate or check the input data")
       now = time.time()
-      last["steps_per_s"] = (step - tick_step) / max(now - tick, 1e-9)
-      last["images_per_s"] = last["steps_per_s"] * tc.batch_size
-      last["learning_rate"] = float(learning_rate(step))
-      tick, tick_step = now, step
+      last = progress.window_metrics(config, workdir, step,
+                                     jax.device_get(window), now - tick,
+                                     step - tick_step)
+      window, tick, tick_step = [], now, step
       bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['accuracy']:.3f}")
-      logging.info("%s step %d/%d: loss %.4f, accuracy %.3f, lr %.3g, "
-                   "%.1f images/s", run_name, step, num_steps, last["loss"],
-                   last["accuracy"], last["learning_rate"],
-                   last["images_per_s"])
       for k, v in last.items():
         if writer is not None:
           writer.add_scalar(f"train/{k}", v, step)
@@ -230,30 +221,6 @@ def _train_loop(config, workdir: str, state, start_step: int, source, mesh,
   if writer is not None:
     writer.close()
   return state, last
-
-
-def _final_metrics(config, workdir, state, source, mesh, last, wall_time
-                   ) -> dict[str, Any]:
-  """Test (and optionally train) accuracy of the trained state, with the
-  training figures of this run or, for a run finished earlier, its record."""
-  test = evaluate(state, source, config, mesh, "test")
-  result = {
-      "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-      "num_test_examples": test["num_examples"],
-      "test_correct_bits": test["correct_bits"],
-      "steps": int(config.train.num_steps),
-      "train_loss": last.get("loss"), "train_accuracy": last.get("accuracy"),
-      "wall_time_s": wall_time, "params_checksum": params_checksum(state),
-      "resumed_from_steps": resumes.steps(workdir),
-  }
-  if config.train.eval_train:
-    result["train_eval_accuracy"] = evaluate(
-        state, source, config, mesh, "train", desc="eval train")["accuracy"]
-  if not last:  # Finished earlier: keep the training figures it recorded.
-    previous = load_metrics(workdir) or {}
-    for key in ("train_loss", "train_accuracy"):
-      result[key] = previous.get(key)
-  return result
 
 
 def train_and_evaluate(config, workdir: str, *, source=None,
@@ -281,9 +248,7 @@ def train_and_evaluate(config, workdir: str, *, source=None,
   workdir_lib.makedirs(workdir)
   source = source or sources.get_source(config.data)
   mesh = mesh or mesh_lib.create_mesh()
-  state = create_state(config, source.info.num_classes,
-                       _input_shape(config, source.info), mesh,
-                       jax.random.fold_in(jax.random.key(config.seed), 0))
+  state = initial_state(config, source, mesh)
   mngr = checkpoints.manager(workdir_lib.join(workdir, "checkpoints"))
   state, start_step = checkpoints.restore_latest(
       mngr, state, workdir_lib.join(workdir, "checkpoints"))
@@ -297,8 +262,38 @@ def train_and_evaluate(config, workdir: str, *, source=None,
     state, last = _train_loop(config, workdir, state, start_step, source,
                               mesh, mngr, step_callback)
   checkpoints.finish(mngr)
-  result = _final_metrics(config, workdir, state, source, mesh, last,
-                          time.time() - start_time)
+  return write_metrics(config, workdir, state, source, mesh, last, start_time)
+
+
+def write_metrics(config, workdir: str, state, source, mesh: Mesh,
+                  last: Mapping[str, float], start_time: float
+                  ) -> dict[str, Any]:
+  """Evaluates the trained `state` and writes the run's metrics.json: test
+  (and optionally train) accuracy, with the training figures `last` of this
+  run or, for a run finished earlier (`last` empty), those it recorded.
+
+  Returns:
+    The metrics, as `train_and_evaluate` returns them; the wall time is from
+    `start_time` (a `time.time()`) to the evaluation.
+  """
+  num_steps = int(config.train.num_steps)
+  wall_time = time.time() - start_time
+  test = evaluate(state, source, config, mesh, "test")
+  result = {
+      "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+      "num_test_examples": test["num_examples"],
+      "test_correct_bits": test["correct_bits"], "steps": num_steps,
+      "train_loss": last.get("loss"), "train_accuracy": last.get("accuracy"),
+      "wall_time_s": wall_time, "params_checksum": params_checksum(state),
+      "resumed_from_steps": resumes.steps(workdir),
+  }
+  if config.train.eval_train:
+    result["train_eval_accuracy"] = evaluate(
+        state, source, config, mesh, "train", desc="eval train")["accuracy"]
+  if not last:  # Finished earlier: keep the training figures it recorded.
+    previous = load_metrics(workdir) or {}
+    for key in ("train_loss", "train_accuracy"):
+      result[key] = previous.get(key)
   if jax.process_index() == 0:
     with tensorboardX.SummaryWriter(
         workdir_lib.join(workdir, "tensorboard")) as writer:

@@ -29,6 +29,7 @@ from roar_jax.data import degraded as degraded_lib
 from roar_jax.data import preprocess
 from roar_jax.data import rank_store as rank_store_lib
 from roar_jax.data import writer as writer_lib
+from roar_jax.training import batched
 
 MODES = levels_lib.MODES
 
@@ -184,12 +185,47 @@ def run_unit(config, plan: artifacts_lib.Plan, unit: Unit, base_source,
   Returns:
     The result record.
   """
-  source = degraded_source(config, plan, base_source, unit.key, channel_mean)
-  folder = plan.units[unit]
-  if jax.process_index() == 0:
-    folder.write()
+  source = _unit_source(config, plan, unit, base_source, channel_mean)
   result = training.train_and_evaluate(
-      unit_config(config, unit), folder.path, source=source, **train_kwargs)
+      unit_config(config, unit), plan.units[unit].path, source=source,
+      **train_kwargs)
+  return _store_result(config, plan, unit, result)
+
+
+def run_units(config, plan: artifacts_lib.Plan, units: list[Unit],
+              base_source, channel_mean, **train_kwargs
+              ) -> list[dict[str, Any]]:
+  """Retrains several units in one program (`training.batched`) and stores
+  each one's result as `run_unit` does.
+
+  The units share the config's model and recipe and differ in seed and
+  degraded dataset; a unit interrupted earlier resumes alone. Same arguments
+  as `run_unit`, with `units`; `train_kwargs` go to
+  `batched.train_and_evaluate_many` (`step_callbacks`, one per unit; `mesh`).
+
+  Returns:
+    The result records, in the order of `units`.
+  """
+  sources = [_unit_source(config, plan, u, base_source, channel_mean)
+             for u in units]
+  results = batched.train_and_evaluate_many(
+      [unit_config(config, u) for u in units],
+      [plan.units[u].path for u in units], sources=sources, **train_kwargs)
+  return [_store_result(config, plan, u, r) for u, r in zip(units, results)]
+
+
+def _unit_source(config, plan: artifacts_lib.Plan, unit: Unit, base_source,
+                 channel_mean):
+  """The unit's degraded dataset, its folder's provenance written first."""
+  source = degraded_source(config, plan, base_source, unit.key, channel_mean)
+  if jax.process_index() == 0:
+    plan.units[unit].write()
+  return source
+
+
+def _store_result(config, plan: artifacts_lib.Plan, unit: Unit,
+                  result: dict[str, Any]) -> dict[str, Any]:
+  """The unit's result record from its training metrics, stored."""
   record = {**dataclasses.asdict(unit), **result,
             "config_hash": results_lib.config_hash(config),
             "fingerprint": plan.results[unit].fingerprint,

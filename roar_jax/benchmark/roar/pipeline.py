@@ -145,7 +145,9 @@ def run(config, workdir, *, run_unit: UnitRunner = grid.run_unit,
     config: the experiment config (`explain`, `roar` sections).
     workdir: the experiment workdir.
     run_unit: runs one retrain unit, as `run_unit(config, plan, unit, source,
-      channel_mean)` (replaceable, e.g. by a distributed executor).
+      channel_mean)` (replaceable, e.g. by a distributed executor). With
+      `roar.batch_units` > 1 the local loop runs groups of that many units
+      through `grid.run_units` instead, and a group of one through `run_unit`.
     recompute: move artifacts of another config aside instead of stopping.
 
   Returns:
@@ -174,8 +176,16 @@ def run(config, workdir, *, run_unit: UnitRunner = grid.run_unit,
     from roar_jax.benchmark.roar import ray_executor
     ray_executor.run_units(config, workdir, todo, run_unit=run_unit)
   else:
-    for unit in tqdm.tqdm(todo, desc="retrain units", disable=None):
-      run_unit(config, plan, unit, source, fill)
+    # `roar.batch_units` units train together in one program (a small model
+    # leaves an accelerator idle); a group of one is `run_unit`'s.
+    size = int(config.roar.batch_units)
+    groups = [todo[i:i + size] for i in range(0, len(todo), size)]
+    for group in tqdm.tqdm(groups, desc=f"retrain units ({size} at a time)",
+                           disable=None):
+      if len(group) == 1:
+        run_unit(config, plan, group[0], source, fill)
+      else:
+        grid.run_units(config, plan, group, source, fill)
   summary = None
   # One unit never replaces the grid's report: --mode=report builds it.
   if jax.process_index() == 0 and not config.roar.unit:

@@ -55,13 +55,14 @@ _THRESHOLD_DECIMALS = 4
 def config_hash(config) -> str:
   """A short hash of the config fields that change what a unit computes.
 
-  `roar.unit` (which unit to run) and the `grid` section (where it runs) do
-  not change results, so they are left out: units run on different machines
-  of one grid share a hash.
+  `roar.unit` (which unit to run), `roar.batch_units` (how many train
+  together) and the `grid` section (where it runs) do not change results, so
+  they are left out: units run on different machines of one grid share a hash.
   """
   d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   d.pop("grid", None)
-  d["roar"] = {k: v for k, v in d.get("roar", {}).items() if k != "unit"}
+  d["roar"] = {k: v for k, v in d.get("roar", {}).items()
+               if k not in ("unit", "batch_units")}
   blob = json.dumps(d, sort_keys=True, default=str).encode()
   return hashlib.sha256(blob).hexdigest()[:12]
 
