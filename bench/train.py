@@ -21,7 +21,8 @@ FLOPs per second over the fp32 matmul rate of this machine (a 2048x2048
 used). Target: the project's step takes at most 1.2x the plain step's time
 (per device).
 
-  python bench/train.py                       # small_cnn and resnet18
+  python bench/train.py                       # fast_cnn, small_cnn, resnet18
+  python bench/train.py --curve               # test accuracy vs minutes
   python bench/train.py --models resnet50     # ResNet-50 at 224, batch 8
   python bench/train.py --rounds 5 --json out.json
 """
@@ -45,6 +46,7 @@ from jax.sharding import Mesh
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top
+from bench import accuracy_curve
 from roar_jax.config import defaults as config_lib
 from roar_jax import models
 from roar_jax.training import mesh as mesh_lib
@@ -54,6 +56,7 @@ from roar_jax.training import trainer
 
 # name -> (model config, image size, batch size, number of classes).
 MODELS = {
+    "fast_cnn": ({"name": "fast_cnn"}, 32, 256, 10),
     "small_cnn": ({"name": "small_cnn"}, 32, 128, 10),
     "resnet18": ({"name": "resnet18", "resnet18": {"stem": "cifar"}}, 32, 64,
                  10),
@@ -275,7 +278,7 @@ def print_report(results: list[dict], rates: list[float], args):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--models", default="small_cnn,resnet18",
+  parser.add_argument("--models", default="fast_cnn,small_cnn,resnet18",
                       help="comma-separated, of: " + ", ".join(MODELS))
   parser.add_argument("--resnet50", action="store_true",
                       help="also ResNet-50 at 224x224, batch 8 (slow on CPU)")
@@ -287,7 +290,16 @@ def main():
                       help="devices of the project step's mesh (the plain "
                       "step always runs on one)")
   parser.add_argument("--json", help="also write the figures here")
-  args = parser.parse_args()
+  parser.add_argument("--curve", action="store_true",
+                      help="instead: test accuracy against training minutes "
+                      "on CIFAR-10 (bench/accuracy_curve.py; pass its "
+                      "--budgets/--models after --)")
+  args, rest = parser.parse_known_args()
+  if args.curve:
+    accuracy_curve.main(rest + (["--json", args.json] if args.json else []))
+    return
+  if rest:
+    parser.error(f"unrecognized arguments: {' '.join(rest)}")
   names = [m for m in args.models.split(",") if m]
   if args.resnet50 and "resnet50" not in names:
     names.append("resnet50")

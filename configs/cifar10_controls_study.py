@@ -3,7 +3,7 @@ r"""The CIFAR-10 study's ROAR-90% cells beside smoothness-matched controls.
   python -m roar_jax.main --config=configs/cifar10_controls_study.py \
       --workdir=/tmp/cifar10_controls --mode=roar
 
-configs/cifar10_study.py (same data, model and recipe) found the SG-SQ and
+configs/cifar10_small_study.py (same data, model and recipe) found the SG-SQ and
 VarGrad ensembles below random at ROAR 90% mostly under ROAD's noisy linear
 fill, where a spatially smooth ranking beats iid random without knowing the
 model. This grid asks whether those wins survive a control that differs from
@@ -26,7 +26,7 @@ ESTIMATORS = BASE + tuple(f"random_smooth.{e}" for e in BASE[1:])
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = defaults.load("cifar10_study")  # Data, model, recipe: as the study.
+  c = defaults.load("cifar10_small_study")  # Data, model, recipe: as the study.
   c.explain.estimators = ESTIMATORS
   c.explain.transforms = (("gradient", "signed"),)
   c.roar.thresholds = (0.9,)

@@ -9,9 +9,10 @@ from roar_jax.benchmark.roar import estimator_names
 from roar_jax.config import defaults as config_lib
 from roar_jax.config import validation as validate
 
-CONFIGS = ("toy", "cifar10", "cifar10_study", "fashion_mnist",
-           "imagenet_resnet50", "food101_resnet50", "birdsnap_resnet50",
-           "fashion_mnist_sanity")
+CONFIGS = ("toy", "cifar10", "cifar10_fast", "cifar10_study",
+           "cifar10_small_study", "cifar10_controls_study", "fashion_mnist",
+           "fashion_mnist_study", "imagenet_resnet50", "food101_resnet50",
+           "birdsnap_resnet50", "fashion_mnist_sanity")
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -154,11 +155,11 @@ def test_config_errors_come_before_tensorflow_is_imported():
   assert out.stdout.strip() == "[]"
 
 
-def test_cifar10_study_runs_the_grid_it_states():
+def test_cifar10_small_study_runs_the_grid_it_states():
   """The paper's estimators that matter, both modes at 50 and 90%, both
   fills, 3 seeds: 264 retrains; the base rows ranked signed, as Table 2's."""
   from roar_jax.benchmark.roar import grid  # pylint: disable=g-import-not-at-top
-  c = load_config("cifar10_study")
+  c = load_config("cifar10_small_study")
   assert len(grid.all_units(c)) == 11 * 2 * 2 * 2 * 3
   assert set(c.roar.fill) == {"channel_mean", "noisy_linear"}
   assert c.roar.thresholds == (0.5, 0.9) and c.roar.num_seeds == 3
@@ -167,6 +168,25 @@ def test_cifar10_study_runs_the_grid_it_states():
       "random", "sobel", *base}
   assert {estimator_names.transform_for(c.explain, e)
           for e in base} == {"signed"}
+
+
+def test_studies_on_the_fast_recipe_run_the_grids_they_state():
+  """The CIFAR-10 study: 5 estimators x ROAR 90% x 2 fills x 3 seeds; the
+  Fashion-MNIST study: 8 x 2 modes x 2 thresholds x 2 fills x 3 seeds; both
+  retrain with their base model's recipe (the fast CNN) on the full data."""
+  from roar_jax.benchmark.roar import grid  # pylint: disable=g-import-not-at-top
+  cifar = load_config("cifar10_study")
+  fast = load_config("cifar10_fast")
+  assert len(grid.all_units(cifar)) == 30
+  assert cifar.train.to_dict() == {**fast.train.to_dict(), "log_every": 100}
+  assert cifar.model.to_dict() == fast.model.to_dict()
+  assert (cifar.data.num_train, cifar.data.num_test) == (None, None)
+  assert estimator_names.transform_for(cifar.explain, "gradient") == "signed"
+  fmnist = load_config("fashion_mnist_study")
+  assert len(grid.all_units(fmnist)) == 192
+  assert fmnist.model.name == "fast_cnn" and fmnist.data.num_train is None
+  assert {estimator_names.transform_for(fmnist.explain, e) for e in (
+      "gradient", "integrated_gradients", "guided_backprop")} == {"signed"}
 
 
 def test_unknown_field_in_a_config_file_is_refused_with_the_closest():

@@ -54,6 +54,7 @@ def _data_defaults(c: ml_collections.ConfigDict):
   c.data.num_test = ml_collections.FieldReference(None, field_type=int)
   c.data.shuffle_buffer = 10_000
   c.data.crop_padding = "reflect"  # Of 'crop_flip': 'reflect' or 'zero'.
+  c.data.crop_pixels = 4  # Of 'crop_flip': the largest shift, in pixels.
   # Keep the decoded training split in memory: None decides by its size.
   c.data.cache = ml_collections.FieldReference(None, field_type=bool)
 

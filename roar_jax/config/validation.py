@@ -148,6 +148,10 @@ def _validate_train(config, devices: int):
     value = config.train[field]
     _require(isinstance(value, int) and value >= low,
              f"config.train.{field}={value!r} must be an int >= {low}")
+  pixels = config.data.get("crop_pixels", 4)
+  _require(isinstance(pixels, int) and 0 <= pixels < config.data.image_size,
+           f"config.data.crop_pixels={pixels!r} must be an integer in "
+           f"[0, image_size={config.data.image_size})")
   _require(isinstance(config.data.shuffle_buffer, int)
            and config.data.shuffle_buffer > 0,
            f"config.data.shuffle_buffer={config.data.shuffle_buffer!r} must "

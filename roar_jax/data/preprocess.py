@@ -22,8 +22,6 @@ from roar_jax.data import names
 
 AUGMENTATIONS = names.AUGMENTATIONS
 CROP_PADDINGS = ("reflect", "zero")
-# 'crop_flip': pixels of padding on each side before the random crop.
-CROP_FLIP_PAD = 4
 # 'inception' fallback: the center crop keeps image_size / (image_size + 32)
 # of the shorter side, as the original code's center-crop helper does.
 CENTER_CROP_PADDING = 32
@@ -160,11 +158,10 @@ def denormalize(images, data_config: Mapping[str, Any]):
 
 
 def _crop_flip(image: tf.Tensor, size: int, seed: tf.Tensor,
-               padding: str) -> tf.Tensor:
+               padding: str, pixels: int) -> tf.Tensor:
   crop_seed, flip_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, num=2))
-  pad = [[CROP_FLIP_PAD, CROP_FLIP_PAD], [CROP_FLIP_PAD, CROP_FLIP_PAD],
-         [0, 0]]
+  pad = [[pixels, pixels], [pixels, pixels], [0, 0]]
   if padding == "reflect":
     padded = tf.pad(image, pad, mode="REFLECT")
   else:
@@ -207,9 +204,10 @@ def train_geometry(image: tf.Tensor, data_config: Mapping[str, Any],
   """The training augmentation of `config.data.augment`, uint8 -> uint8.
 
   - 'none': the evaluation geometry.
-  - 'crop_flip': evaluation geometry, then pad 4 pixels on each side
-    (`config.data.crop_padding`: 'reflect' (default) or 'zero'), a random S x S
-    crop and a random horizontal flip (the CIFAR recipe).
+  - 'crop_flip': evaluation geometry, then pad `config.data.crop_pixels`
+    (default 4) pixels on each side (`config.data.crop_padding`: 'reflect'
+    (default) or 'zero'), a random S x S crop and a random horizontal flip
+    (the CIFAR recipe).
   - 'inception': a random box of 8%-100% of the area, aspect ratio in
     [3/4, 4/3], resized bicubically to S x S, and a random flip.
 
@@ -230,7 +228,8 @@ def train_geometry(image: tf.Tensor, data_config: Mapping[str, Any],
     if padding not in CROP_PADDINGS:
       raise ValueError(f"config.data.crop_padding={padding!r} is not one of "
                        f"{CROP_PADDINGS}")
-    return _crop_flip(eval_geometry(image, data_config), size, seed, padding)
+    return _crop_flip(eval_geometry(image, data_config), size, seed, padding,
+                      int(_get(data_config, "crop_pixels", 4)))
   if augment == "inception":
     return _inception_crop(image, size, seed)
   raise ValueError(f"config.data.augment={augment!r} is not one of "

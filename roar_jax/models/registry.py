@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 
+from roar_jax.models import fast_cnn
 from roar_jax.models import resnet
 from roar_jax.models import small_cnn
 
@@ -24,6 +25,7 @@ _MODELS: dict[str, ModelFactory] = {
     "small_cnn": small_cnn.SmallCNN,
     "sanity_cnn": small_cnn.SanityCNN,
     "sanity_mlp": small_cnn.SanityMLP,
+    "fast_cnn": fast_cnn.FastCNN,
     "resnet18": resnet.ResNet18,
     "resnet50": resnet.ResNet50,
 }

@@ -1,6 +1,6 @@
 """Re-reports the committed CIFAR-10 study with corrected statistics.
 
-The study (configs/cifar10_study.py, 3 seeds) was published before results
+The study (configs/cifar10_small_study.py, 3 seeds) was published before results
 kept per-seed accuracies and per-image records, so its per-image bootstrap
 cannot be rebuilt. What its results.csv does determine:
 
@@ -12,7 +12,7 @@ cannot be rebuilt. What its results.csv does determine:
 
 Run from the repository root:
 
-  python docs/results/cifar10_study/corrected.py
+  python docs/results/cifar10_small_study/corrected.py
 
 It writes corrected.csv beside this file and prints the cells that survive.
 """
