@@ -3,10 +3,12 @@ r"""roar_jax command line: one stage of the pipeline per --mode.
   python -m roar_jax.main --config=configs/toy.py --workdir=/tmp/roar_toy \
       --mode=train
 
-Modes: train (the base model), explain (saliency maps -> rank store), roar
-(everything, up to the report), report (rebuild the report from the results),
-sanity (the sanity checks). Every mode reads and writes under --workdir and can
-be interrupted and rerun: finished work is skipped.
+--config takes a config file or the name of one in the package's configs/
+(`--config=toy` from any directory). Modes: train (the base model), explain
+(saliency maps -> rank store), roar (everything, up to the report), metrics
+(the no-retrain metrics and the mask-leakage probe), report (rebuild the report
+from the results), sanity (the sanity checks). Every mode reads and writes
+under --workdir and can be interrupted and rerun: finished work is skipped.
 """
 
 import copy
@@ -27,15 +29,27 @@ from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from roar_jax import config as config_pkg  # noqa: E402
+from roar_jax.config import defaults as config_defaults  # noqa: E402
+from roar_jax import hints  # noqa: E402
 from roar_jax import workdir as workdir_lib  # noqa: E402
 
+# Each --mode and what it runs (--help lists them from here).
+MODES = {
+    "train": "the base model",
+    "explain": "saliency maps of every image -> rank store",
+    "roar": "everything, up to the report",
+    "metrics": "the no-retrain metrics and the mask-leakage probe",
+    "report": "rebuild the report from the results",
+    "sanity": "the sanity checks",
+}
+
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file (configs/*.py).", lock_config=True)
+    "config", None, "Experiment config file, or the name of one in the "
+    "package's configs/ (e.g. toy).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for all outputs.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train",
-    ["train", "explain", "roar", "metrics", "report", "sanity"],
-    "Which stage to run.")
+    "mode", "train", list(MODES), "Which stage to run: " + "; ".join(
+        f"{mode}: {what}" for mode, what in MODES.items()) + ".")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False,
     "Call jax.distributed.initialize() with auto-detected arguments (Cloud "
@@ -219,12 +233,46 @@ def last_override_wins(argv: list[str]) -> list[str]:
   return out
 
 
+def resolve_config_name(argv: list[str]) -> list[str]:
+  """argv with `--config=NAME` (`--config NAME`) made the path of its file.
+
+  ml_collections loads `--config` as a path while absl parses the flags, so
+  a bare name such as `toy` becomes the package's configs/toy.py here,
+  before parsing (`defaults.config_path`; a ValueError, with the closest
+  name, if configs/ lacks it). A path, with or without ml_collections'
+  `:argument` suffix, is left as it is.
+  """
+  out = list(argv)
+  for i, token in enumerate(out):
+    if token.startswith("--config="):
+      out[i] = "--config=" + _config_file(token[len("--config="):])
+    elif token == "--config" and i + 1 < len(out):
+      out[i + 1] = _config_file(out[i + 1])
+  return out
+
+
+def _config_file(value: str) -> str:
+  name, colon, argument = value.partition(":")
+  return config_defaults.config_path(name) + colon + argument
+
+
+def _mode_hint(error: flags.Error) -> str:
+  """The line for a misspelled --mode, with the closest mode ('')."""
+  match = re.match(r"flag --mode=(.*?): value should be one of", str(error))
+  if not match:
+    return ""
+  given = match.group(1)
+  hint = hints.did_you_mean(given, MODES, show=lambda m: f"--mode={m}")
+  return (f"--mode={given} is not a mode{hint} (modes: "
+          f"{', '.join(MODES)})")
+
+
 def _parse_flags(argv):
   """Parses flags; a bad --config.<field> override exits with one line."""
   try:
-    return flags.FLAGS(last_override_wins(argv))
+    return flags.FLAGS(last_override_wins(resolve_config_name(argv)))
   except flags.Error as e:
-    sys.exit(f"flag error: {e}")
+    sys.exit(f"flag error: {_mode_hint(e) or e}")
   except (AttributeError, KeyError) as e:
     # ml_collections reports an unknown field from deep inside ConfigDict,
     # quoted and escaped; name the field and the override instead.

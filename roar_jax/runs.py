@@ -126,14 +126,27 @@ def load(workdir, *, allow_unfinished: bool = False) -> Run:
   Raises:
     workdir.WorkdirError: no run there, its base model did not finish
       training (unless `allow_unfinished`), or it cannot be restored.
+    ValueError: its model is not registered in this process (one registered
+      in the run's config file: load that file first).
   """
   # pylint: disable=g-import-not-at-top
+  from roar_jax import models
   from roar_jax import training
   from roar_jax.benchmark.roar import explain
   from roar_jax.data import sources
   # pylint: enable=g-import-not-at-top
   wd = workdir_lib.Workdir(workdir)
   config = load_config(wd)
+  # Before the dataset is opened: a model of one's own is known only once
+  # the file that registers it has run in this process.
+  if config.model.name not in models.MODELS:
+    raise ValueError(
+        f"{wd}: the run's model config.model.name={config.model.name!r} is "
+        "not a known model in this process; a model registered in the run's "
+        "config file is known once that file is loaded: first `from "
+        "roar_jax import config; config.load('path/to/the_config.py')` (or "
+        "import the module that registers the model), then "
+        f"roar_jax.load({str(wd)!r})")
   check_base_finished(config, wd, allow_unfinished=allow_unfinished)
   source = sources.get_source(config.data)
   module, variables = training.load_model(config, wd.base, source=source)

@@ -11,8 +11,11 @@ import os
 
 import ml_collections
 
+from roar_jax import hints
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
+CONFIGS_DIR = os.path.join(REPO_ROOT, "configs")
 SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
 
 # The original ROAR code normalizes every dataset with these ImageNet
@@ -250,14 +253,40 @@ def load(name_or_path: str) -> ml_collections.ConfigDict:
   Returns:
     The ConfigDict.
   """
-  path = name_or_path
-  if not path.endswith(".py"):
-    path = os.path.join(REPO_ROOT, "configs", f"{name_or_path}.py")
+  path = config_path(name_or_path)
   spec = importlib.util.spec_from_file_location(
       "config_" + os.path.basename(path)[:-3], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def config_path(name_or_path: str) -> str:
+  """The file of a config given by path or by its name in configs/.
+
+  A bare name (no `.py`, no directory, not a file here) is a config of
+  configs/, found from any working directory: 'toy' is configs/toy.py.
+
+  Args:
+    name_or_path: a path to a config file, or the name of one in configs/.
+
+  Returns:
+    The path: `name_or_path` itself unless it is a bare name.
+
+  Raises:
+    ValueError: a bare name that configs/ lacks, with the closest one.
+  """
+  if (name_or_path.endswith(".py") or os.sep in name_or_path
+      or os.path.exists(name_or_path)):
+    return name_or_path
+  path = os.path.join(CONFIGS_DIR, f"{name_or_path}.py")
+  if not os.path.isfile(path):
+    names = sorted(f[:-3] for f in os.listdir(CONFIGS_DIR)
+                   if f.endswith(".py") and not f.startswith("_"))
+    raise ValueError(f"no config file {name_or_path!r} here and no config "
+                     f"named {name_or_path!r} in {CONFIGS_DIR}"
+                     f"{hints.did_you_mean(name_or_path, names)}")
+  return path
 
 
 def shared_path(*parts: str) -> str | None:

@@ -5,12 +5,12 @@ typo costs a second, not a crashed job an hour later.
 """
 
 import dataclasses
-import difflib
 import os
 from typing import Any, Mapping
 
 import jax
 
+from roar_jax import hints
 from roar_jax import levels as levels_lib
 from roar_jax import models
 from roar_jax.benchmark.roar import estimator_names
@@ -68,8 +68,9 @@ def validate(config, mode: str = "train"):
              "--mode=roar (or report)")
     return
   _require(config.model.name in models.MODELS,
-           f"config.model.name={config.model.name!r} is not a known model; "
-           f"known: {sorted(models.MODELS)}")
+           f"config.model.name={config.model.name!r} is not a known model"
+           f"{hints.did_you_mean(config.model.name, models.MODELS)}; known: "
+           f"{sorted(models.MODELS)}")
   _require(config.data.augment in data_names.AUGMENTATIONS,
            f"config.data.augment={config.data.augment!r}: expected one of "
            f"{list(data_names.AUGMENTATIONS)}")
@@ -129,8 +130,7 @@ def _check_section(given: Mapping[str, Any], known: Mapping[str, Any],
     if (field in _EXTRA_FIELDS or (not prefix and key in _STAGE_SECTIONS)
         or (section in _NAMED_SUBSECTIONS and isinstance(value, Mapping))):
       continue
-    close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+    hint = hints.did_you_mean(key, known, show=lambda k: prefix + k)
     raise ConfigError(f"config.{field}: the config has no such field (set in "
                       f"the config file?){hint}")
 
@@ -176,14 +176,10 @@ def _validate_benchmark(config, devices: int):
   """Checks `config.explain` and `config.roar`."""
   from roar_jax import saliency  # pylint: disable=g-import-not-at-top
   ec = config.explain
-  methods = set(saliency.available_methods())
-  known = methods | {"oracle"} | {"sq." + m for m in methods}
+  methods = saliency.available_methods()
   for est in ec.estimators:
-    why = estimator_names.problem(est, sorted(methods), tuple(ec.estimators))
-    _require(why is None,
-             f"config.explain.estimators: {why}; known: {sorted(known)}, "
-             "each also as blur.<name>, and random_smooth.<estimator of the "
-             "grid>")
+    why = estimator_names.problem(est, methods, tuple(ec.estimators))
+    _require(why is None, f"config.explain.estimators: {why}")
   sigma = ec.smooth_sigma
   _require(isinstance(sigma, (int, float)) and not isinstance(sigma, bool)
            and 0 < sigma <= 1024,

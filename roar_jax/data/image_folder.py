@@ -32,7 +32,26 @@ from absl import logging
 
 from roar_jax.data import image_files
 from roar_jax.data import offline_builder
+from roar_jax.data import tfds_source
 from roar_jax.data.errors import DataError, first_line
+
+
+class MissingSplitError(DataError):
+  """The input has no train/ or no test/ split folder.
+
+  Raised by the scan, before anything is prepared. `problem` is the message
+  without the path, so that the caller can name the path its own way
+  (`config.data.path: ...`).
+  """
+
+  def __init__(self, path: str, missing: str, found: list[str]):
+    stand_ins = [s + "/" for s in tfds_source.TEST_STAND_INS if s != missing]
+    instead = (f" (or {' or '.join(stand_ins)})" if missing == "test" else "")
+    self.problem = (
+        f"has no {missing!r} split (found {found}): a {missing}/ folder"
+        f"{instead} is missing beside {', '.join(f + '/' for f in found)}; "
+        "expected [root/]<split>/<class>/<image> with train/ and test/")
+    super().__init__(f"{path} {self.problem}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,7 +248,8 @@ def scan_image_folder(path: str) -> _FolderListing:
     common encoding.
 
   Raises:
-    DataError: naming the path and what is missing or malformed.
+    DataError: naming the path and what is missing or malformed
+      (`MissingSplitError` for a missing train/ or test/ folder).
   """
   return _scan_image_folder(path, keep_bytes=0)[0]
 
@@ -242,7 +262,19 @@ def _scan_image_folder(path: str, keep_bytes: int
   """
   _check_input(path)
   found, kept = _list_images(path, keep_bytes)
-  return _listing(path, found), kept
+  listing = _listing(path, found)
+  _check_splits(path, listing.splits)
+  return listing, kept
+
+
+def _check_splits(path: str, splits) -> None:
+  """A train/ and a test/ folder (or a stand-in for test/), checked while
+  scanning: before the (slow) preparation, not after it."""
+  found = sorted(splits)
+  if "train" not in splits:
+    raise MissingSplitError(path, "train", found)
+  if not any(s in splits for s in tfds_source.TEST_STAND_INS):
+    raise MissingSplitError(path, "test", found)
 
 
 @dataclasses.dataclass(eq=False)

@@ -134,7 +134,10 @@ def prepare(data_config: Mapping[str, Any]) -> str:
     return idx.prepare_idx(full, data_dir, class_names=class_names)
   if os.path.isdir(full) or full.lower().endswith(
       offline_builder.TAR_SUFFIXES):
-    return image_folder.prepare_image_folder(full, data_dir)
+    try:
+      return image_folder.prepare_image_folder(full, data_dir)
+    except image_folder.MissingSplitError as e:
+      raise DataError(f"config.data.path: {path} {e.problem}") from None
   raise DataError(f"config.data.path: {path} is neither a directory (an "
                   "ImageFolder or IDX files) nor a .tar/.tar.gz archive")
 

@@ -15,12 +15,12 @@ from roar_jax.data import source_protocol
 from roar_jax.data.errors import DataError, first_line
 
 # For a dataset directory without a 'test' split, the split that stands in.
-_TEST_STAND_INS = ("test", "validation", "val")
+TEST_STAND_INS = ("test", "validation", "val")
 
 
 def _default_split_map(splits) -> dict[str, str]:
   out = {s: s for s in splits}
-  for candidate in _TEST_STAND_INS:
+  for candidate in TEST_STAND_INS:
     if candidate in splits:
       out.setdefault("test", candidate)
       break

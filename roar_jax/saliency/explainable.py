@@ -50,6 +50,31 @@ def _relu_act(module: nn.Module) -> bool:
                                             saliency_model.guided_relu)
 
 
+def _why_not_guided(module: nn.Module) -> str:
+  """Why a module has no guided form (for the error of Guided Backprop)."""
+  name = type(module).__name__
+  if "act" not in {f.name for f in dataclasses.fields(module)}:
+    return (f"{name} has no `act` field (its activation), which "
+            "saliency.explainable swaps for the guided ReLU")
+  return (f"{name}.act is {getattr(module.act, '__name__', module.act)}, not "
+          "a ReLU: Guided Backprop is defined for ReLU networks")
+
+
+def _why_no_split(module: nn.Module) -> Optional[str]:
+  """Why a module has no features/head split (None: it has one)."""
+  name = type(module).__name__
+  missing = [m for m in ("features", "head")
+             if not callable(getattr(type(module), m, None))]
+  if not missing:
+    return None
+  return (f"{name} defines no {' and no '.join(f'`{m}`' for m in missing)} "
+          "method; saliency.explainable splits a model into "
+          "`features(x, train=False)` (up to its last convolutional block, "
+          "[B, h, w, F]) and `head(f, train=False)` (from there to the "
+          f"logits): add {'them' if len(missing) > 1 else 'it'} to {name}, or "
+          "pass features=/head= to saliency.Model")
+
+
 def explainable(module: nn.Module, variables: Any, *, pixel_mean=None,
                 pixel_std=None) -> saliency_model.Model:
   """The `saliency.Model` of a project model with the given weights.
@@ -66,7 +91,8 @@ def explainable(module: nn.Module, variables: Any, *, pixel_mean=None,
   Returns:
     A saliency.Model; guided_logits is None unless the module has an `act`
     field set to ReLU; features/head are None when it has no
-    `features`/`head` methods; deeplift_logits is always set.
+    `features`/`head` methods (`lacks` says why, for the error of a method
+    that needs them); deeplift_logits is always set.
   """
   if not isinstance(module, nn.Module):
     raise ValueError(f"module must be a flax.linen Module, got "
@@ -76,15 +102,20 @@ def explainable(module: nn.Module, variables: Any, *, pixel_mean=None,
                      "'batch_stats' for models with BatchNorm)")
   part = lambda m, method=None: jax.tree_util.Partial(_Apply(m, method),
                                                        variables)
-  guided = None
+  guided, lacks = None, []
   if _relu_act(module):
     guided = part(module.clone(act=saliency_model.guided_relu))
+  else:
+    lacks.append(("guided_logits", _why_not_guided(module)))
   features = head = None
-  if callable(getattr(type(module), "features", None)) and callable(
-      getattr(type(module), "head", None)):
+  no_split = _why_no_split(module)
+  if no_split is None:
     features, head = part(module, "features"), part(module, "head")
+  else:
+    lacks += [("features", no_split), ("head", no_split)]
   logits = part(module)
   return saliency_model.Model(logits=logits, guided_logits=guided,
                               features=features, head=head,
                               deeplift_logits=rescale.deeplift_logits(logits),
-                              pixel_mean=pixel_mean, pixel_std=pixel_std)
+                              pixel_mean=pixel_mean, pixel_std=pixel_std,
+                              lacks=tuple(lacks))

@@ -67,6 +67,9 @@ class Model:
       Declared (either one; the other defaults to 0 or 1), `baseline`
       defaults to the black image (0 - mean) / std; None: the methods that
       read a baseline need `baseline=`.
+    lacks: why a part is None, as (part, reason) pairs; the builder of the
+      Model knows (`saliency.explainable`: 'MyMLP defines no `features`
+      method'), and a method that needs the part fails with that reason.
   """
   logits: ImageFn
   guided_logits: Optional[ImageFn] = None
@@ -75,11 +78,14 @@ class Model:
   deeplift_logits: Optional[Callable[[Array, Array], Array]] = None
   pixel_mean: Optional[tuple[float, ...]] = None
   pixel_std: Optional[tuple[float, ...]] = None
+  lacks: tuple[tuple[str, str], ...] = ()
 
   def __post_init__(self):
     for name in NORMALIZATION:  # Tuples of floats: hashable, static.
       object.__setattr__(self, name, options_lib.statistics(
           name, getattr(self, name), "Model"))
+    object.__setattr__(self, "lacks", tuple(
+        (str(part), str(why)) for part, why in dict(self.lacks).items()))
     for name in PARTS:
       value = getattr(self, name)
       if name == "logits" and value is None:
@@ -93,6 +99,8 @@ class Model:
 _FIELDS = tuple(PARTS)
 # The declared normalization: static (part of the compilation cache key).
 NORMALIZATION = ("pixel_mean", "pixel_std")
+# Every static field after the parts.
+_STATIC = NORMALIZATION + ("lacks",)
 
 
 def _flatten(model: Model):
@@ -106,14 +114,14 @@ def _flatten(model: Model):
     else:
       children.append(None)
       static.append(value)
-  static.extend(getattr(model, name) for name in NORMALIZATION)
+  static.extend(getattr(model, name) for name in _STATIC)
   return tuple(children), tuple(static)
 
 
 def _unflatten(static, children) -> Model:
   values = [c if s is None else s for s, c in zip(static, children)]
   model = object.__new__(Model)  # Skips validation: leaves may be tracers.
-  for name, value in zip(_FIELDS + NORMALIZATION,
+  for name, value in zip(_FIELDS + _STATIC,
                          values + list(static[len(_FIELDS):])):
     object.__setattr__(model, name, value)
   return model
@@ -126,10 +134,12 @@ def require(model: Model, part: str, method: str) -> Callable[..., Any]:
   """`model.<part>`, or a ValueError that names the missing part."""
   value = getattr(model, part)
   if value is None:
-    raise ValueError(
-        f"method {method!r} needs Model.{part} ({PARTS[part]}), which this "
-        f"Model lacks; build it with roar_jax.saliency.explainable(module, "
-        f"variables) or pass {part}= to saliency.Model")
+    why = dict(model.lacks).get(part)
+    remedy = (why if why is not None else
+              "build it with roar_jax.saliency.explainable(module, variables) "
+              f"or pass {part}= to saliency.Model")
+    raise ValueError(f"method {method!r} needs Model.{part} ({PARTS[part]}),"
+                     f" which this Model lacks: {remedy}")
   return value
 
 

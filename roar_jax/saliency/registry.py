@@ -13,6 +13,7 @@ returns maps shaped like the images. Registering it makes its name usable in
 import dataclasses
 from typing import Callable, Optional, Sequence, Union
 
+from roar_jax import hints
 from roar_jax.saliency import model as model_lib
 
 # Noise-ensemble prefixes (docs/design.md): SmoothGrad, SmoothGrad-squared, VarGrad.
@@ -135,13 +136,21 @@ def parse(method: str) -> tuple[str | None, Estimator]:
   """'var.gradient' -> ('var', <gradient>); 'gradient' -> (None, <gradient>).
 
   Raises:
-    ValueError: naming the method and listing the known names.
+    ValueError: naming the method, with the closest known name if one is
+      close (else every known name).
   """
   kind, est = None, None
   if isinstance(method, str):
     kind, _, base = method.rpartition(".")
     est = _REGISTRY.get(base)
-  if est is None or (kind and (kind not in ENSEMBLES or not est.ensemble)):
-    raise ValueError(f"unknown saliency method {method!r}; known: "
-                     f"{available_methods()}")
+  if est is not None and kind in ENSEMBLES and not est.ensemble:
+    raise ValueError(f"unknown saliency method {method!r}: {base!r} has no "
+                     "noise ensembles (it is registered without "
+                     "ensemble=True)")
+  if est is None or (kind and kind not in ENSEMBLES):
+    known = available_methods()
+    hint = hints.did_you_mean(method, known)
+    listing = ("; saliency.available_methods() lists them all" if hint else
+               f"; known: {known}")
+    raise ValueError(f"unknown saliency method {method!r}{hint}{listing}")
   return (kind or None), est

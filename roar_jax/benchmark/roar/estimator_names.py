@@ -22,6 +22,8 @@ iid `random`.
 import dataclasses
 from typing import Optional, Sequence
 
+from roar_jax import hints
+
 ORACLE = "oracle"
 RANDOM = "random"
 SMOOTH = "random_smooth"
@@ -31,6 +33,10 @@ MATCHED = SMOOTH + "."
 # The controls: rankings that carry no information about the model, judged
 # against nothing themselves.
 CONTROLS = (RANDOM, SMOOTH, ORACLE)
+# Where the names are listed, for the message that refuses an unknown one.
+LISTING = ("roar_jax.saliency.available_methods() lists the methods; a grid "
+           "also takes sq.<method>, blur.<name>, oracle and "
+           "random_smooth.<estimator>")
 
 
 # The `explain.*` options each saliency method reads (dotted, under
@@ -122,8 +128,27 @@ def problem(name: str, methods: Sequence[str],
   if parsed.method is None:
     return None
   if parsed.method not in methods or parsed.method.startswith(BLUR):
-    return f"unknown estimator {name!r}"
+    hint = hints.did_you_mean(name, spellings(methods, estimators))
+    return f"unknown estimator {name!r}{hint} ({LISTING})"
   return None
+
+
+def spellings(methods: Sequence[str],
+              estimators: Sequence[str]) -> list[str]:
+  """Every name a grid of `estimators` may hold, for "did you mean".
+
+  Args:
+    methods: the saliency methods (`saliency.available_methods()`).
+    estimators: the grid (the matched controls it may name).
+
+  Returns:
+    The methods and `oracle`, each method also as `sq.`, each of those also
+    as `blur.`, and `random_smooth.<e>` for the grid's other estimators.
+  """
+  ranked = [*methods, *(SQUARED + m for m in methods)]
+  matched = [MATCHED + e for e in estimators
+             if isinstance(e, str) and not is_control(e)]
+  return [*ranked, *(BLUR + m for m in ranked), ORACLE, *matched]
 
 
 def maps_method(name: str) -> Optional[str]:
