@@ -18,6 +18,10 @@ copy and a delete:
    listed file is copied over `report/` and files not listed are deleted;
 3. the staging folder is deleted.
 
+summary.md and index.html belong to the grid's report once there is one; in
+a folder without it, the metrics stage and the sanity checks write them
+(`with_pages`).
+
 A staging folder with a manifest is finished: whichever run next opens a
 staging folder (`recover`) completes its swap. One without a manifest was
 abandoned half-built: it is deleted once its process (on this host) has
@@ -32,6 +36,7 @@ from typing import Callable, Iterator
 from roar_jax import workdir as workdir_lib
 
 MANIFEST = ".complete"
+PAGES = ("summary.md", "index.html")  # Every stage's readable pages.
 _STAGING = "report.tmp-"
 _OLD = "report.old-"
 
@@ -53,6 +58,19 @@ def owns_metrics(name: str) -> bool:
 def owns_sanity(name: str) -> bool:
   """The sanity checks' files."""
   return name.startswith("sanity")
+
+
+def has_grid_report(wd: workdir_lib.Workdir) -> bool:
+  """Whether the report folder holds the grid's report (its results.csv,
+  which no other stage writes)."""
+  return workdir_lib.exists(wd.report("results.csv"))
+
+
+def with_pages(owns: Owns, pages: bool = True) -> Owns:
+  """`owns` and, when `pages`, summary.md and index.html: the metrics stage
+  and the sanity checks write the pages of a folder without the grid's
+  report, and leave those of one with it alone."""
+  return lambda name: owns(name) or (pages and name in PAGES)
 
 
 class StagedWorkdir(workdir_lib.Workdir):

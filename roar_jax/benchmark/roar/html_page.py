@@ -1,6 +1,8 @@
-"""`W/report/index.html`: the whole report on one self-contained page.
+"""`W/report/index.html` and `summary.md`: one report in two renderings.
 
-Figures are embedded as base64 data URIs and the style sheet is inline, so
+A report is a title, intro lines and `Section`s; `page` renders them as one
+self-contained HTML page and `markdown` as GitHub markdown, so the two files
+always say the same. In the page, figures are embedded as base64 data URIs and the style sheet is inline, so
 the single file can be mailed, attached to a review or opened from a bucket
 without its folder. Tables come from pandas (`DataFrame.to_html`, escaped).
 The page depends only on its inputs (no dates), so an unchanged report is
@@ -32,7 +34,8 @@ pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto;
 
 @dataclasses.dataclass(frozen=True)
 class Figure:
-  """A PNG to embed: its bytes, a short title and a caption."""
+  """A PNG to embed: its bytes, its file name in W/report/ (the markdown
+  links it by that name) and a caption."""
   png: bytes
   title: str
   caption: str = ""
@@ -40,9 +43,11 @@ class Figure:
 
 @dataclasses.dataclass(frozen=True)
 class Section:
-  """A heading with paragraphs, tables and figures, in that order."""
+  """A heading with paragraphs, a bullet list, tables and figures, in that
+  order."""
   heading: str
   paragraphs: Sequence[str] = ()
+  bullets: Sequence[str] = ()
   tables: Sequence[pd.DataFrame] = ()
   figures: Sequence[Figure] = ()
   preformatted: str | None = None
@@ -70,6 +75,9 @@ def _section(section: Section) -> str:
   h = f"h{section.level}"
   out = [f"<{h}>{html.escape(section.heading)}</{h}>"]
   out += [f"<p>{html.escape(p)}</p>" for p in section.paragraphs]
+  if section.bullets:
+    out.append("<ul>" + "".join(f"<li>{html.escape(b)}</li>"
+                                for b in section.bullets) + "</ul>")
   out += [_table(t) for t in section.tables]
   out += [_figure(f) for f in section.figures]
   if section.preformatted is not None:
@@ -88,3 +96,53 @@ def page(title: str, intro: Sequence[str], sections: Sequence[Section]) -> str:
       '<meta name="viewport" content="width=device-width, initial-scale=1">',
       f"<title>{html.escape(title)}</title>", f"<style>\n{_STYLE}\n</style>",
       "</head>", "<body>", *body, "</body>", "</html>", ""])
+
+
+def markdown_table(frame: pd.DataFrame) -> list[str]:
+  """A GitHub pipe table of `frame`'s cells as strings."""
+  def cell(v) -> str:
+    return str(v).replace("|", "\\|")
+  lines = ["| " + " | ".join(cell(c) for c in frame.columns) + " |",
+           "|" + "---|" * len(frame.columns)]
+  lines += ["| " + " | ".join(cell(v) for v in row) + " |"
+            for row in frame.itertuples(index=False)]
+  return lines
+
+
+def _markdown_section(section: Section) -> list[str]:
+  lines = ["#" * section.level + f" {section.heading}", ""]
+  for paragraph in section.paragraphs:
+    lines += [paragraph, ""]
+  if section.bullets:
+    lines += [f"- {b}" for b in section.bullets] + [""]
+  for table in section.tables:
+    lines += markdown_table(table) + [""]
+  for fig in section.figures:
+    lines += [f"![{fig.title}]({fig.title})", ""]
+    if fig.caption:
+      lines += [fig.caption, ""]
+  if section.preformatted is not None:
+    lines += ["```json", section.preformatted, "```", ""]
+  return lines
+
+
+def markdown(title: str, intro: Sequence[str], sections: Sequence[Section],
+             *, strong_first: bool = False) -> str:
+  """The same document as GitHub markdown (figures linked by file name).
+
+  Args:
+    title: the top heading.
+    intro: paragraphs under it.
+    sections: the sections, in order.
+    strong_first: set the first intro paragraph in bold (a partial report).
+
+  Returns:
+    The markdown text.
+  """
+  lines = [f"# {title}", ""]
+  for i, paragraph in enumerate(intro):
+    lines += [f"**{paragraph}**" if i == 0 and strong_first else paragraph,
+              ""]
+  for section in sections:
+    lines += _markdown_section(section)
+  return "\n".join(lines)

@@ -19,13 +19,13 @@ from roar_jax import provenance as provenance_lib
 from roar_jax import report_folder
 from roar_jax import training
 from roar_jax import workdir as workdir_lib
-from roar_jax.benchmark.roar import agreement
 from roar_jax.benchmark.roar import artifacts as artifacts_lib
 from roar_jax.benchmark.roar import explain
 from roar_jax.benchmark.roar import grid
 from roar_jax.benchmark.roar import leakage as leakage_lib
 from roar_jax.benchmark.roar import metrics as metrics_lib
 from roar_jax.benchmark.roar import report as report_lib
+from roar_jax.benchmark.roar import report_page
 from roar_jax.data import sources
 
 UnitRunner = Callable[..., dict[str, Any]]
@@ -119,11 +119,21 @@ def run_metrics(config, plan: artifacts_lib.Plan, source=None):
 
 
 def staged_metrics(config, plan: artifacts_lib.Plan, source, fill):
-  """`metrics.run`, its report files swapped in whole (process 0)."""
-  with report_folder.staged(plan.workdir, report_folder.owns_metrics,
+  """`metrics.run`, its report files swapped in whole (process 0), with
+  summary.md and index.html of their own unless the grid's report holds
+  them (`report_folder.has_grid_report`: --mode=report then shows them)."""
+  pages = not report_folder.has_grid_report(plan.workdir)
+  owns = report_folder.with_pages(report_folder.owns_metrics, pages)
+  with report_folder.staged(plan.workdir, owns,
                             enabled=jax.process_index() == 0) as wd:
-    return metrics_lib.run(config, dataclasses.replace(plan, workdir=wd),
-                           source, fill)
+    out = metrics_lib.run(config, dataclasses.replace(plan, workdir=wd),
+                          source, fill)
+    if pages and jax.process_index() == 0:
+      report_page.write_metrics_page(wd, config, source.info.num_classes)
+  if not pages:
+    logging.info("metrics: the grid's report shows the new tables after "
+                 "--mode=report")
+  return out
 
 
 def train_base(config, plan: artifacts_lib.Plan, source) -> dict[str, Any]:
@@ -261,14 +271,12 @@ def report(config, workdir, *, plan: artifacts_lib.Plan | None = None,
     # metrics.png first: index.html embeds it.
     metric_rows = (metric_records
                    and metrics_lib.write_report(wd, metric_records))
+    # agreement.csv and leakage.csv too, before the pages that show them.
     out = report_lib.build_report(
         wd, records, no_retrain, config=config,
         expected_units=len(plan.results), base_accuracy=base_accuracy,
-        num_classes=num_classes, leakage_rows=leakage_rows)
-    if metric_records:
-      agreement.write(wd, metric_rows, report_lib.read_csv(
-          wd.report("results.csv")))
-    leakage_lib.write_csv(wd, leakage_rows)
+        num_classes=num_classes, leakage_rows=leakage_rows,
+        metric_rows=metric_rows or None)
   logging.info("report: %s (%d results%s)", plan.workdir.report(),
                out["num_results"], ", partial" if out["partial"] else "")
   return out

@@ -19,11 +19,15 @@ partial grid gives a partial report, marked as such. It writes under
 - `roar.png`/`.pdf`, `kar.png`/`.pdf`: one figure per mode that was run,
   retrained and no-retrain curves on the same axes, a panel per fill
   (`figures.py`);
-- `summary.md`: the tables with a verdict against `random` per estimator and
+- `agreement.csv` (given the metrics' rows) and `leakage.csv` (given the
+  probes' rows);
+- `summary.md` and `index.html` (`report_page.py`, the builder every stage
+  shares): the tables with a verdict against `random` per estimator and
   threshold (`tables.py`), under each fill and, for several fills, side by
-  side; the ranking, the figures (`![](roar.png)`) and the config;
-- `index.html`: all of it on one self-contained page, with the saliency grid
-  (`saliency.png`) and the sanity-check and metrics figures when present.
+  side; the ranking and its stability, the figures; then what the folder
+  holds of the other stages (the saliency grid, the leakage, no-retrain
+  metrics and agreement tables, the sanity figures), the config and the
+  list of every file written.
 
 Nothing in them depends on the time or on the order of the records, so an
 unchanged report is byte-identical.
@@ -36,17 +40,21 @@ from typing import Any
 import pandas as pd
 
 from roar_jax import workdir as workdir_lib
+from roar_jax.benchmark.roar import agreement
 from roar_jax.benchmark.roar import comparisons
 from roar_jax.benchmark.roar import figures
 from roar_jax.benchmark.roar import html_page
+from roar_jax.benchmark.roar import leakage as leakage_lib
 from roar_jax.benchmark.roar import report_notes as notes
+from roar_jax.benchmark.roar import report_page
 from roar_jax.benchmark.roar import results as results_lib
 from roar_jax.benchmark.roar import statistics
 from roar_jax.benchmark.roar import tables
 
-# Figures written by other stages that index.html embeds when present.
-_SALIENCY = "saliency.png"
-_METRICS = "metrics.png"
+# Re-exported: the config's helpers live with the page builder.
+config_text = report_page.config_text
+num_classes_of = report_page.num_classes_of
+_config_get = report_page.config_get
 
 
 def write_csv(path: str, frame: pd.DataFrame):
@@ -103,33 +111,6 @@ def rank_estimators(rows, fill: str | None = None
     scores = scores.sort_values(ascending=best_low, kind="stable")
     ranked[mode] = [(e, float(a)) for e, a in scores.items()]
   return ranked
-
-
-def _config_get(config, *path):
-  node = config
-  for key in path:
-    if node is None or not hasattr(node, "get"):
-      return None
-    node = node.get(key)
-  return node
-
-
-def num_classes_of(config) -> int | None:
-  """The number of classes a config states (data.<name>.num_classes,
-  data.num_classes or model.num_classes), or None."""
-  name = _config_get(config, "data", "name")
-  for path in (("data", name, "num_classes"), ("data", "num_classes"),
-               ("model", "num_classes")):
-    if None not in path and (n := _config_get(config, *path)):
-      return int(n)
-  return None
-
-
-def config_text(config) -> str:
-  """The config as sorted JSON (as W/config.json holds it)."""
-  if hasattr(config, "to_json_best_effort"):
-    return config.to_json_best_effort(indent=2, sort_keys=True)
-  return str(config)
 
 
 def _context(records, frame, *, config, expected_units, base_accuracy,
@@ -213,7 +194,7 @@ def _leak_warning(frame, leakage) -> list[str]:
           f"for {names}. " + notes.LEAK_NOTE]
 
 
-def _sections(frame, stability, compared, leakage
+def _sections(frame, stability, compared, leakage, by_seed
               ) -> list[html_page.Section]:
   """Results, fills side by side, ranking and stability, for both the
   summary and the page."""
@@ -237,81 +218,20 @@ def _sections(frame, stability, compared, leakage
       html_page.Section("Estimators ranked",
                         _ranking_lines(frame) + [_ranking_note(frame)]),
       html_page.Section("Rank stability across seeds", [notes.STABILITY_NOTE],
-                        tables=[tables.stability_table(stability, several)]),
+                        tables=[tables.stability_table(stability, several,
+                                                      by_seed)]),
   ]
   return out
 
 
-def _markdown(section: html_page.Section) -> list[str]:
-  lines = ["#" * section.level + f" {section.heading}", ""]
-  for paragraph in section.paragraphs:
-    lines += [paragraph, ""]
-  for table in section.tables:
-    lines += tables.markdown_table(table) + [""]
-  return lines
-
-
-def _summary(frame, stability, compared, leakage, modes, extra_figures, ctx
-             ) -> str:
-  """summary.md."""
-  lines = [f"# {_title(ctx)}", ""]
-  for i, line in enumerate(_intro(ctx)):
-    lines += [f"**{line}**" if i == 0 and ctx["partial"] else line, ""]
+def _figures_section(wd, frame, modes, ctx) -> list[html_page.Section]:
+  """The mode figures with their captions (the PDF named in each)."""
+  if not modes:
+    return []
   captions = _captions(frame, modes, ctx)
-  if modes:
-    lines += ["## Figures", ""]
-    for m in modes:
-      lines += [f"![{m.upper()}]({m}.png)", "", captions[m],
-                f"(Also {m}.pdf.)", ""]
-  for section in _sections(frame, stability, compared, leakage):
-    lines += _markdown(section)
-  for heading, names in extra_figures:
-    lines += [f"## {heading}", ""] + [f"![]({n})" for n in names] + [""]
-  lines += ["Files: results.csv, comparisons.csv, results_by_seed.csv, "
-            "rank_stability.csv, "
-            + ", ".join(f"{m}.png, {m}.pdf" for m in modes)
-            + (", " if modes else "") + "index.html (everything on one page).",
-            ""]
-  if ctx["config"] is not None:
-    lines += ["## Config", "",
-              f"config hash `{results_lib.config_hash(ctx['config'])}`", "",
-              "```json", config_text(ctx["config"]), "```", ""]
-  return "\n".join(lines)
-
-
-def _extra_figures(wd) -> list[tuple[str, list[str]]]:
-  """(heading, [file names]) of the other stages' figures in W/report/."""
-  names = workdir_lib.listdir(wd.report())
-  groups = [("Saliency maps", [n for n in names if n == _SALIENCY]),
-            ("No-retrain metrics", [n for n in names if n == _METRICS]),
-            ("Sanity checks", [n for n in names if n.startswith("sanity")
-                               and n.endswith(".png")])]
-  return [(h, n) for h, n in groups if n]
-
-
-def _page(wd, frame, stability, compared, leakage, modes, extra_figures,
-          ctx) -> str:
-  """index.html."""
-  captions = _captions(frame, modes, ctx)
-
-  def fig(name, caption=""):
-    return html_page.Figure(workdir_lib.read_bytes(wd.report(name)), name,
-                            caption)
-
-  sections = []
-  if modes:
-    sections.append(html_page.Section(
-        "Figures", figures=[fig(f"{m}.png", captions[m]) for m in modes]))
-  sections += _sections(frame, stability, compared, leakage)
-  sections += [html_page.Section(h, figures=[fig(n) for n in names])
-               for h, names in extra_figures]
-  if ctx["config"] is not None:
-    sections.append(html_page.Section(
-        "Config",
-        [f"config hash (fingerprint): "
-         f"{results_lib.config_hash(ctx['config'])}"],
-        preformatted=config_text(ctx["config"])))
-  return html_page.page(_title(ctx), _intro(ctx), sections)
+  return [html_page.Section("Figures", figures=[
+      report_page.figure(wd, f"{m}.png", f"{captions[m]} (Also {m}.pdf.)")
+      for m in modes])]
 
 
 def build_report(wd: workdir_lib.Workdir, records, no_retrain, *,
@@ -320,9 +240,10 @@ def build_report(wd: workdir_lib.Workdir, records, no_retrain, *,
                  num_classes: int | None = None,
                  dataset: str | None = None,
                  model: str | None = None,
-                 leakage_rows=None) -> dict[str, Any]:
-  """Writes `W/report/`: results.csv, rank_stability.csv, a figure per mode
-  run (PNG and PDF), summary.md and index.html.
+                 leakage_rows=None, metric_rows=None) -> dict[str, Any]:
+  """Writes `W/report/`: results.csv, comparisons.csv, results_by_seed.csv,
+  rank_stability.csv, a figure per mode run (PNG and PDF), agreement.csv and
+  leakage.csv when given their inputs, then summary.md and index.html.
 
   Args:
     wd: the experiment workdir.
@@ -340,7 +261,9 @@ def build_report(wd: workdir_lib.Workdir, records, no_retrain, *,
     model: the model's name in titles (default: config.model.name).
     leakage_rows: the leakage probes' rows (`leakage.stored_rows`): each
       results table shows the mask-only accuracy, and a verdict whose mask
-      leaks is named in a warning.
+      leaks is named in a warning; written to leakage.csv.
+    metric_rows: the no-retrain metrics' rows (metrics.csv, already in the
+      folder): agreement.csv ranks them with ROAR and KAR.
 
   Returns:
     {'rows': aggregated rows (REPORT_COLUMNS), 'partial': bool,
@@ -363,12 +286,16 @@ def build_report(wd: workdir_lib.Workdir, records, no_retrain, *,
   modes = figures.write_mode_figures(
       wd, frame, base_accuracy=base_accuracy, num_classes=ctx["num_classes"],
       dataset=ctx["dataset"], model=ctx["model"])
-  extra = _extra_figures(wd)
-  workdir_lib.write_text(wd.report("summary.md"),
-                         _summary(frame, stability, compared, leakage, modes,
-                                  extra, ctx))
-  workdir_lib.write_text(wd.report("index.html"),
-                         _page(wd, frame, stability, compared, leakage, modes,
-                               extra, ctx))
+  if metric_rows:
+    agreement.write(wd, metric_rows, read_csv(wd.report("results.csv")))
+  if leakage_rows is not None:
+    leakage_lib.write_csv(wd, leakage_rows)
+  # Last: the pages list every file written above.
+  report_page.write(
+      wd, _title(ctx), _intro(ctx),
+      _figures_section(wd, frame, modes, ctx)
+      + _sections(frame, stability, compared, leakage, by_seed)
+      + report_page.folder_sections(wd),
+      config=ctx["config"], strong_first=ctx["partial"])
   return {"rows": results_lib.rows_of(frame), "partial": ctx["partial"],
           "num_results": len(records), "modes": modes}

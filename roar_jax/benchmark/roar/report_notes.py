@@ -60,3 +60,66 @@ LEAK_NOTE = (
     "noisy_linear fill, which hides the shape, and the smoothness-matched "
     "control; the 'mask alone' column gives each probe's accuracy with its "
     "95% interval over probe seeds (leakage.csv).")
+
+LEAKAGE_TABLE_NOTE = (
+    "For each (estimator, mode, fraction) a classifier of the base "
+    "architecture is trained on the removal mask alone (removed positions "
+    "white, kept ones black) and scored on the test split's masks: its "
+    "accuracy is the class information the mask's shape carries. Mean over "
+    "the probe seeds with a 95% Student-t interval; 'leaks': above chance "
+    "beyond that interval (leakage.csv).")
+
+METRICS_NOTE = (
+    "The base model scored on the degraded test images, nothing retrained: "
+    "the area under each curve, averaged over the images, with a 95% "
+    "Student-t interval over the images (metrics.csv). Deletion and ROAD "
+    "MoRF remove the most important positions first (lower is better); "
+    "insertion restores them and ROAD LeRF removes the least important "
+    "first (higher is better).")
+
+AGREEMENT_NOTE = (
+    "Spearman's rho between two metrics' orderings of the estimators (1: "
+    "the same order, -1: reversed; '–': fewer than 3 shared estimators or a "
+    "metric that ties them all), scores oriented so that higher is better "
+    "(agreement.csv).")
+
+FEW_ESTIMATORS_NOTE = (
+    "Caveat: {few} of the {pairs} correlations are over fewer than {least} "
+    "estimators. Over 3 estimators rho takes only 4 values (1, 0.5, -0.5, "
+    "-1) and a single swapped pair moves it from 1 to 0.5, so such a value "
+    "says little about agreement; add estimators to read it.")
+
+METRICS_LEAK_WARNING = (
+    "Warning: the removal mask alone predicts the class above chance beyond "
+    "its 95% interval for {names}. ")
+
+GRID_REPORT_NOTE = (
+    "This page shows what the metrics stage and the sanity checks wrote; "
+    "the ROAR/KAR verdicts appear here once the grid's report is built "
+    "(--mode=roar, or --mode=report).")
+
+# What each file of W/report/ holds, for the pages' file lists: exact names,
+# then prefixes (a sanity figure, ...).
+FILE_NOTES = {
+    "results.csv": "one row per (estimator, mode, fraction, fill): mean "
+                   "accuracy, 95% CI, the test against random",
+    "comparisons.csv": "every estimator against each of its controls: p, "
+                       "Holm p, BH q, bootstrap interval, detectable "
+                       "difference",
+    "results_by_seed.csv": "one row per retrain, from which every test "
+                           "reruns",
+    "rank_stability.csv": "how consistently the seeds order the estimators",
+    "leakage.csv": "the mask-only probes: accuracy of a model that sees "
+                   "only the removal mask",
+    "metrics.csv": "the no-retrain metrics' areas under the curves",
+    "agreement.csv": "Spearman's rho between the metrics' rankings",
+    "sanity.csv": "the sanity checks' similarities, per step and metric",
+    "sanity.md": "the sanity checks' settings and verdicts",
+    "summary.md": "this report as markdown",
+    "index.html": "this report on one self-contained page",
+    "roar.png": "the ROAR curves", "roar.pdf": "the ROAR curves (vector)",
+    "kar.png": "the KAR curves", "kar.pdf": "the KAR curves (vector)",
+    "metrics.png": "the no-retrain metrics' curves",
+    "saliency.png": "example saliency maps",
+}
+FILE_PREFIX_NOTES = {"sanity_": "a sanity-check figure"}

@@ -1,11 +1,14 @@
 """The tables of the ROAR/KAR report, as the summary and the page show them.
 
 Every table is a DataFrame of strings built from `results.aggregate_frame`
-(or `statistics.rank_stability`); `markdown_table` renders one for
-summary.md and `html_page` for index.html. A grid run under several fills
+(or `statistics.rank_stability`); `html_page` renders one for summary.md
+and for index.html. A grid run under several fills
 (`config.roar.fill`) gets one results table per (mode, fill) and, per mode,
 `fills_table`: every estimator's accuracy and verdict against random under
 each fill, side by side, with the rows whose verdict the fill changes marked.
+The tables of the other stages' CSV files (metrics.csv, leakage.csv,
+agreement.csv) are built from their rows as read back, so what a page shows
+is what the file holds.
 """
 
 import math
@@ -13,7 +16,12 @@ import math
 import pandas as pd
 
 from roar_jax.benchmark.roar import comparisons
+from roar_jax.benchmark.roar import metric_options
 from roar_jax.benchmark.roar import statistics
+
+# Spearman's rho over fewer estimators takes too few values to read: over 3
+# it is one of 1, 0.5, -0.5, -1.
+MIN_AGREEMENT_ESTIMATORS = 4
 
 
 def pct(v: float | None) -> str:
@@ -205,32 +213,128 @@ def fills_table(frame: pd.DataFrame, mode: str) -> pd.DataFrame:
   return pd.DataFrame(list(out.values()))
 
 
-def stability_table(stability: pd.DataFrame,
-                    several_fills: bool = False) -> pd.DataFrame:
-  """rank_stability.csv as shown: Kendall's W, Spearman, the best."""
+def _first_places(scores: pd.DataFrame, mode: str) -> tuple[list[str],
+                                                             int, int]:
+  """(the estimators tied for the best mean over seeds, the seeds in which
+  the first of them is first alone, those in which it shares first place)."""
+  ascending = mode == "roar"
+  means = scores.mean(axis=0)
+  top = means.min() if ascending else means.max()
+  tied = sorted(e for e, v in means.items() if math.isclose(v, top))
+  ranks = scores.rank(axis=1, ascending=ascending, method="min")
+  first = ranks.eq(1)
+  best = first[tied[0]]
+  alone = int((best & (first.sum(axis=1) == 1)).sum())
+  return tied, alone, int(best.sum()) - alone
+
+
+def _stability_words(stability: pd.DataFrame, by_seed) -> tuple[list, list]:
+  """The 'best' and 'first in seeds' cells: a tie is named as one."""
+  best, first = [], []
+  for r in stability.itertuples(index=False):
+    scores = (None if by_seed is None or not r.seeds else
+              statistics.seed_scores(by_seed, r.mode, r.fill))
+    if scores is None or scores.empty:
+      best.append(r.best)
+      first.append(f"{r.best_in_seeds} of {r.seeds}")
+      continue
+    tied, alone, shared = _first_places(scores, r.mode)
+    best.append(r.best if len(tied) == 1 else "tied: " + ", ".join(tied))
+    first.append(f"{alone} of {r.seeds}" + (
+        f" (tied for first in {shared} more)" if shared else ""))
+  return best, first
+
+
+def stability_table(stability: pd.DataFrame, several_fills: bool = False,
+                    by_seed: pd.DataFrame | None = None) -> pd.DataFrame:
+  """rank_stability.csv as shown: Kendall's W, Spearman, the best.
+
+  Args:
+    stability: `statistics.rank_stability`.
+    several_fills: show the fill column.
+    by_seed: the records (`results.records_frame`); with them a tie for
+      first place reads as one ('tied: a, b'; 'k of m (tied for first in j
+      more)') rather than as a best estimator first in 0 seeds.
+  """
   def num(v):
     return "–" if math.isnan(v) else f"{v:.3f}"
   columns = {"mode": stability["mode"]}
   if several_fills:
     columns["fill"] = stability["fill"]
+  best, first = _stability_words(stability, by_seed)
   return pd.DataFrame({
       **columns,
       "seeds": stability["seeds"],
       "estimators": stability["estimators"],
       "Kendall's W": stability["kendall_w"].map(num),
       "mean pairwise Spearman": stability["mean_spearman"].map(num),
-      "best (mean over seeds)": stability["best"],
-      "first in seeds": [f"{k} of {m}" for k, m in
-                         zip(stability["best_in_seeds"], stability["seeds"])],
+      "best (mean over seeds)": best,
+      "first in seeds": first,
   })
 
 
-def markdown_table(frame: pd.DataFrame) -> list[str]:
-  """A GitHub pipe table of `frame`'s cells as strings."""
-  def cell(v) -> str:
-    return str(v).replace("|", "\\|")
-  lines = ["| " + " | ".join(cell(c) for c in frame.columns) + " |",
-           "|" + "---|" * len(frame.columns)]
-  lines += ["| " + " | ".join(cell(v) for v in row) + " |"
-            for row in frame.itertuples(index=False)]
-  return lines
+def _num(v: str, digits: int = 4) -> str:
+  """A CSV number with `digits` decimals; '–' for nan or empty."""
+  x = float(v) if v not in (None, "") else math.nan
+  return "–" if math.isnan(x) else f"{x:.{digits}f}"
+
+
+def metrics_table(rows) -> pd.DataFrame:
+  """metrics.csv as shown: an estimator a row, a metric's area under the
+  curve with its 95% interval over the images a column."""
+  known = [metric_options.auc_name(m) for m in metric_options.METRICS]
+  names = sorted(dict.fromkeys(r["metric"] for r in rows),
+                 key=lambda n: (n not in known, known.index(n)
+                                if n in known else 0, n))
+  out = {}
+  for r in rows:
+    row = out.setdefault(r["estimator"], {"estimator": r["estimator"],
+                                          "images": r["n"]})
+    row[r["metric"]] = (f"{_num(r['value'])} [{_num(r['ci95_low'])}, "
+                        f"{_num(r['ci95_high'])}]")
+  table = pd.DataFrame(list(out.values()),
+                       columns=["estimator", "images", *names]).fillna("–")
+  return table.rename(columns={n: metric_heading(n) for n in names})
+
+
+def metric_heading(name: str) -> str:
+  """'deletion_auc' -> 'deletion AUC [95% CI] (lower is better)'."""
+  base = name.removesuffix("_auc")
+  if base not in metric_options.LOWER_IS_BETTER:
+    return name
+  better = "lower" if metric_options.LOWER_IS_BETTER[base] else "higher"
+  return f"{base} AUC [95% CI] ({better} is better)"
+
+
+def leakage_table(rows) -> pd.DataFrame:
+  """leakage.csv as shown: each probe's mask-only accuracy in %, with its
+  95% interval over probe seeds, chance and the per-seed accuracies."""
+  return pd.DataFrame({
+      "mode": [r["mode"].upper() for r in rows],
+      "fraction": [f"{float(r['threshold']):.2f}" for r in rows],
+      "estimator": [r["estimator"] for r in rows],
+      "mask alone % [95% CI]": [_leakage_cell(r).removesuffix(" leaks")
+                                for r in rows],
+      "chance %": [pct(float(r["chance"])) for r in rows],
+      "probe seeds": [r["num_probe_seeds"] for r in rows],
+      "by seed %": [", ".join(pct(float(a)) for a in
+                              str(r["accuracy_by_seed"]).split())
+                    for r in rows],
+      "leaks": ["yes" if leaks(r) else "" for r in rows],
+  }, columns=["mode", "fraction", "estimator", "mask alone % [95% CI]",
+              "chance %", "probe seeds", "by seed %", "leaks"])
+
+
+def agreement_table(rows) -> pd.DataFrame:
+  """agreement.csv as shown; pairs over fewer than
+  MIN_AGREEMENT_ESTIMATORS estimators are marked."""
+  return pd.DataFrame({
+      "metric a": [r["metric_a"] for r in rows],
+      "metric b": [r["metric_b"] for r in rows],
+      "Spearman": [_num(r["spearman"]) for r in rows],
+      "estimators": [r["n"] for r in rows],
+      "which": [str(r["estimators"]).replace(";", ", ") for r in rows],
+      "few estimators": ["yes" if int(r["n"]) < MIN_AGREEMENT_ESTIMATORS
+                         else "" for r in rows],
+  }, columns=["metric a", "metric b", "Spearman", "estimators", "which",
+              "few estimators"])

@@ -254,8 +254,11 @@ def run(config, workdir: str, *, source=None, mesh=None,
   report = None
   if jax.process_index() == 0:
     # Swapped in whole: an interrupted build leaves the old sanity files.
-    with report_folder.staged(plan.workdir,
-                              report_folder.owns_sanity) as wd:
+    # The pages too, unless the grid's report owns them.
+    owns = report_folder.with_pages(
+        report_folder.owns_sanity,
+        not report_folder.has_grid_report(plan.workdir))
+    with report_folder.staged(plan.workdir, owns) as wd:
       report = sanity_report.build_report(wd, records)
     # The files' final paths, now the staging folder is swapped in.
     report["files"] = [plan.workdir.report(os.path.basename(f))

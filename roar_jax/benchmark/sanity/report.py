@@ -20,7 +20,11 @@ file through the workdir's writer (`workdir.py`; local or gs://):
   across the cascading steps, controls included),
   `sanity_independent_maps_<model>.png`, `sanity_data_maps_<model>.png`;
 - `sanity.md`: the settings, the data-randomization accuracies, and which
-  estimators beat the controls (`verdicts.py`), in words.
+  estimators beat the controls (`verdicts.py`), in words;
+- `summary.md` and `index.html`, unless the folder holds the grid's report
+  (which then owns them): sanity.md's sections, the figures and whatever
+  else the folder holds, through the page builder every stage shares
+  (`roar/report_page.py`).
 
 Nothing in it depends on the time of the run: an unchanged rerun writes the
 same bytes.
@@ -31,7 +35,12 @@ import io
 import math
 from typing import Any, Mapping, Sequence
 
+import pandas as pd
+
+from roar_jax import report_folder
 from roar_jax import workdir as workdir_lib
+from roar_jax.benchmark.roar import html_page
+from roar_jax.benchmark.roar import report_page
 from roar_jax.benchmark.sanity import figures
 from roar_jax.benchmark.sanity import verdicts as verdicts_lib
 
@@ -46,6 +55,7 @@ NUMERIC = ("step", "mean", "std", "n", "floor_mean", "floor_std",
            "num_images", "train_accuracy", "test_accuracy",
            "trained_test_accuracy")
 settings_line = figures.settings_line
+TITLE = "Sanity checks (Adebayo et al. 2018)"
 TEST_TITLES = figures.TEST_TITLES
 
 
@@ -94,18 +104,20 @@ def read_csv(path) -> list[dict[str, Any]]:
   return rows
 
 
-def _model_lines(recs) -> list[str]:
+def _model_bullets(recs) -> list[str]:
+  """The settings of one model's checks and its random-label model."""
   meta = recs[0]["meta"]
-  lines = [f"- True-label model test accuracy: "
+  lines = [f"True-label model test accuracy: "
            f"{100 * meta['trained_test_accuracy']:.2f}%",
-           f"- Re-initialization: {meta['init_description']}",
-           f"- BatchNorm statistics: {meta['batch_norm']}",
-           f"- Class explained: {meta['target_description']}",
-           f"- Test images: {meta['num_images']}",
-           f"- Controls: {', '.join(meta.get('controls', [])) or 'none'}"]
+           f"Re-initialization: {meta['init_description']}",
+           f"BatchNorm statistics: {meta['batch_norm']}",
+           f"Class explained: {meta['target_description']}",
+           f"Test images: {meta['num_images']}",
+           f"Controls: {', '.join(meta.get('controls', [])) or 'none'}"]
   for est, why in sorted(meta.get("skipped_estimators", {}).items()):
-    lines.append(f"- Skipped estimator {est}: {why}")
-  lines += ["- Seeds:"] + [f"  - {k}: {v}" for k, v in meta["seeds"].items()]
+    lines.append(f"Skipped estimator {est}: {why}")
+  lines.append("Seeds: " + "; ".join(f"{k}: {v}"
+                                     for k, v in meta["seeds"].items()))
   for rec in recs:
     if rec["test"] != "data":
       continue
@@ -114,72 +126,81 @@ def _model_lines(recs) -> list[str]:
                f"maps NOT compared: below the floor of "
                f"{100 * d['min_train_accuracy']:.0f}%")
     lines.append(
-        f"- Random-label model: {100 * d['train_accuracy']:.2f}% training "
+        f"Random-label model: {100 * d['train_accuracy']:.2f}% training "
         f"accuracy on {d['num_train']} images with permuted labels, "
         f"{100 * d['test_accuracy']:.2f}% test accuracy (chance "
         f"{100 * d['chance']:.0f}%), {d['steps']} steps; {verdict}.")
-  return lines + [""]
+  return lines
 
 
-def _last_step_table(rec) -> list[str]:
+def _last_step_section(rec) -> html_page.Section:
   metrics = figures.metrics_in(rec["rows"])
   last = max(r["step"] for r in rec["rows"])
-  lines = [f"### {TEST_TITLES[rec['test']]}: step {last} "
-           f"({rec['steps'][last]['name']})", "",
-           "| estimator | " + " | ".join(metrics) + " |",
-           "|---" * (1 + len(metrics)) + "|"]
+  rows = []
   for est in dict.fromkeys(r["estimator"] for r in rec["rows"]):
-    cells = []
+    row = {"estimator": est}
     for m in metrics:
       r = next(x for x in rec["rows"] if x["estimator"] == est
                and x["metric"] == m and x["step"] == last)
-      cells.append(f"{r['mean']:.3f} ± {r['std']:.3f} "
-                   f"(floor {r['floor_mean']:.3f})")
-    lines.append(f"| {est} | " + " | ".join(cells) + " |")
-  return lines + [""]
+      row[m] = (f"{r['mean']:.3f} ± {r['std']:.3f} "
+                f"(floor {r['floor_mean']:.3f})")
+    rows.append(row)
+  return html_page.Section(
+      f"{TEST_TITLES[rec['test']]}: step {last} "
+      f"({rec['steps'][last]['name']})",
+      tables=[pd.DataFrame(rows, columns=["estimator", *metrics])], level=3)
 
 
-def _verdict_table(rec) -> list[str]:
+def _verdict_section(rec) -> list[html_page.Section]:
   metrics = figures.metrics_in(rec["rows"])
   table = verdicts_lib.verdicts(rec, metrics)
   if not table:
     return []
-  lines = [f"#### Against the controls ({rec['test']})", "",
-           "| estimator | " + " | ".join(metrics) + " |",
-           "|---" * (1 + len(metrics)) + "|"]
-  always = []
+  rows, always = [], []
   for est, per in table.items():
-    cells = []
+    row = {"estimator": est}
     for m in metrics:
       v = per.get(m)
-      cells.append("n/a" if v is None else (
+      row[m] = "n/a" if v is None else (
           f"{'beats' if v['beats'] else 'does not beat'}: {v['mean']:.3f} vs "
-          f"{v['control']} {v['control_mean']:.3f}"))
-    lines.append(f"| {est} | " + " | ".join(cells) + " |")
+          f"{v['control']} {v['control_mean']:.3f}")
+    rows.append(row)
     if all(per.get(m, {}).get("beats") for m in metrics):
       always.append(est)
-  lines += ["", f"Estimators that beat the controls on every metric: "
-            f"{', '.join(always) or 'none'}.", ""]
-  return lines
+  return [html_page.Section(
+      f"Against the controls ({rec['test']})",
+      tables=[pd.DataFrame(rows, columns=["estimator", *metrics])],
+      paragraphs=[f"Estimators that beat the controls on every metric: "
+                  f"{', '.join(always) or 'none'}."], level=4)]
 
 
-def summary_text(records) -> str:
-  lines = ["# Sanity checks (Adebayo et al. 2018)", "",
-           "Controls: " + verdicts_lib.DEFINITION, ""]
+def summary_sections(records) -> list[html_page.Section]:
+  """Per model: its settings, the last step's similarities, the verdicts
+  against the controls."""
+  out = []
   for model in sorted({r["model"] for r in records}):
     recs = [r for r in records if r["model"] == model]
-    lines += [f"## {model}", ""] + _model_lines(recs)
+    out.append(html_page.Section(model, bullets=_model_bullets(recs)))
     for rec in recs:
       if not rec["rows"]:
         continue
-      lines += _last_step_table(rec)
+      out.append(_last_step_section(rec))
       if rec["test"] in verdicts_lib.VERDICT_TESTS:
-        lines += _verdict_table(rec)
-  return "\n".join(lines) + "\n"
+        out += _verdict_section(rec)
+  return out
 
 
-def build_report(workdir, records: Sequence[Mapping[str, Any]]
-                 ) -> dict[str, Any]:
+def summary_text(records) -> str:
+  """sanity.md."""
+  return html_page.markdown(TITLE, _intro(), summary_sections(records))
+
+
+def _intro() -> list[str]:
+  return ["Controls: " + verdicts_lib.DEFINITION]
+
+
+def build_report(workdir, records: Sequence[Mapping[str, Any]], *,
+                 pages: bool | None = None) -> dict[str, Any]:
   """Writes every report file for `records` (sanity.run's records).
 
   Args:
@@ -187,6 +208,9 @@ def build_report(workdir, records: Sequence[Mapping[str, Any]]
       to `<workdir>/report/`; the map grids read each record's
       `maps_files`.
     records: one record per (model, test).
+    pages: also write summary.md and index.html (`report_page`: these
+      sections, then what else the folder holds); default: unless the
+      folder holds the grid's report, which owns them.
 
   Returns:
     {'files': [paths written], 'rows': the csv rows}.
@@ -208,4 +232,12 @@ def build_report(workdir, records: Sequence[Mapping[str, Any]]
       files.append(path)
   workdir_lib.write_text(wd.report("sanity.md"), summary_text(records))
   files.append(wd.report("sanity.md"))
+  if pages is None:
+    pages = not report_folder.has_grid_report(wd)
+  if pages:
+    # Last: the pages list every file written above.
+    report_page.write(wd, TITLE, _intro(),
+                      summary_sections(records)
+                      + report_page.folder_sections(wd))
+    files += [wd.report(n) for n in report_folder.PAGES]
   return {"files": files, "rows": rows}
