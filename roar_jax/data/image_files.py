@@ -7,9 +7,12 @@ dataset later), so that a truncated or corrupt file is named while preparing
 instead of failing in the middle of a training run.
 """
 
+import contextlib
 import io
 import os
 import struct
+import sys
+import tempfile
 from typing import Sequence
 
 import tensorflow as tf
@@ -125,6 +128,52 @@ def rgb_png(data: bytes, where: str) -> bytes:
                     ) from None
 
 
+@contextlib.contextmanager
+def _native_stderr_captured():
+  """Captures what native code writes to file descriptor 2 in the block.
+
+  libjpeg prints its own complaint about a bad file ("Improper call to JPEG
+  library in state 201", "Premature end of JPEG file") straight to the
+  process's stderr, past TensorFlow's and Python's logging. Yields a list
+  that holds the captured bytes once the block ends.
+  """
+  sys.stderr.flush()
+  captured = []
+  try:
+    saved = os.dup(2)
+  except OSError:  # No stderr (closed in a daemon): nothing to keep clean.
+    yield captured
+    captured.append(b"")
+    return
+  with tempfile.TemporaryFile() as sink:
+    os.dup2(sink.fileno(), 2)
+    try:
+      yield captured
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      sink.seek(0)
+      captured.append(sink.read())
+
+
+def _quiet_decode(decode, data) -> Exception | None:
+  """Runs a TensorFlow decode; returns its error (None if it decoded).
+
+  The decoder's stderr output on a bad image is dropped (the caller names
+  the file in one line); on success whatever was written is passed on, so
+  nothing but a failing decode's own complaint is hidden.
+  """
+  with _native_stderr_captured() as captured:
+    try:
+      decode(data)
+      error = None
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+      error = e
+  if error is None and captured[0]:
+    os.write(2, captured[0])
+  return error
+
+
 def _decode_shape(data: tf.Tensor) -> tf.Tensor:
   return tf.shape(tf.io.decode_image(data, channels=3,
                                      expand_animations=False))
@@ -149,14 +198,11 @@ def check_decodable(images: Sequence[tuple[str, bytes]]) -> None:
   """
   for start in range(0, len(images), CHECK_CHUNK):
     chunk = images[start:start + CHECK_CHUNK]
-    try:
-      _decode_shapes(tf.constant([data for _, data in chunk]))
+    if _quiet_decode(_decode_shapes,
+                     tf.constant([data for _, data in chunk])) is None:
       continue
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
-      pass
     for where, data in chunk:
-      try:
-        _decode_shape(tf.constant(data))
-      except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+      error = _quiet_decode(_decode_shape, tf.constant(data))
+      if error is not None:
         raise DataError(f"{where}: corrupt or truncated image "
-                        f"({first_line(e)})") from None
+                        f"({first_line(error)})")

@@ -9,10 +9,14 @@ lost or changed a file is prepared again under a new name (the old copy stays,
 unused).
 """
 
+import contextlib
 import hashlib
 import json
+import logging as pylogging
 import os
 import re
+import sys
+import time
 from typing import Any
 
 import tensorflow_datasets as tfds
@@ -95,6 +99,15 @@ class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def code_path(cls):
     return None
 
+  # TFDS prints a banner of download sizes ("Downloading and preparing
+  # dataset Unknown size ...") and one when done, to stdout; nothing is
+  # downloaded here, and `prepare` logs one line of its own instead.
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
 
 def prepared_dir(builder_cls, config, data_dir: str) -> str:
   return os.path.join(data_dir, builder_cls.name, config.name,
@@ -103,6 +116,25 @@ def prepared_dir(builder_cls, config, data_dir: str) -> str:
 
 def _is_prepared(prepared: str) -> bool:
   return os.path.exists(os.path.join(prepared, "dataset_info.json"))
+
+
+class _DropCustomConfigNotice(pylogging.Filter):
+  """Drops TFDS's warning that a builder runs under a config it does not
+  list: every offline builder does, by design (its config names the input)."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Using custom data configuration")
+
+
+@contextlib.contextmanager
+def _without_custom_config_notice():
+  """While a builder is made: TFDS logs the notice through absl's logger."""
+  logger, notice = pylogging.getLogger("absl"), _DropCustomConfigNotice()
+  logger.addFilter(notice)
+  try:
+    yield
+  finally:
+    logger.removeFilter(notice)
 
 
 def prepare(builder_cls, config, data_dir: str | None) -> str:
@@ -116,9 +148,15 @@ def prepare(builder_cls, config, data_dir: str | None) -> str:
   prepared = prepared_dir(builder_cls, config, data_dir)
   if _is_prepared(prepared):
     return prepared
-  builder = builder_cls(data_dir=data_dir, config=config)
-  logging.info("Preparing %s (%s) into %s", builder_cls.name,
-               getattr(config, "path", config.name), prepared)
+  if not sys.stderr.isatty():
+    # TFDS draws its bars whatever the output; in a log they are lines of
+    # carriage returns. (tqdm's own `disable=None` rule, applied to TFDS.)
+    tfds.disable_progress_bar()
+  with _without_custom_config_notice():
+    builder = builder_cls(data_dir=data_dir, config=config)
+  logging.info("preparing %s from %s (once; stored in %s)", config.name,
+               getattr(config, "path", None) or builder_cls.name, prepared)
+  start = time.monotonic()
   try:
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         try_download_gcs=False,
@@ -131,4 +169,5 @@ def prepare(builder_cls, config, data_dir: str | None) -> str:
       return prepared
     raise DataError(f"{data_dir}: cannot write the prepared dataset "
                     f"{prepared} ({first_line(e)})") from None
+  logging.info("prepared %s in %.1f s", config.name, time.monotonic() - start)
   return os.fspath(builder.data_dir)

@@ -5,6 +5,7 @@ process its contiguous even slice, with `index` = the example's global position
 in its split (the stored 'index' feature where there is one).
 """
 
+import logging as pylogging
 import os
 from typing import Mapping
 
@@ -16,6 +17,27 @@ from roar_jax.data.errors import DataError, first_line
 
 # For a dataset directory without a 'test' split, the split that stands in.
 TEST_STAND_INS = ("test", "validation", "val")
+
+
+class _DropFeatureDtypeNotice(pylogging.Filter):
+  """Drops TFDS's "`FeatureConnector.dtype` is deprecated" warning.
+
+  TFDS's own `Tensor.decode_example` reads the deprecated attribute when it
+  decodes a bytes-encoded tensor (the IDX and toy builders store images so),
+  so every read of such a dataset warned about code that is not ours; only
+  that one message is dropped.
+  """
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    message = str(record.msg)
+    return not (message.startswith("`") and
+                ".dtype` is deprecated" in message)
+
+
+# TFDS logs through absl's Python logger; one filter for the process.
+if not any(isinstance(f, _DropFeatureDtypeNotice)
+           for f in pylogging.getLogger("absl").filters):
+  pylogging.getLogger("absl").addFilter(_DropFeatureDtypeNotice())
 
 
 def _default_split_map(splits) -> dict[str, str]:

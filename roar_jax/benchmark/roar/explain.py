@@ -14,16 +14,17 @@ What every estimator name means is `estimator_names.py`'s; the matched
 controls `random_smooth.<e>` are ranked last (`matched_controls.py`).
 """
 
+import contextlib
 import math
 import time
 from typing import Any
 
 import jax
 import numpy as np
-import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
+from roar_jax import progress_eta
 from roar_jax import saliency
 from roar_jax import training
 from roar_jax import workdir as workdir_lib
@@ -146,7 +147,10 @@ def run(config, workdir, *, source=None, plan=None) -> dict[str, Any]:
         stage.store, stage.model, stage.key, int(source.info.image_shape[-1]),
         config.explain.granularity, config.explain.batch_size)
     for name in stage.matched:
-      stage.written += matched_controls.rank(context, name, stage.shards)
+      # Matching the sigma and ranking both splits takes a while.
+      with progress_eta.timed(f"writing rank store for {name} ("
+                              f"{_num_shards(stage.shards)} shards)"):
+        stage.written += matched_controls.rank(context, name, stage.shards)
   rate = stage.images_done / max(stage.elapsed, 1e-9)
   if stage.images_done:
     logging.info("explain: %d images ranked by %d estimators, %.1f images/s",
@@ -185,7 +189,6 @@ class _Stage:
     # Per split: (number of shards, this process's shard numbers).
     self.shards: dict[str, tuple[int, list[int]]] = {}
     self.visualized = False
-    self.last_log = time.time()
 
   def explain_split(self, split_id: int, split: str):
     """Ranks this process's slice of `split`, shard by shard."""
@@ -211,32 +214,29 @@ class _Stage:
                              num_shards, todo, pending, pending_idx,
                              ec.shard_size)
     split_key = jax.random.fold_in(self.key, split_id)
-    with tqdm.tqdm(total=local, desc=f"explain {split}", unit="img",
-                   disable=None) as bar:
+    # A bar on a terminal; without one, a log line with the time left every
+    # 30 s (`progress_eta.Bar`).
+    with progress_eta.Bar(local, f"explain {split}", noun="image",
+                          unit="img") as bar:
       for batch in batches:
         real = batch["mask"] > 0
         if shard in todo and real.any():
           self._rank_batch(split, batch, real, split_key, pending)
         pending_idx.append(batch["index"][real])
-        bar.update(int(real.sum()))
-        self._log_progress(split, bar.n, local)
-        if self.images_done:
-          bar.set_postfix(
-              img_per_s=f"{self.images_done / max(self.elapsed, 1e-9):.1f}")
+        rate = self.images_done / max(self.elapsed, 1e-9)
+        bar.update(int(real.sum()), f"{rate:.1f} images/s")
         if sum(len(i) for i in pending_idx) >= ec.shard_size:
           self.written += flush(shard)
           shard += 1
-      while shard < first + per_process:
-        self.written += flush(shard)
-        shard += 1
-
-  def _log_progress(self, split: str, done: int, total: int):
-    """A log line every 10 s, for log files (the bar is for terminals)."""
-    now = time.time()
-    if now - self.last_log >= 10.0:
-      self.last_log = now
-      logging.info("explain %s: %d of %d images, %.1f images/s", split, done,
-                   total, self.images_done / max(self.elapsed, 1e-9))
+    # The split's last shards are written after its last batch.
+    rest = range(shard, first + per_process)
+    writes = sum(s in todo for s in rest)
+    which = ", ".join(self.estimators)
+    with (progress_eta.timed(f"writing rank store for {which} ({split}, "
+                             f"{writes} shards)") if writes
+          else contextlib.nullcontext()):
+      for s in rest:
+        self.written += flush(s)
 
   def _rank_batch(self, split, batch, real, split_key, pending):
     """Explains one batch with every estimator; appends its levels."""
@@ -265,6 +265,11 @@ class _Stage:
         and self.pid == 0):
       _visualize(self.config, self.wd.root, batch, maps, real)
       self.visualized = True
+
+
+def _num_shards(shards: dict[str, tuple[int, list[int]]]) -> int:
+  """How many shards this process writes per estimator, both splits."""
+  return sum(len(mine) for _, mine in shards.values())
 
 
 def _log_gradient_passes(config, model, estimators, source, options

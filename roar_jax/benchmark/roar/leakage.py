@@ -38,6 +38,7 @@ import tensorflow as tf
 from absl import logging
 
 from roar_jax import levels as levels_lib
+from roar_jax import progress_eta
 from roar_jax import provenance as provenance_lib
 from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.roar import statistics
@@ -210,8 +211,11 @@ def run(config, plan, source) -> list[dict[str, Any]]:
   store = rank_store_lib.RankStore(plan.workdir.root)
   base_chance = None
   rows = []
-  for (est, mode, thr), (folder, rec) in plan_artifacts(config, plan).items():
-    record = rec.matching()
+  probes = plan_artifacts(config, plan)
+  records = {key: rec.matching() for key, (_, rec) in probes.items()}
+  eta = progress_eta.Eta(sum(r is None for r in records.values()))
+  for (est, mode, thr), (folder, rec) in probes.items():
+    record = records[(est, mode, thr)]
     if record is None:
       if base_chance is None:
         base_chance = chance(source)
@@ -219,7 +223,9 @@ def run(config, plan, source) -> list[dict[str, Any]]:
         folder.write()
       masks = MaskSource(source, store, estimator=est, mode=mode,
                          threshold=thr)
+      _log_probe_start(eta, est, mode, thr)
       result = train_probe(config, masks, folder.path)
+      eta.update()
       record = {"estimator": est, "mode": mode, "threshold": thr,
                 **seed_summary(result["accuracy_by_seed"]),
                 "chance": base_chance, "steps": result["steps"],
@@ -236,6 +242,18 @@ def run(config, plan, source) -> list[dict[str, Any]]:
   if jax.process_index() == 0:
     write_csv(plan.workdir, rows)
   return rows
+
+
+def _log_probe_start(eta: progress_eta.Eta, est: str, mode: str,
+                     thr: float):
+  """'leakage: probe 3 of 12 (gradient roar 0.90), 2 min elapsed, about 9
+  min left': one line per probe, which trains for a while."""
+  left = eta.seconds_left()
+  logging.info("leakage: probe %d of %d (%s %s %.2f), %s", eta.done + 1,
+               eta.total, est, mode, thr,
+               "ETA after the first probe" if left is None else
+               f"{progress_eta.format_duration(eta.elapsed())} elapsed, "
+               f"about {progress_eta.format_duration(left)} left")
 
 
 def _row(record) -> dict[str, Any]:

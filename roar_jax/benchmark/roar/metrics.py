@@ -43,9 +43,11 @@ import tensorflow as tf
 from absl import logging
 
 from roar_jax import levels as levels_lib
+from roar_jax import progress_eta
 from roar_jax import provenance as provenance_lib
 from roar_jax import workdir as workdir_lib
 from roar_jax.data import degradation as degrade_lib
+from roar_jax.data import source_protocol
 from roar_jax.benchmark.roar import agreement
 from roar_jax.benchmark.roar import leakage
 from roar_jax.benchmark.roar.curves import auc, curves, mean_ci, summarize
@@ -108,6 +110,16 @@ def _test_batches(config, source, options: Options, rows: int):
                   "index": tf.cast(ex["index"], tf.int64)}),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.batch(rows).prefetch(2).as_numpy_iterator()
+
+
+def _num_local_images(source, options: Options) -> int:
+  """How many test images `_test_batches` gives this process."""
+  pid, nproc = jax.process_index(), jax.process_count()
+  num = int(source.info.num_examples["test"])
+  if options.num_images:
+    return len(range(pid, min(num, int(options.num_images)), nproc))
+  start, stop = source_protocol.process_slice(num, pid, nproc)
+  return stop - start
 
 
 def _fill_value(config, options: Options, source, channel_mean):
@@ -198,21 +210,9 @@ def compute(config, plan, source, channel_mean=None, *, logits_fn=None
   logits_fn = logits_fn or _base_logits(config, plan, source)
   fill = _fill_value(config, options, source, channel_mean)
   store = rank_store_lib.RankStore(plan.workdir.root)
-  per_image: dict[str, dict[str, list[np.ndarray]]] = {e: {} for e in todo}
-  start, count = time.time(), 0
-  for batch in _test_batches(config, source, options, rows=1024):
-    for i, est in enumerate(todo):
-      levels = store.lookup(est, "test", batch["index"])
-      c = curves(logits_fn, batch["image"], batch["label"], levels,
-                 batch["index"], options=options, fill_value=fill,
-                 seed=config.seed, mean=config.data.mean, std=config.data.std)
-      for k, v in c.items():
-        per_image[est].setdefault(k, []).append(v)
-      # One line per estimator and batch: the stage can take minutes.
-      logging.info("metrics: %s on test images %d-%d (estimator %d of %d), "
-                   "%.0f s", est, count, count + len(batch["index"]), i + 1,
-                   len(todo), time.time() - start)
-    count += len(batch["index"])
+  start = time.time()
+  per_image, count = _per_image_curves(config, source, options, todo, store,
+                                       logits_fn, fill)
   elapsed = time.time() - start
   logging.info("metrics: %d test images x %d estimators in %.1f s", count,
                len(todo), elapsed)
@@ -228,6 +228,36 @@ def compute(config, plan, source, channel_mean=None, *, logits_fn=None
       workdir_lib.write_json(artifacts[est].path, record)
     records[est] = record
   return records
+
+
+def _per_image_curves(config, source, options: Options, todo, store,
+                      logits_fn, fill):
+  """Every estimator's curves of this process's test images.
+
+  Returns:
+    ({estimator: {curve name: [per-batch arrays]}}, number of images).
+  """
+  per_image: dict[str, dict[str, list[np.ndarray]]] = {e: {} for e in todo}
+  count = 0
+  # One step per image and estimator: a bar on a terminal, a log line with
+  # the time left every 30 s without one (the stage can take minutes).
+  with progress_eta.Bar(_num_local_images(source, options) * len(todo),
+                        "metrics", noun="image-estimator pair",
+                        unit="img") as bar:
+    for batch in _test_batches(config, source, options, rows=1024):
+      for i, est in enumerate(todo):
+        levels = store.lookup(est, "test", batch["index"])
+        c = curves(logits_fn, batch["image"], batch["label"], levels,
+                   batch["index"], options=options, fill_value=fill,
+                   seed=config.seed, mean=config.data.mean,
+                   std=config.data.std)
+        for k, v in c.items():
+          per_image[est].setdefault(k, []).append(v)
+        bar.update(len(batch["index"]), f"{est} on test images {count}-"
+                   f"{count + len(batch['index'])} (estimator {i + 1} of "
+                   f"{len(todo)})")
+      count += len(batch["index"])
+  return per_image, count
 
 
 # ----------------------------------------------------------------------------

@@ -9,12 +9,14 @@ before any work).
 """
 
 import dataclasses
+import time
 from typing import Any, Callable
 
 import jax
 import tqdm
 from absl import logging
 
+from roar_jax import progress_eta
 from roar_jax import provenance as provenance_lib
 from roar_jax import report_folder
 from roar_jax import training
@@ -163,6 +165,7 @@ def run(config, workdir, *, run_unit: UnitRunner = grid.run_unit,
   Returns:
     {'base': base metrics, 'report': report summary, 'units': number run}.
   """
+  started = time.monotonic()  # The ETA line's elapsed time counts from here.
   plan = open_run(config, workdir, mode="roar", recompute=recompute)
   source = sources.get_source(config.data)
   base = train_base(config, plan, source)
@@ -181,21 +184,15 @@ def run(config, workdir, *, run_unit: UnitRunner = grid.run_unit,
   todo = [u for u in units if not grid.is_done(plan, u)]
   logging.info("grid: %d units, %d finished, %d to run", len(units),
                len(units) - len(todo), len(todo))
+  eta = progress_eta.Eta(len(units), done=len(units) - len(todo),
+                         started=started)
   if config.grid.executor == "ray":
     # pylint: disable-next=g-import-not-at-top
     from roar_jax.benchmark.roar import ray_executor
-    ray_executor.run_units(config, workdir, todo, run_unit=run_unit)
+    ray_executor.run_units(config, workdir, todo, run_unit=run_unit, eta=eta)
   else:
-    # `roar.batch_units` units train together in one program (a small model
-    # leaves an accelerator idle); a group of one is `run_unit`'s.
-    size = int(config.roar.batch_units)
-    groups = [todo[i:i + size] for i in range(0, len(todo), size)]
-    for group in tqdm.tqdm(groups, desc=f"retrain units ({size} at a time)",
-                           disable=None):
-      if len(group) == 1:
-        run_unit(config, plan, group[0], source, fill)
-      else:
-        grid.run_units(config, plan, group, source, fill)
+    run_local_units(config, plan, todo, source, fill, run_unit=run_unit,
+                    eta=eta)
   summary = None
   # One unit never replaces the grid's report: --mode=report builds it.
   if jax.process_index() == 0 and not config.roar.unit:
@@ -203,6 +200,31 @@ def run(config, workdir, *, run_unit: UnitRunner = grid.run_unit,
                      base_accuracy=base["test_accuracy"],
                      num_classes=source.info.num_classes)
   return {"base": base, "report": summary, "units": len(todo)}
+
+
+def run_local_units(config, plan: artifacts_lib.Plan, todo, source, fill, *,
+                    run_unit: UnitRunner = grid.run_unit,
+                    eta: progress_eta.Eta | None = None):
+  """Runs the units in this process, `roar.batch_units` at a time, and logs
+  the whole grid's progress after each group ('roar: 7/30 units done, 21 min
+  elapsed, about 69 min left').
+
+  `roar.batch_units` units train together in one program (a small model
+  leaves an accelerator idle); a group of one is `run_unit`'s.
+  """
+  eta = eta or progress_eta.Eta(len(todo))
+  size = int(config.roar.batch_units)
+  groups = [todo[i:i + size] for i in range(0, len(todo), size)]
+  if todo:
+    logging.info("roar: %s", eta.describe("unit"))
+  for group in tqdm.tqdm(groups, desc=f"retrain units ({size} at a time)",
+                         disable=None):
+    if len(group) == 1:
+      run_unit(config, plan, group[0], source, fill)
+    else:
+      grid.run_units(config, plan, group, source, fill)
+    eta.update(len(group))
+    logging.info("roar: %s", eta.describe("unit"))
 
 
 def verified_records(plan: artifacts_lib.Plan) -> list[dict[str, Any]]:

@@ -27,8 +27,9 @@ from typing import Any, Callable, Mapping, Sequence
 import tqdm
 from absl import logging
 
-from roar_jax.benchmark.roar import grid
+from roar_jax import progress_eta
 from roar_jax import workdir as workdir_lib
+from roar_jax.benchmark.roar import grid
 from roar_jax.benchmark.roar import artifacts as artifacts_lib
 from roar_jax.data import sources
 
@@ -227,8 +228,14 @@ def _warn_if_unschedulable(ray, options: Mapping[str, Any]):
          or k in wanted})
 
 
-def _collect(ray, refs, plan) -> tuple[dict[Any, Any], dict[str, Any]]:
-  """Waits for every task; returns (records by unit, errors by unit name)."""
+def _collect(ray, refs, plan, eta: progress_eta.Eta | None = None
+             ) -> tuple[dict[Any, Any], dict[str, Any]]:
+  """Waits for every task; returns (records by unit, errors by unit name).
+
+  After each finished unit, logs the grid's progress (`eta`: done/total and
+  time left; a failed unit is not done).
+  """
+  eta = eta or progress_eta.Eta(len(refs))
   records, failures = {}, {}
   pending = list(refs)
   with tqdm.tqdm(total=len(refs), desc="retrain units (ray)",
@@ -251,6 +258,9 @@ def _collect(ray, refs, plan) -> tuple[dict[Any, Any], dict[str, Any]]:
               grid.write_result(plan, unit, record)
             logging.info("unit %s: test accuracy %.4f", unit.name,
                          record["test_accuracy"])
+            eta.update(1)
+          logging.info("roar: %s%s", eta.describe("unit"),
+                       f" ({len(failures)} failed)" if failures else "")
           bar.update(1)
           bar.set_postfix(failed=len(failures))
     except KeyboardInterrupt:
@@ -262,7 +272,8 @@ def _collect(ray, refs, plan) -> tuple[dict[Any, Any], dict[str, Any]]:
 
 
 def run_units(config, workdir: str, units: Sequence[grid.Unit], *,
-              run_unit: UnitRunner = grid.run_unit) -> list[dict[str, Any]]:
+              run_unit: UnitRunner = grid.run_unit,
+              eta: progress_eta.Eta | None = None) -> list[dict[str, Any]]:
   """Runs the units as Ray tasks and waits for all of them.
 
   Connects to `config.grid.ray_address` (or the cluster `ray.init('auto')`
@@ -276,6 +287,8 @@ def run_units(config, workdir: str, units: Sequence[grid.Unit], *,
     workdir: the experiment workdir, on storage every node shares.
     units: the units to run (normally those without a result yet).
     run_unit: what each task runs for its unit (must be picklable).
+    eta: the grid's progress, logged as units finish (default: these units
+      alone).
 
   Returns:
     The records of the units, in the order of `units`.
@@ -301,7 +314,7 @@ def run_units(config, workdir: str, units: Sequence[grid.Unit], *,
         config, workdir, u, run_unit): u for u in units}
     logging.info("submitted %d units to Ray (%s per task)", len(refs),
                  {k: v for k, v in options.items() if k != "runtime_env"})
-    records, failures = _collect(ray, refs, plan)
+    records, failures = _collect(ray, refs, plan, eta)
   finally:
     if connected:
       ray.shutdown()
