@@ -46,12 +46,13 @@ Owns = Callable[[str], bool]
 def owns_report_build(name: str) -> bool:
   """The report build (`--mode=report`, the end of `--mode=roar`) rewrites
   every file but the saliency grid and the sanity checks."""
-  return name != "saliency.png" and not name.startswith("sanity")
+  return (name not in ("saliency.png", "saliency.pdf")
+          and not name.startswith("sanity"))
 
 
 def owns_metrics(name: str) -> bool:
   """The metrics stage's files."""
-  return name in ("metrics.csv", "metrics.png", "leakage.csv",
+  return name in ("metrics.csv", "metrics.png", "metrics.pdf", "leakage.csv",
                   "agreement.csv")
 
 

@@ -334,7 +334,7 @@ def test_metrics_mode_writes_its_own_pages(tmp_path):
   folder = tmp_path / "report"
   assert sorted(os.listdir(folder)) == [
       "agreement.csv", "index.html", "leakage.csv", "metrics.csv",
-      "metrics.png", "summary.md"]
+      "metrics.pdf", "metrics.png", "summary.md"]
   _check_leakage(folder, "No-retrain metrics and mask leakage: toy, "
                  "small_cnn")
   _check_metrics(folder)

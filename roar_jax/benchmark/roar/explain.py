@@ -31,6 +31,7 @@ from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.roar import estimator_names as names
 from roar_jax.benchmark.roar import grid
 from roar_jax.benchmark.roar import matched_controls
+from roar_jax.benchmark.roar import saliency_figure
 from roar_jax.data import pipeline
 from roar_jax.data import preprocess
 from roar_jax.data import rank_store as rank_store_lib
@@ -263,7 +264,8 @@ class _Stage:
     self.images_done += int(real.sum())
     if (split == "test" and not self.visualized and self.model_estimators
         and self.pid == 0):
-      _visualize(self.config, self.wd.root, batch, maps, real)
+      _visualize(self.config, self.wd.root, batch, maps, real,
+                 self.source.info.class_names)
       self.visualized = True
 
 
@@ -306,12 +308,14 @@ def _flush(store, estimators, split, shard, num_shards, todo, pending,
   return count
 
 
-def _visualize(config, workdir, batch, maps, real):
+def _visualize(config, workdir, batch, maps, real, class_names=None):
+  """saliency.png and .pdf of the batch's first images (`saliency_figure`)."""
   n = min(int(config.explain.num_visualize), int(real.sum()))
   if n <= 0:
     return
-  images = batch["image"][real][:n]
   grid = {e: np.asarray(_local_rows(m))[real][:n] for e, m in maps.items()}
-  fig = saliency.visualize.plot_grid(images, grid)
-  workdir_lib.save_figure(fig, workdir_lib.Workdir(workdir).report(
-      "saliency.png"), dpi=100)
+  saliency_figure.write(config, workdir_lib.Workdir(workdir),
+                        batch["image"][real][:n], grid,
+                        labels=batch["label"][real][:n],
+                        indices=batch["index"][real][:n],
+                        class_names=class_names)

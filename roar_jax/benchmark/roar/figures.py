@@ -2,21 +2,30 @@
 
 One figure per mode that was run (`roar.png`/`.pdf`, `kar.png`/`.pdf`), a
 panel per fill when the grid has several (`config.roar.fill`), with the
-retrained curves (solid, 95% Student-t intervals over seeds as error
-bars) and the base model's no-retrain curves (dotted, hollow markers) of every
-estimator on the same axes, so the gap between the two is read directly.
+retrained curves (solid, filled markers, 95% Student-t intervals over seeds
+as error bars) and the base model's no-retrain curves (dashed, hollow
+markers) of every estimator on the same axes, so the gap between the two is
+read directly.
 
 Choices, stated in the captions too:
-- The y axis is fixed at 0 to 1 (an auto-scaled axis makes small gaps look
-  large and figures of different runs incomparable).
+- The y axis is fixed at 0 to 1.02 (an auto-scaled axis makes small gaps look
+  large and figures of different runs incomparable; the 0.02 keeps a curve
+  at 100% off the top spine).
+- No series can hide another: every estimator has its own colour and marker,
+  and its points are shifted by a small x offset of its own (at most
+  `MAX_OFFSET` either side), so equal accuracies at the same fraction are
+  drawn side by side rather than on top of each other.
 - The base model's accuracy on unmodified data is drawn as a dashed line and
   as the curves' end point where the degradation is empty: ROAR at fraction
   0 (nothing removed), KAR at fraction 1 (everything kept). KAR at fraction
   0 keeps nothing: every image is the fill, so no model can beat the
   majority class; the chance line (1 / number of classes, exact for balanced
   classes) marks that end instead of an unmeasured point.
-- `random`, the control every method must beat, is black and dashed; every
-  other estimator has its own colour and marker (the same in both modes).
+- `random`, the control every method must beat, is black with X markers;
+  every other estimator has its own colour and marker (the same in both
+  modes).
+- The title is one line (mode, dataset, model, seeds); what the line styles
+  mean is in the legend.
 """
 
 from typing import Sequence
@@ -39,6 +48,9 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "d", "H",
             "8", "*")
 _REFERENCE = "0.45"  # Grey of the base-accuracy and chance lines.
 DPI = 130
+Y_TOP = 1.02  # Just above 1: a curve at 100% stays off the top spine.
+MAX_OFFSET = 0.02  # The largest x shift of an estimator's points.
+NO_RETRAIN_STYLE = "--"  # Dashed, with hollow markers.
 
 
 def styles(estimators: Sequence[str]) -> dict[str, dict[str, object]]:
@@ -49,9 +61,18 @@ def styles(estimators: Sequence[str]) -> dict[str, dict[str, object]]:
     out[est] = {"color": _COLORS[i % len(_COLORS)],
                 "marker": _MARKERS[i % len(_MARKERS)], "linestyle": "-"}
   if comparisons.RANDOM in estimators:
-    out[comparisons.RANDOM] = {"color": "black", "marker": "x",
-                               "linestyle": "--"}
+    out[comparisons.RANDOM] = {"color": "black", "marker": "X",
+                               "linestyle": "-"}
   return out
+
+
+def x_offsets(estimators: Sequence[str]) -> dict[str, float]:
+  """A small x shift per estimator, centred on 0, at most `MAX_OFFSET`
+  either side and 0.01 apart at most: points at the same fraction and
+  accuracy are drawn side by side."""
+  n = len(estimators)
+  step = min(0.01, 2 * MAX_OFFSET / max(n - 1, 1))
+  return {e: (i - (n - 1) / 2) * step for i, e in enumerate(estimators)}
 
 
 def seeds_text(num_seeds: pd.Series) -> str:
@@ -73,11 +94,13 @@ def caption(mode: str, *, base_accuracy: float | None,
   spread = ("mean over seeds with 95% Student-t confidence intervals"
             if has_ci else "a single seed: no interval")
   parts = [f"{name}: test accuracy against the fraction of pixels {verb} "
-           "(most important first), y axis fixed at 0 to 1. Solid: "
-           f"retrained from scratch, {spread}; dotted (hollow markers): the "
-           "base model "
-           "on the same degraded test split, without retraining. The "
-           "control, random, is black and dashed."]
+           "(most important first), y axis fixed at 0 to 1.02. Solid "
+           f"(filled markers): retrained from scratch, {spread}; dashed "
+           "(hollow markers): the base model on the same degraded test "
+           "split, without retraining. The control, random, is black (X "
+           "markers). Each estimator's points are shifted by a small x "
+           f"offset of its own (at most {MAX_OFFSET}) so that none hides "
+           "another."]
   if base_accuracy is not None:
     at = "fraction 0 (nothing removed)" if mode == "roar" else (
         "fraction 1 (everything kept)")
@@ -102,19 +125,21 @@ def _with_anchor(x: np.ndarray, y: np.ndarray, anchor):
   return np.append(x, anchor[0])[order], np.append(y, anchor[1])[order]
 
 
-def _draw_estimator(ax, sub: pd.DataFrame, style, anchor):
-  """The retrained curve with its intervals, and the no-retrain curve."""
+def _draw_estimator(ax, sub: pd.DataFrame, style, anchor, dx: float = 0.0):
+  """The retrained curve with its intervals, and the no-retrain curve, all
+  shifted right by `dx`."""
   retrained = sub.dropna(subset=["mean_accuracy"])
   if not retrained.empty:
     x = retrained["threshold"].to_numpy()
     y = retrained["mean_accuracy"].to_numpy()
-    ax.plot(*_with_anchor(x, y, anchor), color=style["color"],
+    x, y = _with_anchor(x, y, anchor)
+    ax.plot(x + dx, y, color=style["color"],
             marker=style["marker"], linestyle=style["linestyle"],
             linewidth=1.6, markersize=6, zorder=3)
     ci = retrained.dropna(subset=["ci95_low"])
     if not ci.empty:
       m = ci["mean_accuracy"].to_numpy()
-      ax.errorbar(ci["threshold"], m,
+      ax.errorbar(ci["threshold"].to_numpy() + dx, m,
                   yerr=[m - ci["ci95_low"].to_numpy(),
                         ci["ci95_high"].to_numpy() - m],
                   fmt="none", ecolor=style["color"], elinewidth=1.1,
@@ -123,9 +148,10 @@ def _draw_estimator(ax, sub: pd.DataFrame, style, anchor):
   if not nr.empty:
     x = nr["threshold"].to_numpy()
     y = nr["no_retrain_accuracy"].to_numpy()
-    ax.plot(*_with_anchor(x, y, anchor), color=style["color"],
-            marker=style["marker"], linestyle=":", linewidth=1.4,
-            markersize=5.5, markerfacecolor="white", zorder=2)
+    x, y = _with_anchor(x, y, anchor)
+    ax.plot(x + dx, y, color=style["color"],
+            marker=style["marker"], linestyle=NO_RETRAIN_STYLE,
+            linewidth=1.3, markersize=5.5, markerfacecolor="white", zorder=2)
 
 
 def _legend_handles(style_of, *, base_accuracy, num_classes, has_ci,
@@ -133,10 +159,12 @@ def _legend_handles(style_of, *, base_accuracy, num_classes, has_ci,
   handles = [mlines.Line2D([], [], label=est, **style)
              for est, style in style_of.items()]
   key = dict(color="0.2", linewidth=1.4)
-  handles += [mlines.Line2D([], [], linestyle="-", label="retrained", **key),
-              mlines.Line2D([], [], linestyle=":", marker="o",
+  handles += [mlines.Line2D([], [], linestyle="-", marker="o",
+                            label="retrained: solid, filled", **key),
+              mlines.Line2D([], [], linestyle=NO_RETRAIN_STYLE, marker="o",
                             markerfacecolor="white",
-                            label="no retraining (base model)", **key)]
+                            label="no retraining (base model): dashed, "
+                            "hollow", **key)]
   if has_ci:
     handles.append(mlines.Line2D([], [], linestyle="none", marker="|",
                                  markersize=12, color="0.2",
@@ -152,18 +180,10 @@ def _legend_handles(style_of, *, base_accuracy, num_classes, has_ci,
   return handles
 
 
-def _styles_line(rows: pd.DataFrame, has_ci: bool) -> str:
-  parts = []
-  if (rows["num_seeds"] > 0).any():
-    parts.append("retrained: solid, with 95% CI" if has_ci else
-                 "retrained: solid (single seed: no interval)")
-  if rows["no_retrain_accuracy"].notna().any():
-    parts.append("no retraining: dotted")
-  return "; ".join(parts)
-
-
 def _draw_panel(ax, rows: pd.DataFrame, mode: str, present, *,
                 base_accuracy: float | None, num_classes: int | None):
+  # The offsets of the estimators present: the same in every panel.
+  offsets = x_offsets(list(present))
   """The curves of one mode and fill on `ax`, with the reference lines."""
   _, verb = _MODE_TEXT[mode]
   anchor = None
@@ -175,12 +195,14 @@ def _draw_panel(ax, rows: pd.DataFrame, mode: str, present, *,
     ax.axhline(1.0 / num_classes, color=_REFERENCE, linestyle="-.",
                linewidth=1.0, zorder=1)
   for est, style in present.items():
-    _draw_estimator(ax, rows[rows["estimator"] == est], style, anchor)
+    _draw_estimator(ax, rows[rows["estimator"] == est], style, anchor,
+                    offsets[est])
   if anchor is not None:
     ax.plot(*anchor, marker="*", markersize=13, color="black", zorder=4,
             linestyle="none")
-  ax.set_xlim(-0.02, 1.02)
-  ax.set_ylim(0.0, 1.0)
+  ax.set_xlim(-0.02 - MAX_OFFSET, 1.02 + MAX_OFFSET)
+  ax.set_ylim(0.0, Y_TOP)
+  ax.set_yticks(np.linspace(0.0, 1.0, 6))
   ax.set_xlabel(f"fraction of pixels {verb} (most important first)")
   ax.grid(alpha=0.3, linewidth=0.6)
 
@@ -204,11 +226,10 @@ def mode_figure(rows: pd.DataFrame, mode: str, *, style_of,
                 base_accuracy=base_accuracy, num_classes=num_classes)
     if len(fills) > 1:
       ax.set_title(f"fill: {fill}", fontsize=10)
-  axes[0].set_ylabel("test accuracy (axis fixed at 0 to 1)")
+  axes[0].set_ylabel("test accuracy (axis fixed at 0 to 1.02)")
   has_ci = bool(rows["ci95_low"].notna().any())
   what = ", ".join(p for p in (dataset, model) if p)
-  title = (f"{name}{': ' + what if what else ''} ({seeds})\n"
-           + _styles_line(rows, has_ci))
+  title = f"{name}{': ' + what if what else ''} ({seeds})"
   if len(fills) > 1:
     fig.suptitle(title, fontsize=10)
   else:

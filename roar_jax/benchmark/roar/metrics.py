@@ -50,6 +50,7 @@ from roar_jax.data import degradation as degrade_lib
 from roar_jax.data import source_protocol
 from roar_jax.benchmark.roar import agreement
 from roar_jax.benchmark.roar import leakage
+from roar_jax.benchmark.roar import metric_figures
 from roar_jax.benchmark.roar.curves import auc, curves, mean_ci, summarize
 from roar_jax.benchmark.roar.metric_options import (
     CSV_COLUMNS, LOWER_IS_BETTER, METRICS, METRICS_DIR, Options, auc_name)
@@ -275,61 +276,19 @@ def rows_of(records: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
   return rows
 
 
-_TITLES = {
-    "deletion": "Deletion: top fraction replaced by the fill",
-    "insertion": "Insertion: top fraction restored",
-    "road_morf": "ROAD MoRF: top fraction imputed",
-    "road_lerf": "ROAD LeRF: bottom fraction imputed",
-}
-_YLABELS = {"deletion": "p(explained class)", "insertion":
-            "p(explained class)", "road_morf": "accuracy",
-            "road_lerf": "accuracy"}
-
-
-def plot(records: Mapping[str, Mapping[str, Any]], path: str):
-  """One panel per metric, a line per estimator (`random` black dashed)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  names = [n for n in METRICS
-           if any(n in r["metrics"] for r in records.values())]
-  fig, axes = plt.subplots(1, max(1, len(names)),
-                           figsize=(4.2 * max(1, len(names)), 3.6),
-                           squeeze=False)
-  for ax, name in zip(axes[0], names):
-    for est, r in sorted(records.items()):
-      m = r["metrics"].get(name)
-      if m is None:
-        continue
-      style = ({"color": "black", "linestyle": "--"} if est == "random"
-               else {})
-      ax.plot(m["fractions"], m["curve"], marker=".", label=(
-          f"{est} ({m['value']:.3f})"), **style)
-    ax.set_title(_TITLES[name], fontsize=9)
-    ax.set_xlabel("fraction of positions")
-    ax.set_ylabel(_YLABELS[name])
-    ax.set_xlim(0, 1)
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, title="AUC", title_fontsize=7)
-  fig.tight_layout()
-  workdir_lib.save_figure(fig, path, dpi=110)
-  plt.close(fig)
-
-
 def _fmt(v):
   return f"{v:.6g}" if isinstance(v, float) else v
 
 
 def write_report(wd: workdir_lib.Workdir,
                  records: Mapping[str, Mapping[str, Any]]):
-  """W/report/metrics.csv and W/report/metrics.png."""
+  """W/report/metrics.csv, metrics.png and metrics.pdf (`metric_figures`)."""
   rows = rows_of(records)
   workdir_lib.write_csv(wd.report("metrics.csv"),
                         [{k: _fmt(v) for k, v in r.items()} for r in rows],
                         CSV_COLUMNS)
   if records:
-    plot(records, wd.report("metrics.png"))
+    metric_figures.write(wd, records, rows)
   return rows
 
 

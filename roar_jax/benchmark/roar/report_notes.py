@@ -120,6 +120,8 @@ FILE_NOTES = {
     "roar.png": "the ROAR curves", "roar.pdf": "the ROAR curves (vector)",
     "kar.png": "the KAR curves", "kar.pdf": "the KAR curves (vector)",
     "metrics.png": "the no-retrain metrics' curves",
+    "metrics.pdf": "the no-retrain metrics' curves (vector)",
     "saliency.png": "example saliency maps",
+    "saliency.pdf": "example saliency maps (vector)",
 }
 FILE_PREFIX_NOTES = {"sanity_": "a sanity-check figure"}

@@ -1,16 +1,18 @@
 """The sanity checks' figures: similarity curves, bar charts and map grids.
 
 Every figure is a grid of panels (`NCOLS` columns, one panel per metric and
-model) with text readable at 100 dpi, and states the re-initialization,
-BatchNorm handling, explained class and seed in its title. The controls
-appear in each panel as a dashed line per estimator: the similarity of the
-best control (the one most similar to that estimator's trained maps) at each
-step.
+model) with text readable at 100 dpi, a one-line title (the test, the seed
+and the number of images; the re-initialization, BatchNorm handling and
+explained class are in sanity.md beside it), and is written as PNG and PDF.
+The controls appear in each panel of the randomization figures as one
+shaded band: at each step, the range (min to max) of every control's
+similarity to every estimator's trained maps; an estimator's curve below
+the band is less similar to its trained maps than any model-free map. The
+data test's bars mark the best control per estimator instead.
 """
 
 import io
 import math
-import textwrap
 from typing import Any, Mapping
 
 import matplotlib
@@ -38,8 +40,10 @@ TEST_TITLES = {
     "independent": "Independent randomization (one layer, the rest trained)",
     "data": "Data randomization (model trained on permuted labels)",
 }
-CONTROL_NOTE = ("dashed: the best control (random or sobel map, which ignore "
-                "the model) compared with that estimator's trained maps")
+CONTROL_LABEL = "controls (min-max over controls and estimators)"
+CONTROL_STYLE = {"facecolor": "0.8", "edgecolor": "0.45", "hatch": "///",
+                 "linewidth": 0.0, "alpha": 0.6}
+FLOOR_LABEL = "random-map floor"
 
 
 def settings_line(meta: Mapping[str, Any]) -> str:
@@ -56,8 +60,16 @@ def metrics_in(rows) -> list[str]:
   return [m for m in order if m in present]
 
 
+def pdf_path(path: str) -> str:
+  """The PDF beside a figure's PNG path."""
+  return path[:-len(".png")] + ".pdf" if path.endswith(".png") else (
+      path + ".pdf")
+
+
 def save(fig, path: str):
-  workdir_lib.save_figure(fig, path, dpi=100, bbox_inches="tight")
+  """Writes the figure at `path` (PNG) and `pdf_path(path)`."""
+  for p in (path, pdf_path(path)):
+    workdir_lib.save_figure(fig, p, dpi=100, bbox_inches="tight")
   plt.close(fig)
 
 
@@ -65,9 +77,16 @@ def _by_model(records, test):
   return {r["model"]: r for r in records if r["test"] == test}
 
 
-def _titles(recs, width: int = 120) -> str:
-  lines = sorted({settings_line(r["meta"]) for r in recs.values()})
-  return "\n".join(textwrap.fill(l, width) for l in lines)
+def short_settings(metas) -> str:
+  """'seed 0, 16 test images' over the records' settings, for a one-line
+  title (several values joined by '/')."""
+  seeds = "/".join(str(s) for s in sorted({m["seed"] for m in metas}))
+  images = "/".join(str(n) for n in sorted({m["num_images"] for m in metas}))
+  return f"seed {seeds}, {images} test images"
+
+
+def _titles(recs) -> str:
+  return short_settings([r["meta"] for r in recs.values()])
 
 
 def _colors(records) -> dict[str, Any]:
@@ -105,31 +124,59 @@ def _finish(ax, model, metric, ylabel):
   ax.tick_params(labelsize=9)
 
 
+def control_band(rec, metric) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(steps, low, high): at each step, the least and the most similar
+  control map over every control and every estimator's trained maps (NaN
+  means left out); empty arrays without control rows."""
+  by_step: dict[int, list[float]] = {}
+  for r in rec.get("control_rows", ()):
+    if r["metric"] == metric and not math.isnan(r["mean"]):
+      by_step.setdefault(r["step"], []).append(r["mean"])
+  steps = sorted(by_step)
+  return (np.array(steps, float), np.array([min(by_step[s]) for s in steps]),
+          np.array([max(by_step[s]) for s in steps]))
+
+
 def _curves(ax, rec, metric, colors):
+  """A line per estimator (mean over the images), the control band and the
+  random-map floor."""
   rows = [r for r in rec["rows"] if r["metric"] == metric]
   floors = []
   for est in dict.fromkeys(r["estimator"] for r in rows):
-    pts = sorted((r["step"], r["mean"], r["std"]) for r in rows
+    pts = sorted((r["step"], r["mean"]) for r in rows
                  if r["estimator"] == est)
-    xs, ys, sd = (np.array(v, float) for v in zip(*pts))
-    ax.plot(xs, ys, marker="o", ms=3, label=est, color=colors[est])
-    ax.fill_between(xs, ys - sd, ys + sd, color=colors[est], alpha=0.12)
-    best = verdicts.best_control_curve(rec, est, metric)
-    if best:
-      ax.plot(*zip(*best), ls="--", lw=1, color=colors[est])
+    xs, ys = (np.array(v, float) for v in zip(*pts))
+    ax.plot(xs, ys, marker="o", ms=3, label=est, color=colors[est], zorder=3)
     floor = next(r for r in rows if r["estimator"] == est)
     floors.append((floor["floor_mean"], floor["floor_std"]))
+  steps, low, high = control_band(rec, metric)
+  if len(steps):
+    ax.fill_between(steps, low, high, label=CONTROL_LABEL, zorder=1,
+                    **CONTROL_STYLE)
   if floors:
     ax.axhspan(min(m - s for m, s in floors), max(m + s for m, s in floors),
-               color="grey", alpha=0.25, label="random-map floor")
-  ax.plot([], [], ls="--", color="k", lw=1, label="best control")
+               color="grey", alpha=0.25, label=FLOOR_LABEL, zorder=0)
 
 
 def plot_randomization(path: str, records, test: str) -> bool:
-  """Similarity vs. layers randomized: a panel per (model, metric)."""
+  """Writes `randomization_figure` at `path` (PNG) and as PDF.
+
+  Returns:
+    Whether `records` hold the test (else nothing is written).
+  """
+  fig = randomization_figure(records, test)
+  if fig is None:
+    return False
+  save(fig, path)
+  return True
+
+
+def randomization_figure(records, test: str):
+  """Similarity vs. layers randomized: a panel per (model, metric); None
+  when `records` do not hold `test`."""
   recs = _by_model(records, test)
   if not recs:
-    return False
+    return None
   metrics = metrics_in([row for r in recs.values() for row in r["rows"]])
   colors = _colors(recs.values())
   fig, axes = _grid(recs, metrics)
@@ -143,11 +190,9 @@ def plot_randomization(path: str, records, test: str) -> bool:
   handles, labels = next(iter(axes.values())).get_legend_handles_labels()
   fig.legend(handles, labels, loc="lower center", fontsize=9,
              ncol=min(6, len(labels)), bbox_to_anchor=(0.5, -0.02))
-  fig.suptitle(f"{TEST_TITLES[test]}\n{_titles(recs)}\n{CONTROL_NOTE}",
-               fontsize=10)
+  fig.suptitle(f"{TEST_TITLES[test]}: {_titles(recs)}", fontsize=10)
   fig.tight_layout(rect=(0, 0.04, 1, 1))
-  save(fig, path)
-  return True
+  return fig
 
 
 def _bars(ax, rec, metric, colors):
@@ -200,7 +245,7 @@ def plot_data(path: str, records) -> bool:
   if handles:
     fig.legend(handles, labels, loc="lower center", fontsize=9, ncol=2,
                bbox_to_anchor=(0.5, -0.02))
-  fig.suptitle(f"{TEST_TITLES['data']}\n{_titles(recs)}", fontsize=10)
+  fig.suptitle(f"{TEST_TITLES['data']}: {_titles(recs)}", fontsize=10)
   fig.tight_layout(rect=(0, 0.04, 1, 1))
   save(fig, path)
   return True
@@ -237,12 +282,9 @@ def plot_map_grid(path: str, rec) -> bool:
   rows = [(i, e) for i in range(len(images)) for e in ests]
   if not rows:
     return False
-  width = max(40, 14 * (len(steps) + 1))
-  title = (f"{rec['model']}: {TEST_TITLES[rec['test']]}\n"
-           f"{textwrap.fill(settings_line(rec['meta']), width)}\n"
-           "(|map| summed over channels, scaled to its 99th percentile; "
-           "random and sobel: the controls)")
-  header = 0.16 * (title.count("\n") + 1) + 0.5
+  title = (f"{rec['model']}: {rec['test']} randomization, "
+           f"{short_settings([rec['meta']])} (|map|, 99th percentile)")
+  header = 0.66
   height = 1.3 * len(rows) + header
   fig, axes = plt.subplots(len(rows), len(steps) + 1, squeeze=False,
                            figsize=(1.3 * (len(steps) + 1) + 1.4, height))

@@ -11,16 +11,18 @@ file through the workdir's writer (`workdir.py`; local or gs://):
   'control', estimator 'random' or 'sobel') against that estimator's trained
   maps (column `reference`);
 - `sanity_cascading.png`, `sanity_independent.png`: similarity to the trained
-  model's maps against the layers randomized (a line per estimator with a
-  1-std band, the best control dashed, a panel per metric and model; the
-  grey band is the random-map floor) (`figures.py`);
+  model's maps against the layers randomized (a line per estimator, the
+  controls' min-max range per step as one hatched band, a panel per metric
+  and model; the grey band is the random-map floor) (`figures.py`);
 - `sanity_data.png`: similarity of the random-label model's maps to the
   true-label model's (a bar per estimator, the best control marked);
+- every figure also as PDF (`sanity_*.pdf`);
 - `sanity_cascading_maps_<model>.png` (the paper's Fig. 2: an image's maps
   across the cascading steps, controls included),
   `sanity_independent_maps_<model>.png`, `sanity_data_maps_<model>.png`;
 - `sanity.md`: the settings, the data-randomization accuracies, and which
-  estimators beat the controls (`verdicts.py`), in words;
+  estimators beat the controls (`verdicts.py`), each verdict with the
+  standard error of its difference;
 - `summary.md` and `index.html`, unless the folder holds the grid's report
   (which then owns them): sanity.md's sections, the figures and whatever
   else the folder holds, through the page builder every stage shares
@@ -151,6 +153,14 @@ def _last_step_section(rec) -> html_page.Section:
       tables=[pd.DataFrame(rows, columns=["estimator", *metrics])], level=3)
 
 
+def verdict_cell(v: Mapping[str, Any]) -> str:
+  """'beats: 0.120 vs sobel 0.450 (difference -0.330 ± SE 0.012)': the
+  verdict, both means and the standard error of their difference."""
+  return (f"{'beats' if v['beats'] else 'does not beat'}: {v['mean']:.3f} vs "
+          f"{v['control']} {v['control_mean']:.3f} (difference "
+          f"{v['mean'] - v['control_mean']:+.3f} ± SE {v['se']:.3f})")
+
+
 def _verdict_section(rec) -> list[html_page.Section]:
   metrics = figures.metrics_in(rec["rows"])
   table = verdicts_lib.verdicts(rec, metrics)
@@ -161,9 +171,7 @@ def _verdict_section(rec) -> list[html_page.Section]:
     row = {"estimator": est}
     for m in metrics:
       v = per.get(m)
-      row[m] = "n/a" if v is None else (
-          f"{'beats' if v['beats'] else 'does not beat'}: {v['mean']:.3f} vs "
-          f"{v['control']} {v['control_mean']:.3f}")
+      row[m] = "n/a" if v is None else verdict_cell(v)
     rows.append(row)
     if all(per.get(m, {}).get("beats") for m in metrics):
       always.append(est)
@@ -171,7 +179,9 @@ def _verdict_section(rec) -> list[html_page.Section]:
       f"Against the controls ({rec['test']})",
       tables=[pd.DataFrame(rows, columns=["estimator", *metrics])],
       paragraphs=[f"Estimators that beat the controls on every metric: "
-                  f"{', '.join(always) or 'none'}."], level=4)]
+                  f"{', '.join(always) or 'none'}. SE: the standard error of "
+                  "the difference, sqrt(std_E^2/n_E + std_C^2/n_C); beating "
+                  "needs a difference below -2 SE."], level=4)]
 
 
 def summary_sections(records) -> list[html_page.Section]:
@@ -223,13 +233,14 @@ def build_report(workdir, records: Sequence[Mapping[str, Any]], *,
   for test in ("cascading", "independent"):
     path = wd.report(f"sanity_{test}.png")
     if figures.plot_randomization(path, records, test):
-      files.append(path)
+      files += [path, figures.pdf_path(path)]
   if figures.plot_data(wd.report("sanity_data.png"), records):
-    files.append(wd.report("sanity_data.png"))
+    path = wd.report("sanity_data.png")
+    files += [path, figures.pdf_path(path)]
   for rec in records:
     path = wd.report(f"sanity_{rec['test']}_maps_{rec['model']}.png")
     if rec["status"] == "compared" and figures.plot_map_grid(path, rec):
-      files.append(path)
+      files += [path, figures.pdf_path(path)]
   workdir_lib.write_text(wd.report("sanity.md"), summary_text(records))
   files.append(wd.report("sanity.md"))
   if pages is None:

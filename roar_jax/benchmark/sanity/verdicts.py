@@ -56,11 +56,13 @@ def verdict(rec: Mapping[str, Any], estimator: str, metric: str
     return None
   c = max(controls, key=lambda r: r["mean"])
   defined = e["n"] > 0 and c["n"] > 0 and not math.isnan(e["mean"])
-  margin = (2 * math.sqrt(e["std"] ** 2 / e["n"] + c["std"] ** 2 / c["n"])
-            if defined else float("nan"))
+  # The standard error of the difference of the two means.
+  se = (math.sqrt(e["std"] ** 2 / e["n"] + c["std"] ** 2 / c["n"])
+        if defined else float("nan"))
+  margin = 2 * se
   return {"estimator": estimator, "metric": metric, "step": last,
           "mean": e["mean"], "control": c["estimator"],
-          "control_mean": c["mean"], "margin": margin,
+          "control_mean": c["mean"], "se": se, "margin": margin,
           "beats": bool(defined and e["mean"] + margin < c["mean"])}
 
 
