@@ -9,4 +9,4 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 __version__ = "0.2.0"
 
-from roar_jax.runs import Run, load  # noqa: E402
+from roar_jax.runs import Run, load, run_roar  # noqa: E402

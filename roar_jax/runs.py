@@ -9,8 +9,13 @@ The run's config comes from `W/config.json` (what the run recorded), the model
 is the base model whose metrics were reported (`training.load_state` checks
 its step and checksum), and the images are the test split as the model sees
 them (preprocessed and normalized).
+
+`roar_jax.run_roar(config, workdir, maps=PATH)` is `--mode=roar` from Python,
+on saliency maps computed elsewhere when `maps` names their folder
+(`benchmark/roar/external_maps.py` gives the layout).
 """
 
+import copy
 import dataclasses
 import functools
 from typing import Any
@@ -152,3 +157,33 @@ def load(workdir, *, allow_unfinished: bool = False) -> Run:
   module, variables = training.load_model(config, wd.base, source=source)
   return Run(wd, config, explain.explainable(config, module, variables),
              module, variables, source)
+
+
+def run_roar(config, workdir, *, maps: str | None = None,
+             maps_replace: bool = False, recompute: bool = False
+             ) -> dict[str, Any]:
+  """`--mode=roar` from Python: the base model, the rank store, the grid,
+  the metrics and the report, resumable as on the command line.
+
+  Args:
+    config: the experiment config (e.g. `roar_jax.config.load('toy')`).
+    workdir: the experiment workdir.
+    maps: a folder of saliency maps computed elsewhere (Captum, Zennit,
+      shap, ...), one `<method>/<split>.npy` per method named in
+      `config.explain.estimators` (`config.explain.maps`); None keeps the
+      config's.
+    maps_replace: whether a folder named like a built-in method
+      (`gradient`) replaces it (`config.explain.maps_replace`).
+    recompute: move artifacts of another config aside instead of stopping.
+
+  Returns:
+    {'base': base metrics, 'report': report summary, 'units': number run}.
+  """
+  # pylint: disable-next=g-import-not-at-top
+  from roar_jax import main  # Deferred, as `load`'s: JAX and TF load here.
+  if maps is not None:
+    config = copy.deepcopy(config)
+    with config.unlocked():
+      config.explain.maps = str(maps)
+      config.explain.maps_replace = bool(maps_replace)
+  return main.run(config, str(workdir), "roar", recompute=recompute)

@@ -108,6 +108,12 @@ def _explain_defaults(c: ml_collections.ConfigDict):
   # noise blurred by it) and `blur.<estimator>` (scores blurred by it).
   # `random_smooth.<estimator>` finds its own sigma (docs/design.md).
   c.explain.smooth_sigma = 3.0
+  # Maps computed elsewhere: a folder of <method>/<split>.npy (or .npz with
+  # `maps` and `index`), ranked in place of the model's for the estimators
+  # that name a method there (benchmark/roar/external_maps.py). A folder
+  # named like a built-in method needs maps_replace=True.
+  c.explain.maps = ""
+  c.explain.maps_replace = False
 
 
 def _method_options() -> ml_collections.ConfigDict:

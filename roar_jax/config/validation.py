@@ -14,6 +14,7 @@ from roar_jax import hints
 from roar_jax import levels as levels_lib
 from roar_jax import models
 from roar_jax.benchmark.roar import estimator_names
+from roar_jax.benchmark.roar import external_maps
 from roar_jax.benchmark.roar import metric_options
 from roar_jax.config import defaults as defaults_lib
 # Names only: the validation imports no TensorFlow, so a bad field fails fast.
@@ -97,6 +98,8 @@ def validate(config, mode: str = "train"):
   if mode in ("roar", "metrics"):
     _validate_metrics(config)
   if mode == "sanity":
+    _require(not external_maps.folder(config),
+             f"config.explain.maps: {external_maps.NOT_SUPPORTED}")
     from roar_jax.benchmark.sanity import checks as sanity  # pylint: disable=g-import-not-at-top
     try:
       sanity.validate_config(config)
@@ -177,6 +180,14 @@ def _validate_benchmark(config, devices: int):
   from roar_jax import saliency  # pylint: disable=g-import-not-at-top
   ec = config.explain
   methods = saliency.available_methods()
+  # Maps computed elsewhere name methods of their own (their folders).
+  try:
+    external = external_maps.methods(config)
+    clash = external_maps.clash(config, methods)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  _require(clash is None, str(clash))
+  methods = (*methods, *external)
   for est in ec.estimators:
     why = estimator_names.problem(est, methods, tuple(ec.estimators))
     _require(why is None, f"config.explain.estimators: {why}")

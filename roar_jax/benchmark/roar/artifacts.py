@@ -3,9 +3,10 @@
 `plan(config, workdir)` lists every artifact the config's grid uses, with its
 provenance: the config fields that determine it and its inputs' fingerprints
 (`workdir.provenance`). Inputs chain: a rank store depends on the base model
-(the controls only on the data), a degraded dataset on its rank store and the
-fill, a retrain unit and its result on the dataset, the training fields and
-the unit's seed.
+(the controls only on the data; maps computed elsewhere on the data and the
+hash of their arrays, `external_maps.fingerprints`), a degraded dataset on
+its rank store and the fill, a retrain unit and its result on the dataset,
+the training fields and the unit's seed.
 
 `check(plan)` compares the plan with what the workdir holds, before any work:
 an artifact of the plan that exists under another fingerprint would mean
@@ -23,6 +24,7 @@ from roar_jax import provenance as provenance_lib
 from roar_jax import workdir as workdir_lib
 from roar_jax.provenance import Artifact
 from roar_jax.benchmark.roar import estimator_names
+from roar_jax.benchmark.roar import external_maps
 from roar_jax.benchmark.roar import metric_options
 from roar_jax.data import offline_builder
 
@@ -33,8 +35,11 @@ MODEL_FREE = frozenset({"random", "random_smooth", "sobel", "oracle"})
 # Fields that change where or how fast work runs, never what it computes.
 _DATA_LOCATION = ("data_dir", "manual_dir", "cache", "path")
 _TRAIN_LOGISTICS = ("log_every", "checkpoint_every", "eval_batch_size")
+# `maps` is where external maps lie: their content is an input of the rank
+# stores they make (`external_maps.fingerprints`), not the path.
 _EXPLAIN_LOGISTICS = ("estimators", "batch_size", "chunk_size",
-                      "num_visualize", "transform", "transforms")
+                      "num_visualize", "transform", "transforms", "maps",
+                      "maps_replace")
 
 
 def data_fields(data_config) -> dict[str, Any]:
@@ -61,15 +66,24 @@ def training_fields(config) -> dict[str, Any]:
   return out
 
 
-def explain_fields(config, estimator: str) -> dict[str, Any]:
+def explain_fields(config, estimator: str,
+                   external: bool = False) -> dict[str, Any]:
   """The fields that determine one estimator's rank store: the explain
   options it reads (`estimator_names.options_read`: adding an estimator
   with options of its own leaves the others' stores valid), and its own
-  ranking transform (not the other estimators')."""
-  read = estimator_names.options_read(estimator)
-  out = {"estimator": estimator, "seed": config.seed,
+  ranking transform (not the other estimators'). Maps computed elsewhere
+  (`external`) read no method option and no seed (their ranking draws
+  nothing): only the ranking's fields and, for `blur.`, its sigma."""
+  if external:
+    blurred = estimator_names.parse(estimator).blurred
+    read = frozenset({"smooth_sigma"} if blurred else ())
+  else:
+    read = estimator_names.options_read(estimator)
+  out = {"estimator": estimator,
          "transform": estimator_names.transform_for(config.explain,
                                                     estimator)}
+  if not external:
+    out["seed"] = config.seed
   for k, v in provenance_lib.flatten(config.explain.to_dict()).items():
     if k.split(".")[0] in _EXPLAIN_LOGISTICS:
       continue
@@ -182,19 +196,25 @@ def plan(config, wd: workdir_lib.Workdir, units) -> Plan:
                    {**data, **training_fields(config)})
   mean, fill_of = _fill_artifacts(config, wd, data)
   ranks = {}
+  # Maps computed elsewhere enter by their content (and the data's order).
+  external = external_maps.fingerprints(config)
   # A matched control's sigma comes from its estimator's rank store: those
   # are planned first.
   for est in sorted(config.explain.estimators, key=lambda e: bool(
       estimator_names.parse(e).matched_to)):
     matched = estimator_names.parse(est).matched_to
+    method = estimator_names.maps_method(est)
     if matched:
       source = {"ranks": ranks[matched]}
+    elif method in external:
+      source = {"data": data, "maps": external[method]}
     elif estimator_names.model_free(est, MODEL_FREE):
       source = {"data": data}
     else:
       source = {"base": base}
     ranks[est] = _artifact("rank store", wd.ranks(est),
-                           explain_fields(config, est), source)
+                           explain_fields(config, est, method in external),
+                           source)
   datasets, no_retrain, unit_dirs, results = {}, {}, {}, {}
   train = training_fields(config)
   for unit in units:

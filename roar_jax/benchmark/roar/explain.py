@@ -12,6 +12,10 @@ The control `oracle` (toy data only) ranks the generator's ground-truth mask
 first, the other pixels after it in a random order: the best ranking there is.
 What every estimator name means is `estimator_names.py`'s; the matched
 controls `random_smooth.<e>` are ranked last (`matched_controls.py`).
+
+Maps computed elsewhere (`config.explain.maps`, `external_maps.py`) enter
+here, in place of the model's: each batch's images look up their maps by
+index, and the same `saliency.rank` turns them into the same rank store.
 """
 
 import contextlib
@@ -29,6 +33,7 @@ from roar_jax import saliency
 from roar_jax import training
 from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.roar import estimator_names as names
+from roar_jax.benchmark.roar import external_maps
 from roar_jax.benchmark.roar import grid
 from roar_jax.benchmark.roar import matched_controls
 from roar_jax.benchmark.roar import saliency_figure
@@ -170,8 +175,14 @@ class _Stage:
     self.matched = tuple(e for e in ec.estimators
                          if names.parse(e).matched_to is not None)
     self.estimators = tuple(e for e in ec.estimators if e not in self.matched)
-    self.model_estimators = tuple(e for e in self.estimators
-                                  if names.maps_method(e) is not None)
+    # Checked against the dataset before any image is explained.
+    self.external = external_maps.Maps(config, source)
+    self.external_estimators = tuple(
+        e for e in self.estimators
+        if names.maps_method(e) in self.external.methods)
+    self.model_estimators = tuple(
+        e for e in self.estimators if names.maps_method(e) is not None
+        and e not in self.external_estimators)
     # Each map is computed once, however many rankings it serves.
     self.methods = tuple(dict.fromkeys(names.maps_method(e)
                                        for e in self.model_estimators))
@@ -255,6 +266,13 @@ class _Stage:
                              transform=names.transform_for(ec, e),
                              blur_sigma=names.blur_sigma(ec, e))
       pending[e].append(_local_rows(levels)[real])
+    for e in self.external_estimators:
+      given = self.external.lookup(names.maps_method(e), split,
+                                   batch["index"][real])
+      pending[e].append(np.asarray(saliency.rank(
+          given, granularity=ec.granularity,
+          transform=names.transform_for(ec, e),
+          blur_sigma=names.blur_sigma(ec, e))))
     if ORACLE in self.estimators:
       oracle = _oracle_maps(self.config, split, batch["index"][real],
                             batch["image"][real].shape)

@@ -23,6 +23,7 @@ from roar_jax import training
 from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.roar import artifacts as artifacts_lib
 from roar_jax.benchmark.roar import explain
+from roar_jax.benchmark.roar import external_maps
 from roar_jax.benchmark.roar import grid
 from roar_jax.benchmark.roar import leakage as leakage_lib
 from roar_jax.benchmark.roar import metrics as metrics_lib
@@ -114,6 +115,7 @@ def run_metrics(config, plan: artifacts_lib.Plan, source=None):
   """`--mode=metrics`: base model, rank store, channel mean, then the
   no-retrain metrics and the leakage probe (`metrics.run`)."""
   source = source or sources.get_source(config.data)
+  external_maps.Maps(config, source)  # Checked before the base model trains.
   train_base(config, plan, source)
   explain.run(config, plan.workdir.root, source=source, plan=plan)
   fill = grid.channel_mean(config, plan, source)
@@ -168,6 +170,7 @@ def run(config, workdir, *, run_unit: UnitRunner = grid.run_unit,
   started = time.monotonic()  # The ETA line's elapsed time counts from here.
   plan = open_run(config, workdir, mode="roar", recompute=recompute)
   source = sources.get_source(config.data)
+  external_maps.Maps(config, source)  # Checked before the base model trains.
   base = train_base(config, plan, source)
   logging.info("base model: test accuracy %.4f", base["test_accuracy"])
   explain.run(config, workdir, source=source, plan=plan)
