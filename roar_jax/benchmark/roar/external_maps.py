@@ -249,10 +249,12 @@ class Maps:
     Raises:
       errors.DataError: naming the first file that does not fit.
     """
-    size = int(config.data.image_size)
-    shape = (size, size, int(source.info.image_shape[-1]))
     self.methods = methods(config)
     self._maps, self._row_of = {}, {}
+    if not self.methods:
+      return  # A grid of the project's own maps: nothing to open.
+    size = int(config.data.image_size)
+    shape = (size, size, int(source.info.image_shape[-1]))
     for m in self.methods:
       for split in SPLITS:
         path = split_file(config, m, split)
