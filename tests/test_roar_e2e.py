@@ -3,6 +3,8 @@ grids resume with every result exactly once, written == on-the-fly datasets."""
 
 import copy
 import os
+import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -191,3 +193,34 @@ def test_metrics_ran_inside_the_grid(finished):
   assert by["oracle", "road_lerf_auc"] > by["random", "road_lerf_auc"]
   leak = list(csv.DictReader(open(os.path.join(folder, "leakage.csv"))))
   assert len(leak) == 6 and all(float(r["chance"]) == 0.25 for r in leak)
+
+
+def _readme_python_section() -> list[str]:
+  """The code blocks of the README's "## Python" section, in order."""
+  text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+  section = text[text.index("\n## Python\n"):text.index("\n## Bring your own")]
+  return re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+
+
+def test_readme_python_section_runs_on_a_finished_run(finished, tmp_path,
+                                                      monkeypatch):
+  """The README's notebook walk-through, run as written on a finished toy
+  run (only its workdir path replaced)."""
+  from roar_jax.saliency import registry  # pylint: disable=g-import-not-at-top
+  _, workdir, *_ = finished
+  blocks = _readme_python_section()
+  assert len(blocks) == 3
+  monkeypatch.chdir(tmp_path)
+  namespace = {}
+  try:
+    for block in blocks:
+      exec(block.replace('"/tmp/roar_toy"', repr(workdir)), namespace)  # pylint: disable=exec-used
+  finally:
+    registry.unregister("gradient_x_delta")
+  assert (tmp_path / "gradient.png").stat().st_size > 0
+  images, maps = namespace["images"], namespace["maps"]
+  assert images.shape == (8, 32, 32, 3) and maps.shape == images.shape
+  levels = namespace["levels"]
+  assert levels.dtype == np.uint8 and levels.shape == (8, 32, 32)
+  # Level 0 holds the top 1% of each image's pixels (ceil of 1% of 1,024).
+  assert all((lv == 0).sum() == 11 for lv in levels)
