@@ -156,6 +156,56 @@ def _diff_over_update(a, b, start) -> float:
   return diff / max(update, 1e-30)
 
 
+def time_interleaved(runners: dict, rounds: int, steps_per_round: int,
+                     warmup: int) -> dict[str, list[float]]:
+  """Seconds of each call of each runner, in interleaved rounds.
+
+  Args:
+    runners: name -> a function that runs one step to completion.
+    rounds: rounds; each runs every runner `steps_per_round` times, the
+      order alternating so that neither always follows the other.
+    steps_per_round: timed calls per runner per round.
+    warmup: untimed calls of each runner first.
+
+  Returns:
+    name -> the seconds of each timed call.
+  """
+  for run in runners.values():
+    for _ in range(warmup):
+      run()
+  times = {k: [] for k in runners}
+  for r in range(rounds):
+    order = list(runners) if r % 2 == 0 else list(runners)[::-1]
+    for key in order:
+      for _ in range(steps_per_round):
+        start = time.perf_counter()
+        runners[key]()
+        times[key].append(time.perf_counter() - start)
+  return times
+
+
+def project_train_step(config, num_classes: int, image_shape, mesh):
+  """(initial state, jitted step): the project's step, as trainer.py builds
+  and runs it (batch split over 'data', state replicated and donated)."""
+  state = trainer.create_state(config, num_classes, image_shape, mesh,
+                               jax.random.key(0))
+  repl, data = mesh_lib.replicated(mesh), mesh_lib.data_sharding(mesh)
+  project = jax.jit(
+      functools.partial(steps.train_step, label_smoothing=0.0),
+      in_shardings=(repl, data, repl), out_shardings=(repl, repl),
+      donate_argnums=0)
+  return state, project
+
+
+def plain_start(state, tx, device):
+  """(params, batch stats or None, optimizer state): the project state's
+  initial variables on one device, for the plain step."""
+  params = jax.device_put(jax.device_get(state.params), device)
+  stats = (None if state.batch_stats is None else
+           jax.device_put(jax.device_get(state.batch_stats), device))
+  return params, stats, tx.init(params)
+
+
 def bench_model(name: str, rounds: int, steps_per_round: int, warmup: int,
                 num_devices: int) -> dict:
   """Times both steps of one model; returns their figures."""
@@ -168,14 +218,7 @@ def bench_model(name: str, rounds: int, steps_per_round: int, warmup: int,
   images = rng.normal(size=(batch, *image_shape)).astype(np.float32)
   labels = rng.integers(0, num_classes, size=(batch,)).astype(np.int32)
 
-  # The project's step, as trainer.py builds and runs it.
-  state = trainer.create_state(config, num_classes, image_shape, mesh,
-                               jax.random.key(0))
-  repl, data = mesh_lib.replicated(mesh), mesh_lib.data_sharding(mesh)
-  project = jax.jit(
-      functools.partial(steps.train_step, label_smoothing=0.0),
-      in_shardings=(repl, data, repl), out_shardings=(repl, repl),
-      donate_argnums=0)
+  state, project = project_train_step(config, num_classes, image_shape, mesh)
   gbatch = mesh_lib.to_global({"image": images, "label": labels}, mesh)
   step_rng = jax.random.key(1)
 
@@ -183,10 +226,7 @@ def bench_model(name: str, rounds: int, steps_per_round: int, warmup: int,
   device = jax.devices()[0]
   module = models.get_model(config.model, num_classes)
   tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
-  params = jax.device_put(jax.device_get(state.params), device)
-  stats = (None if state.batch_stats is None else
-           jax.device_put(jax.device_get(state.batch_stats), device))
-  opt_state = tx.init(params)
+  params, stats, opt_state = plain_start(state, tx, device)
   plain = plain_train_step(module, tx, stats is not None)
   x, y = jax.device_put(images, device), jax.device_put(labels, device)
 
@@ -216,29 +256,16 @@ def bench_model(name: str, rounds: int, steps_per_round: int, warmup: int,
     jax.block_until_ready((params, stats, opt_state, l))
 
   runners = {"project": run_project, "plain": run_plain}
-  for run in runners.values():
-    for _ in range(warmup):
-      run()
-  times = {k: [] for k in runners}
-  for r in range(rounds):
-    # Alternate which goes first, so that neither always follows the other.
-    order = list(runners) if r % 2 == 0 else list(runners)[::-1]
-    for key in order:
-      for _ in range(steps_per_round):
-        start = time.perf_counter()
-        runners[key]()
-        times[key].append(time.perf_counter() - start)
+  times = time_interleaved(runners, rounds, steps_per_round, warmup)
 
-  out = {"model": name, "image_size": size, "batch": batch,
-         "devices": {"project": mesh.size, "plain": 1}, "check": check,
-         "steps": {}}
-  for key in runners:
-    t = statistics.median(times[key])
-    out["steps"][key] = {
-        "median_s": t, "times_s": times[key], "flops": flops[key],
-        "images_per_s_per_device": batch / t / out["devices"][key],
-    }
-  return out
+  devices = {"project": mesh.size, "plain": 1}
+  return {"model": name, "image_size": size, "batch": batch,
+          "devices": devices, "check": check,
+          "steps": {key: {"median_s": statistics.median(times[key]),
+                          "times_s": times[key], "flops": flops[key],
+                          "images_per_s_per_device": batch / statistics.median(
+                              times[key]) / devices[key]}
+                    for key in runners}}
 
 
 def print_report(results: list[dict], rates: list[float], args):

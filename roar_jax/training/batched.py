@@ -171,7 +171,7 @@ def _train_together(configs, workdirs, sources, mngrs, callbacks, mesh,
         last[i] = progress.window_metrics(
             config, workdir, step, [{k: m[k][i] for k in m} for m in host],
             now - tick, step - tick_step)
-        _report(writers[i], callbacks[i], step, last[i])
+        progress.report(writers[i], callbacks[i], step, last[i])
       window, tick, tick_step = [], now, step
     if step % ckpt_every == 0 or step == num_steps:
       for i, mngr in enumerate(mngrs):
@@ -181,17 +181,9 @@ def _train_together(configs, workdirs, sources, mngrs, callbacks, mesh,
     checkpoints.finish(mngr)
     if writer is not None:
       writer.close()
+  # Measured once, before any evaluation: each run's share of the training.
   share = (time.time() - start_time) / len(configs)
   return [trainer.write_metrics(c, w, unstack(state, i), s, mesh, last[i],
-                                time.time() - share)
+                                share)
           for i, (c, w, s) in enumerate(zip(configs, workdirs, sources))]
-
-
-def _report(writer, callback, step: int, last: dict[str, float]):
-  """A run's logged figures to its TensorBoard and its step callback."""
-  if writer is not None:
-    for k, v in last.items():
-      writer.add_scalar(f"train/{k}", v, step)
-  if callback is not None:
-    callback(step, last)
 

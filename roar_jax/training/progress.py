@@ -60,3 +60,13 @@ def window_metrics(config, workdir: str, step: int,
                int(tc.num_steps), last["loss"], last["accuracy"],
                last["learning_rate"], last["images_per_s"])
   return last
+
+
+def report(writer, callback, step: int, last: Mapping[str, float]):
+  """A run's logged figures to its TensorBoard (process 0's `writer`, else
+  None) and its step callback (or None)."""
+  if writer is not None:
+    for k, v in last.items():
+      writer.add_scalar(f"train/{k}", v, step)
+  if callback is not None:
+    callback(step, last)

@@ -210,11 +210,7 @@ def _train_loop(config, workdir: str, state, start_step: int, source, mesh,
                                      step - tick_step)
       window, tick, tick_step = [], now, step
       bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['accuracy']:.3f}")
-      for k, v in last.items():
-        if writer is not None:
-          writer.add_scalar(f"train/{k}", v, step)
-      if step_callback is not None:
-        step_callback(step, last)
+      progress.report(writer, step_callback, step, last)
     if step % ckpt_every == 0 or step == num_steps:
       checkpoints.save(mngr, step, state)
   bar.close()
@@ -262,22 +258,24 @@ def train_and_evaluate(config, workdir: str, *, source=None,
     state, last = _train_loop(config, workdir, state, start_step, source,
                               mesh, mngr, step_callback)
   checkpoints.finish(mngr)
-  return write_metrics(config, workdir, state, source, mesh, last, start_time)
+  return write_metrics(config, workdir, state, source, mesh, last,
+                       time.time() - start_time)
 
 
 def write_metrics(config, workdir: str, state, source, mesh: Mesh,
-                  last: Mapping[str, float], start_time: float
+                  last: Mapping[str, float], wall_time: float
                   ) -> dict[str, Any]:
   """Evaluates the trained `state` and writes the run's metrics.json: test
   (and optionally train) accuracy, with the training figures `last` of this
   run or, for a run finished earlier (`last` empty), those it recorded.
 
+  Args:
+    wall_time: the run's seconds up to its evaluation ('wall_time_s').
+
   Returns:
-    The metrics, as `train_and_evaluate` returns them; the wall time is from
-    `start_time` (a `time.time()`) to the evaluation.
+    The metrics, as `train_and_evaluate` returns them.
   """
   num_steps = int(config.train.num_steps)
-  wall_time = time.time() - start_time
   test = evaluate(state, source, config, mesh, "test")
   result = {
       "test_accuracy": test["accuracy"], "test_loss": test["loss"],

@@ -234,6 +234,20 @@ def _figures_section(wd, frame, modes, ctx) -> list[html_page.Section]:
       for m in modes])]
 
 
+def _write_tables(wd: workdir_lib.Workdir, frame, compared, by_seed,
+                  stability, metric_rows, leakage_rows):
+  """The report's CSV files: results, comparisons, results by seed, rank
+  stability, and agreement and leakage when given their rows."""
+  write_csv(wd.report("results.csv"), frame)
+  _write_frame(wd.report("comparisons.csv"), compared)
+  _write_frame(wd.report("results_by_seed.csv"), by_seed)
+  _write_frame(wd.report("rank_stability.csv"), stability)
+  if metric_rows:
+    agreement.write(wd, metric_rows, read_csv(wd.report("results.csv")))
+  if leakage_rows is not None:
+    leakage_lib.write_csv(wd, leakage_rows)
+
+
 def build_report(wd: workdir_lib.Workdir, records, no_retrain, *,
                  config=None, expected_units: int | None = None,
                  base_accuracy: float | None = None,
@@ -257,8 +271,8 @@ def build_report(wd: workdir_lib.Workdir, records, no_retrain, *,
     base_accuracy: the unmodified base model's test accuracy.
     num_classes: the number of classes, for the chance line (default: what
       the config states, see `num_classes_of`; no line when unknown).
-    dataset: the dataset's name in titles (default: config.data.name).
-    model: the model's name in titles (default: config.model.name).
+    dataset, model: the names in titles (default: config.data.name,
+      config.model.name).
     leakage_rows: the leakage probes' rows (`leakage.stored_rows`): each
       results table shows the mask-only accuracy, and a verdict whose mask
       leaks is named in a warning; written to leakage.csv.
@@ -279,17 +293,11 @@ def build_report(wd: workdir_lib.Workdir, records, no_retrain, *,
                  base_accuracy=base_accuracy,
                  num_classes=num_classes or num_classes_of(config),
                  dataset=dataset, model=model)
-  write_csv(wd.report("results.csv"), frame)
-  _write_frame(wd.report("comparisons.csv"), compared)
-  _write_frame(wd.report("results_by_seed.csv"), by_seed)
-  _write_frame(wd.report("rank_stability.csv"), stability)
+  _write_tables(wd, frame, compared, by_seed, stability, metric_rows,
+                leakage_rows)
   modes = figures.write_mode_figures(
       wd, frame, base_accuracy=base_accuracy, num_classes=ctx["num_classes"],
       dataset=ctx["dataset"], model=ctx["model"])
-  if metric_rows:
-    agreement.write(wd, metric_rows, read_csv(wd.report("results.csv")))
-  if leakage_rows is not None:
-    leakage_lib.write_csv(wd, leakage_rows)
   # Last: the pages list every file written above.
   report_page.write(
       wd, _title(ctx), _intro(ctx),
