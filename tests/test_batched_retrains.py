@@ -27,10 +27,10 @@ from roar_jax.benchmark.roar import grid
 from roar_jax.benchmark.roar import pipeline as roar
 from roar_jax.benchmark.roar import results
 from roar_jax.config import validation
-from roar_jax.data import source_protocol
 from roar_jax.training import batched
+from test_resume import SIZE, brightness_source
 
-SIZE, NUM_STEPS = 16, 12
+NUM_STEPS = 12
 LOSS_RTOL = 1e-5
 PARAMS_TOL = 1e-4  # Of the largest parameter's magnitude.
 # Keys of a record that are not a function of the training's values.
@@ -53,19 +53,6 @@ def _config(seed):
   return config
 
 
-def _source(seed):
-  """40 train and 24 test images whose mean brightness gives the label."""
-  rng = np.random.default_rng(seed)
-  splits = {}
-  for split, n in (("train", 40), ("test", 24)):
-    labels = np.arange(n) % 4
-    images = rng.integers(0, 64, (n, SIZE, SIZE, 3)) + 48 * labels[:, None,
-                                                                  None, None]
-    splits[split] = (images.astype(np.uint8), labels)
-  return source_protocol.ArraySource(source_protocol.DatasetInfo(
-      "brightness", 4, (SIZE, SIZE, 3), {"train": 40, "test": 24}), splits)
-
-
 def _recorder():
   curve = []
   return curve, lambda step, metrics: curve.append((step, metrics["loss"]))
@@ -75,7 +62,7 @@ def _recorder():
 def runs(tmp_path_factory):
   """Two runs (their own seed and data) trained alone, then together."""
   root = tmp_path_factory.mktemp("batched")
-  configs, sources = [_config(3), _config(8)], [_source(0), _source(1)]
+  configs, sources = [_config(3), _config(8)], [brightness_source(0), brightness_source(1)]
   alone, alone_curves = [], []
   for i, (config, source) in enumerate(zip(configs, sources)):
     curve, callback = _recorder()
@@ -145,7 +132,7 @@ def test_runs_with_other_recipes_are_refused(tmp_path):
   with pytest.raises(ValueError, match="must share config.train"):
     batched.train_and_evaluate_many(
         [_config(0), other], [str(tmp_path / "a"), str(tmp_path / "b")],
-        sources=[_source(0), _source(1)])
+        sources=[brightness_source(0), brightness_source(1)])
 
 
 # A float never gets this far: ml_collections refuses it for an int field.

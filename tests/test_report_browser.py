@@ -17,9 +17,8 @@ import subprocess
 
 import pytest
 
-from roar_jax.benchmark.roar import pipeline
 from test_report_pages import (AGREEMENT, LEAKAGE, METRICS, STABILITY, _csv,
-                               _png, lay_down_stages, toy_config)
+                               toy_report)
 
 _BINARIES = ("chromium", "chromium-browser", "google-chrome", "chrome")
 
@@ -74,14 +73,7 @@ def _binary() -> str:
 def _report(binary, tmp_path_factory):
   """The toy report (built only where a browser can open it)."""
   del binary
-  root = tmp_path_factory.mktemp("browser")
-  config = toy_config()
-  lay_down_stages(config, str(root))
-  (root / "report").mkdir()
-  _png(root / "report" / "saliency.png", size=2)
-  _png(root / "report" / "sanity_cascading.png")
-  pipeline.report(config, str(root), num_classes=4)
-  return root / "report"
+  return toy_report(tmp_path_factory.mktemp("browser"))
 
 
 def _browse(binary, page, profile) -> dict:

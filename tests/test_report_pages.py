@@ -78,7 +78,12 @@ def toy_config():
 @pytest.fixture(name="toy", scope="module")
 def _toy(tmp_path_factory):
   """The grid's report of the toy run, with the other stages' figures."""
-  root = tmp_path_factory.mktemp("toy")
+  return toy_report(tmp_path_factory.mktemp("toy"))
+
+
+def toy_report(root):
+  """Builds the toy grid's report in `root` (every stage's records laid
+  down, the saliency and a sanity figure stood in); returns its folder."""
   config = toy_config()
   lay_down_stages(config, str(root))
   (root / "report").mkdir()

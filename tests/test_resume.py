@@ -42,9 +42,9 @@ def _config():
   return config
 
 
-def _source():
+def brightness_source(seed: int = 0):
   """40 train and 24 test images whose mean brightness gives the label."""
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
   splits = {}
   for split, n in (("train", 40), ("test", 24)):
     labels = np.arange(n) % 4
@@ -70,7 +70,7 @@ def synchronous_saves(monkeypatch):
 
 
 def test_resumed_base_model_equals_uninterrupted(tmp_path):
-  config, source = _config(), _source()
+  config, source = _config(), brightness_source()
   whole = training.train_and_evaluate(config, str(tmp_path / "whole"),
                                       source=source)
   folder = str(tmp_path / "killed")
@@ -89,7 +89,7 @@ def test_resumed_base_model_equals_uninterrupted(tmp_path):
 
 
 def test_resumed_retrain_unit_equals_uninterrupted(tmp_path):
-  config, source = _config(), _source()
+  config, source = _config(), brightness_source()
   unit = grid.Unit("random", "roar", 0.5, 0, "channel_mean")
   records = {}
   for name in ("whole", "killed"):
