@@ -46,8 +46,10 @@ setuptools.setup(
         # gs:// workdirs: TensorBoard event files (tensorboardX) need the
         # google-cloud-storage client; gcsfs serves etils.epath without TF.
         "gcs": ["google-cloud-storage>=2.14", "gcsfs>=2024.2"],
-        # Peers the benches compare with: Captum, PAIR saliency, Quantus, shap.
+        # Peers the benches and reference-array scripts compare with: Captum, PAIR
+        # saliency, Quantus, shap, Zennit.
         "bench": ["torch>=2.1", "captum>=0.7", "saliency>=0.2", "quantus>=0.5",
+                  "zennit>=0.5",
                   "shap>=0.45"],
         "ray": ["ray[default]>=2.9"],
     },

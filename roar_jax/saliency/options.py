@@ -67,6 +67,20 @@ class Options:
       image are kept (the largest; 512). PAIR's six scales give about 360.
     smooth_sigma: the Gaussian blur of `random_smooth`, in pixels (3.0);
       0 gives `random`'s ranking.
+    eg_samples: Expected Gradients' (Captum's GradientShap) samples per
+      image, each a reference drawn from `references` and a point drawn
+      uniformly on the straight path to it.
+    guided_ig_steps: Guided IG's steps along its path (PAIR's x_steps, 200).
+    guided_ig_fraction: the fraction of features Guided IG moves per step
+      (PAIR's 0.25).
+    guided_ig_max_dist: Guided IG's largest relative distance from the
+      straight path (PAIR's 0.02).
+    blur_ig_steps: Blur IG's steps from the most blurred image (PAIR's 100).
+    blur_ig_max_sigma: Blur IG's largest Gaussian sigma in pixels (PAIR's 50).
+    blur_ig_grad_step: the sigma step of Blur IG's finite difference (PAIR's
+      0.01).
+    lrp_epsilon: the epsilon of LRP's epsilon rule (Zennit's 1e-6).
+    lrp_gamma: the gamma of LRP's gamma rule (Zennit's 0.25).
     pixel_mean, pixel_std: per-channel (or scalar) statistics such that
       image * std + mean is the image in pixel space in [0, 1]: the
       normalization, declared here or by the Model (`saliency.explainable(
@@ -98,6 +112,15 @@ class Options:
   xrai_min_pixel_diff: int = 50
   xrai_max_segments: int = 512
   smooth_sigma: float = 3.0
+  eg_samples: int = 32
+  guided_ig_steps: int = 200
+  guided_ig_fraction: float = 0.25
+  guided_ig_max_dist: float = 0.02
+  blur_ig_steps: int = 100
+  blur_ig_max_sigma: float = 50.0
+  blur_ig_grad_step: float = 0.01
+  lrp_epsilon: float = 1e-6
+  lrp_gamma: float = 0.25
   pixel_mean: Optional[tuple[float, ...]] = None
   pixel_std: Optional[tuple[float, ...]] = None
 
@@ -163,7 +186,8 @@ _POSITIVE_INTS = ("num_samples", "ig_steps", "chunk_size",
                   "evaluations_per_step", "occlusion_window",
                   "occlusion_stride", "rise_masks", "rise_cells",
                   "num_segments", "lime_samples", "shap_samples", "xrai_steps",
-                  "xrai_max_segments")
+                  "xrai_max_segments", "eg_samples", "guided_ig_steps",
+                  "blur_ig_steps")
 
 
 def known_options() -> list[str]:
@@ -197,7 +221,12 @@ def from_kwargs(kwargs: dict[str, Any]) -> tuple[Options, dict[str, Any]]:
                           ("lime_kernel_width", 0, None),
                           ("lime_ridge", 0, None),
                           ("xrai_min_pixel_diff", 0, None),
-                          ("smooth_sigma", 0, 1024)):
+                          ("smooth_sigma", 0, 1024),
+                          ("guided_ig_fraction", 0, 1),
+                          ("guided_ig_max_dist", 0, None),
+                          ("blur_ig_max_sigma", 0, None),
+                          ("blur_ig_grad_step", 0, None),
+                          ("lrp_epsilon", 0, None), ("lrp_gamma", 0, None)):
     if name in static:
       static[name] = _in_range(name, static[name], low, high)
   if "xrai_min_pixel_diff" in static:
