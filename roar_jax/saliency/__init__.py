@@ -16,3 +16,4 @@ from roar_jax.saliency.options import Options, black_image
 from roar_jax.saliency.ranking import rank
 from roar_jax.saliency.registry import register
 from roar_jax.saliency.rescale import deeplift_logits
+from roar_jax.saliency import blur_ig, guided_ig  # Registers both.
