@@ -28,6 +28,9 @@ OUT = pathlib.Path(__file__).with_name("path_ig.npz")
 CLASSES, WIDTH, SHAPE = 4, 2, (16, 16, 3)
 GUIDED = dict(x_steps=24, fraction=0.25, max_dist=0.02)
 BLUR = dict(steps=20, max_sigma=50.0, grad_step=0.01)
+# Guided IG of a quadratic model with tied gradients, under two settings.
+TIES = (dict(x_steps=16, fraction=0.3, max_dist=0.1),
+        dict(x_steps=12, fraction=0.25, max_dist=1.0))
 
 # PAIR 0.2.1 calls np.quantile(..., interpolation='lower'); numpy 2.4 removed
 # that deprecated keyword, whose meaning `method=` took over unchanged.
@@ -67,6 +70,41 @@ def _callback(module, variables):
   return call
 
 
+def quadratic_logits(x, a, c):
+  """logit_k = sum_f a_kf x_f^2 / 2 + c_kf x_f; gradient a_k x + c_k.
+
+  a and c take few values (a often 0): many gradients tie exactly."""
+  return (jnp.einsum("nhwc,khwc->nk", 0.5 * x * x, a) +
+          jnp.einsum("nhwc,khwc->nk", x, c))
+
+
+def _ties(rng):
+  """PAIR's Guided IG of the quadratic model: {name: array}."""
+  shape = (2, 8, 8, 2)
+  a = rng.choice([0.0, 0.0, 0.5, 1.0, -1.0], size=shape).astype(np.float32)
+  c = rng.choice([0.0, 0.25, -0.25, 1.0], size=shape).astype(np.float32)
+  x = rng.choice([0.0, 0.5, 1.0], size=(2, 8, 8, 2)).astype(np.float32)
+  x += rng.uniform(0, 0.01, size=x.shape).astype(np.float32) * (x > 0)
+  t = np.array([0, 1], np.int32)
+  grad = jax.jit(lambda p, k: jax.grad(lambda q: jnp.sum(
+      quadratic_logits(q, a, c)[:, k]))(p), static_argnums=1)
+
+  def call(x_batch, call_model_args=None, expected_keys=None):
+    del expected_keys
+    g = grad(jnp.asarray(np.asarray(x_batch), jnp.float32),
+             int(call_model_args["target"]))
+    return {pair.INPUT_OUTPUT_GRADIENTS: np.asarray(g, np.float64)}
+
+  out = {"ties_a": a, "ties_c": c, "ties_images": x, "ties_targets": t}
+  for i, options in enumerate(TIES):
+    out[f"ties_guided_ig_{i}"] = np.stack([pair.GuidedIG().GetMask(
+        xi, call, {"target": ti}, **options) for xi, ti in zip(x, t)])
+    out[f"ties_options_{i}"] = np.array([options["x_steps"],
+                                         options["fraction"],
+                                         options["max_dist"]])
+  return out
+
+
 def main():
   rng = np.random.default_rng(23)
   module = models.SmallCNN(CLASSES, width=WIDTH)
@@ -92,6 +130,7 @@ def main():
                                GUIDED["max_dist"]]),
       blur_options=np.array([BLUR["steps"], BLUR["max_sigma"],
                              BLUR["grad_step"]]),
+      **_ties(rng),
       **{f"weights/{k}": np.asarray(v, np.float32) for k, v in flat.items()})
   print(f"wrote {OUT} ({OUT.stat().st_size} bytes); maps' largest |value|:"
         f" guided {np.abs(guided).max():.3g}, blur {np.abs(blurred).max():.3g}")
