@@ -21,8 +21,9 @@ before the folder is filled. Fingerprints chain:
   (`num_images`) and the class explained; input: the true-label model;
 - a test's record: its reference maps' fields, the test's own settings
   (re-initialization, BatchNorm, similarity options, controls, the accuracy
-  floor of the data test); inputs: the reference maps (and the random-label
-  model).
+  floor of the data test, the options of a repaired test in
+  `config.sanity.repaired`); inputs: the reference maps (and the
+  random-label model).
 
 An estimator added to the config adds artifacts and reuses the others; a
 changed field that an existing artifact depends on stops the run before any
@@ -42,7 +43,12 @@ from roar_jax.provenance import Artifact
 
 RECORD_FILE = "record.json"
 MAPS_FILE = "maps.npz"
-RANDOMIZATION_TESTS = ("cascading", "independent")
+RANDOMIZATION_TESTS = ("cascading", "independent", "bottom_up", "emprt",
+                       "smprt")
+# The fields of `config.sanity.repaired` each repaired test reads.
+REPAIRED_FIELDS = {"emprt": ("emprt_n_bins",),
+                   "smprt": ("smprt_nr_samples", "smprt_noise_magnitude"),
+                   "random_logit": ("ssim_window",)}
 
 
 @dataclasses.dataclass
@@ -136,7 +142,10 @@ def _record_fields(config, test: str, estimator: str) -> dict[str, Any]:
   if test in RANDOMIZATION_TESTS:
     fields.update({"sanity.init": sc.init, "sanity.init_std": sc.init_std,
                    "sanity.reset_batch_stats": sc.reset_batch_stats})
-  else:
+  options = settings.repaired_options(config)
+  fields.update({f"sanity.repaired.{k}": getattr(options, k)
+                 for k in REPAIRED_FIELDS.get(test, ())})
+  if test == "data":
     fields.update({"sanity.min_train_accuracy": sc.min_train_accuracy,
                    "sanity.random_labels.max_steps":
                        sc.random_labels.max_steps})

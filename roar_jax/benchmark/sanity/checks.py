@@ -17,6 +17,11 @@ For every model of `config.sanity.models`:
    with the reference maps, else record the accuracies it reached and refuse
    to compare (a model that has not fitted the random labels says nothing
    about them). (`comparisons.py`.)
+6. the repaired tests, when `config.sanity.tests` names them
+   (`repaired_tests.py`): bottom-up randomization, eMPRT (the rise of the
+   maps' histogram entropy under full randomization), sMPRT (bottom-up on
+   denoised maps) and the random-logit test (maps of another class), with
+   Quantus's defaults (`config.sanity.repaired`).
 
 Every comparison reports, per estimator and metric (`similarity.METRICS`), the
 mean and std over the N images, and beside it the floor: the same metric
@@ -64,6 +69,7 @@ from roar_jax.benchmark.sanity import comparisons
 from roar_jax.benchmark.sanity import maps as maps_lib
 from roar_jax.benchmark.sanity import models as models_lib
 from roar_jax.benchmark.sanity import randomization
+from roar_jax.benchmark.sanity import repaired_tests
 from roar_jax.benchmark.sanity import report as sanity_report
 from roar_jax.benchmark.sanity import settings
 from roar_jax.data import sources
@@ -183,8 +189,11 @@ def _merged(mplan, test, new, meta) -> dict[str, Any] | None:
             "control_rows": [r for p in parts for r in p["control_rows"]],
             "maps_files": [artifacts.maps_file(mplan.records[(test, e)])
                            for e in mplan.estimators]}
-  if "data" in parts[0]:
-    record["data"] = parts[0]["data"]
+  # A test's own fields: the data test's accuracies, eMPRT's bins, the
+  # random-logit classes (the same in every estimator's record).
+  for key in ("data", "n_bins", "classes"):
+    if key in parts[0]:
+      record[key] = parts[0][key]
   return record
 
 
@@ -205,7 +214,7 @@ def _run_model(config, mplan, source, mesh, images_fn) -> tuple[list, dict]:
     ctx = _context(mplan, source, mesh, images_fn(), meta, pending_all)
     for t in tests:
       if pending[t]:
-        new[t] = comparisons.run_test(ctx, t, pending[t])
+        new[t] = repaired_tests.run_test(ctx, t, pending[t])
   for t in tests:
     if not pending[t]:
       logging.info("%s %s: finished earlier, skipped", mplan.name, t)

@@ -3,6 +3,8 @@
 - cascading randomization: the layers re-initialized from the logits down,
   cumulatively; each step's maps compared with the trained model's;
 - independent randomization: one layer at a time, the others trained;
+- bottom-up randomization (and sMPRT, through `repaired_tests.py`): the
+  layers re-initialized from the input up, cumulatively;
 - data randomization: the random-label model's maps against the true-label
   model's, if it fitted its labels (else the accuracies it reached).
 
@@ -26,7 +28,15 @@ from roar_jax.benchmark.sanity import artifacts
 from roar_jax.benchmark.sanity import maps as maps_lib
 from roar_jax.benchmark.sanity import models as models_lib
 from roar_jax.benchmark.sanity import randomization
+from roar_jax.benchmark.sanity import repaired
 from roar_jax.benchmark.sanity import settings
+
+# The layers randomized at each step of a layer-by-layer test. sMPRT
+# randomizes bottom-up, as Quantus's SmoothMPRT does by default.
+STEPS = {"cascading": randomization.cascading_steps,
+         "independent": randomization.independent_steps,
+         "bottom_up": repaired.bottom_up_steps,
+         "smprt": repaired.bottom_up_steps}
 
 
 @dataclasses.dataclass
@@ -56,8 +66,9 @@ class Context:
     return pred, float(np.mean(pred == self.images["label"]))
 
 
-def _records(ctx: Context, test, pending, rows, control_rows, steps, visual,
-             status="compared", **extra) -> dict[str, dict[str, Any]]:
+def write_records(ctx: Context, test, pending, rows, control_rows, steps,
+                  visual, status="compared", **extra
+                  ) -> dict[str, dict[str, Any]]:
   """One record per pending estimator; writes its folder (process 0)."""
   out = {}
   for est in pending:
@@ -81,11 +92,11 @@ def _records(ctx: Context, test, pending, rows, control_rows, steps, visual,
 
 def randomization_test(ctx: Context, test: str, pending
                        ) -> dict[str, dict[str, Any]]:
-  """Cascading or independent randomization of the pending estimators."""
+  """A layer-by-layer randomization (`STEPS[test]`) of the pending
+  estimators: each step's maps (`ctx.explain`) against `ctx.comparer`'s."""
   sc = ctx.config.sanity
   names = randomization.layer_names(ctx.module, ctx.variables)
-  plan = (randomization.cascading_steps(names) if test == "cascading" else
-          randomization.independent_steps(names))
+  plan = STEPS[test](names)
   key = jax.random.fold_in(jax.random.key(int(ctx.config.seed)),
                            settings.REINIT_STREAM)
   trained_pred, accuracy = ctx.accuracy(ctx.module, ctx.variables)
@@ -107,8 +118,8 @@ def randomization_test(ctx: Context, test: str, pending
         reset_batch_stats=sc.reset_batch_stats)
     maps = ctx.explain(ctx.module, new, pending)
     pred, accuracy = ctx.accuracy(ctx.module, new)
-    # Cascading steps are named by the layer they add (the paper's x axis),
-    # independent steps by their single layer: both are layers[-1].
+    # Cascading and bottom-up steps are named by the layer they add (the
+    # paper's x axis), independent steps by their single layer: layers[-1].
     where = {"test": test, "model": ctx.plan.name, "step": step,
              "step_name": layers[-1], "layers": "+".join(layers),
              "model_accuracy": accuracy,
@@ -120,8 +131,8 @@ def randomization_test(ctx: Context, test: str, pending
   steps = [{"step": 0, "name": "original", "layers": []}] + [
       {"step": i, "name": l[-1], "layers": list(l)}
       for i, l in enumerate(plan, start=1)]
-  return _records(ctx, test, pending, rows, control_rows, steps,
-                  maps_lib.visual(ctx.images, visual, sc.num_visualize))
+  return write_records(ctx, test, pending, rows, control_rows, steps,
+                       maps_lib.visual(ctx.images, visual, sc.num_visualize))
 
 
 def _train_random_model(ctx: Context):
@@ -154,8 +165,8 @@ def data_test(ctx: Context, pending) -> dict[str, dict[str, Any]]:
         "steps, below config.sanity.min_train_accuracy=%.2f: its maps are not "
         "compared (raise config.sanity.random_labels.max_steps)",
         ctx.plan.name, train_acc, data["steps"], sc.min_train_accuracy)
-    return _records(ctx, "data", pending, [], [], steps, None,
-                    status="refused", data=data)
+    return write_records(ctx, "data", pending, [], [], steps, None,
+                         status="refused", data=data)
   rmodule, rvars = models_lib.load_trained(
       models_lib.random_label_config(ctx.config), ctx.plan.random_model.path,
       rsource, ctx.mesh)
@@ -172,8 +183,8 @@ def data_test(ctx: Context, pending) -> dict[str, dict[str, Any]]:
   visual = maps_lib.visual(ctx.images, {"true labels": reference,
                                         "random labels": maps},
                            sc.num_visualize)
-  return _records(ctx, "data", pending, rows, control_rows, steps, visual,
-                  data=data)
+  return write_records(ctx, "data", pending, rows, control_rows, steps,
+                       visual, data=data)
 
 
 def run_test(ctx: Context, test: str, pending) -> dict[str, dict[str, Any]]:

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-t
 import numpy as np  # noqa: E402
 
 from roar_jax import workdir as workdir_lib  # noqa: E402
+from roar_jax.benchmark.sanity import repaired  # noqa: E402
 from roar_jax.benchmark.sanity import similarity  # noqa: E402
 from roar_jax.benchmark.sanity import verdicts  # noqa: E402
 
@@ -34,11 +35,19 @@ METRIC_TITLES = {
     "hog": "HOG correlation",
     "spearman_abs_fg": "Spearman abs., pixels != baseline",
     "spearman_signed_fg": "Spearman signed, pixels != baseline",
+    "spearman_flat": "Spearman |map|, every entry (Quantus MPRT)",
+    "ssim_flat": "SSIM of flattened maps (Quantus)",
+    "complexity": "histogram entropy (nats)",
+    "emprt": "eMPRT: relative entropy rise",
 }
 TEST_TITLES = {
     "cascading": "Cascading randomization (from the logits down, cumulative)",
     "independent": "Independent randomization (one layer, the rest trained)",
     "data": "Data randomization (model trained on permuted labels)",
+    "bottom_up": "Bottom-up randomization (from the input up, cumulative)",
+    "emprt": "eMPRT (entropy rise under full randomization)",
+    "smprt": "sMPRT (bottom-up, on denoised maps)",
+    "random_logit": "Random logit (maps of another class)",
 }
 CONTROL_LABEL = "controls (min-max over controls and estimators)"
 CONTROL_STYLE = {"facecolor": "0.8", "edgecolor": "0.45", "hatch": "///",
@@ -56,7 +65,8 @@ def settings_line(meta: Mapping[str, Any]) -> str:
 
 def metrics_in(rows) -> list[str]:
   present = {r["metric"] for r in rows}
-  order = similarity.METRICS + similarity.FOREGROUND_METRICS
+  order = (similarity.METRICS + similarity.FOREGROUND_METRICS
+           + repaired.METRICS)
   return [m for m in order if m in present]
 
 

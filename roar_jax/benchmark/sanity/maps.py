@@ -10,7 +10,7 @@
 import functools
 import hashlib
 import zlib
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -115,16 +115,19 @@ def supported_estimators(module, input_shape, names: Sequence[str]
 
 
 def explain(config, module, variables, images: dict[str, np.ndarray],
-            estimators: Sequence[str]) -> dict[str, np.ndarray]:
+            estimators: Sequence[str], target=None) -> dict[str, np.ndarray]:
   """Maps of `estimators` for the test images, with the configured target.
 
   The noise key is the same for every call, and the noise of an image depends
   on its test index, so SmoothGrad and VarGrad see identical noise on every
   model compared (and the random control gives every model the same map).
+  `target` (int [N]) names the classes instead of `config.sanity.target`.
   """
   model = explainable(module, on_one_device(variables))
-  target = None if config.sanity.target == "predicted" else jnp.asarray(
-      images["label"])
+  if target is not None:
+    target = jnp.asarray(target)
+  elif config.sanity.target != "predicted":
+    target = jnp.asarray(images["label"])
   key = jax.random.fold_in(jax.random.key(int(config.seed)),
                            settings.NOISE_STREAM)
   maps = saliency_api.explain_all(
@@ -174,15 +177,20 @@ class Comparer:
 
   Attributes:
     reference: {estimator: the trained model's maps}.
+    extra: {metric: fn(reference maps, maps) -> [N]}: metrics beside
+      `similarity.compare`'s (the repaired tests' `repaired.spearman_flat`,
+      `repaired.ssim_flat`).
     floor: {estimator: {metric: summary}}: each metric between the reference
       maps and independent N(0, 1) maps.
   """
 
   def __init__(self, config, reference: dict[str, np.ndarray],
-               images: dict[str, np.ndarray]):
+               images: dict[str, np.ndarray],
+               extra: Mapping[str, Callable] | None = None):
     self.options = similarity.SimilarityOptions.from_config(
         config.sanity.get("similarity"))
     self.reference = reference
+    self.extra = dict(extra or {})
     self.fg = foreground(config, images["image"])
     self.floor = {}
     for est, ref in reference.items():
@@ -197,6 +205,7 @@ class Comparer:
   def _summaries(self, ref, maps) -> dict[str, dict[str, float]]:
     values = similarity.compare(ref, maps, options=self.options,
                                 foreground=self.fg)
+    values.update({name: fn(ref, maps) for name, fn in self.extra.items()})
     return {m: similarity.summarize(v) for m, v in values.items()}
 
   def _row(self, est, ref_name, metric, s, where) -> dict[str, Any]:

@@ -33,7 +33,7 @@ twin of the same model (tests/test_sanity_repaired.py).
 """
 
 import dataclasses
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
@@ -243,13 +243,22 @@ def noise_std(images, magnitude: float) -> np.ndarray:
                       - images.min(axis=axes, keepdims=True))
 
 
-def smooth(explain_fn: Callable[[np.ndarray], np.ndarray], images,
-           normals, magnitude: float) -> np.ndarray:
+def _add(total, maps):
+  """total + maps, for arrays or {name: array} dicts (None: nothing yet)."""
+  if isinstance(maps, Mapping):
+    return {k: _add(None if total is None else total[k], v)
+            for k, v in maps.items()}
+  maps = np.asarray(maps, np.float64)
+  return maps if total is None else total + maps
+
+
+def smooth(explain_fn: Callable[[np.ndarray], Any], images, normals,
+           magnitude: float):
   """sMPRT's denoised maps: the mean over noisy copies and the clean input.
 
   Args:
-    explain_fn: images [N, H, W, C] -> maps [N, H, W, C] (one model, one
-      estimator, fixed classes).
+    explain_fn: images [N, H, W, C] -> maps [N, H, W, C], or a dict of such
+      maps (one model, fixed classes).
     images: [N, H, W, C].
     normals: standard normal draws [S - 1, N, H, W, C]: sample k's noise is
       normals[k] * `noise_std(images, magnitude)`; the S-th sample is the
@@ -257,13 +266,16 @@ def smooth(explain_fn: Callable[[np.ndarray], np.ndarray], images,
     magnitude: the noise std as a fraction of each image's range.
 
   Returns:
-    float64 [N, H, W, C]: the mean of the S maps.
+    float64 [N, H, W, C] (or a dict of them): the mean of the S maps.
   """
   images = np.asarray(images, np.float32)
   std = noise_std(images, magnitude)
-  total = np.zeros(images.shape, np.float64)
+  total = None
   for z in normals:
     noisy = (images + np.asarray(z, np.float64) * std).astype(np.float32)
-    total += np.asarray(explain_fn(noisy), np.float64)
-  total += np.asarray(explain_fn(images), np.float64)
-  return total / (len(normals) + 1)
+    total = _add(total, explain_fn(noisy))
+  total = _add(total, explain_fn(images))
+  count = len(normals) + 1
+  if isinstance(total, Mapping):
+    return {k: v / count for k, v in total.items()}
+  return total / count

@@ -10,7 +10,8 @@ file through the workdir's writer (`workdir.py`; local or gs://):
   (test, model, control, estimator, step, metric): the control's maps (kind
   'control', estimator 'random' or 'sobel') against that estimator's trained
   maps (column `reference`);
-- `sanity_cascading.png`, `sanity_independent.png`: similarity to the trained
+- `sanity_cascading.png`, `sanity_independent.png` (and, when run,
+  `sanity_bottom_up.png`, `sanity_smprt.png`): similarity to the trained
   model's maps against the layers randomized (a line per estimator, the
   controls' min-max range per step as one hatched band, a panel per metric
   and model; the grey band is the random-map floor) (`figures.py`);
@@ -59,6 +60,8 @@ NUMERIC = ("step", "mean", "std", "n", "floor_mean", "floor_std",
 settings_line = figures.settings_line
 TITLE = "Sanity checks (Adebayo et al. 2018)"
 TEST_TITLES = figures.TEST_TITLES
+# The tests whose similarity is a curve over the layers randomized.
+CURVE_TESTS = ("cascading", "independent", "bottom_up", "smprt")
 
 
 def _fmt(v) -> str:
@@ -230,7 +233,7 @@ def build_report(workdir, records: Sequence[Mapping[str, Any]], *,
   rows = csv_rows(records)
   write_csv(wd.report("sanity.csv"), rows)
   files = [wd.report("sanity.csv")]
-  for test in ("cascading", "independent"):
+  for test in CURVE_TESTS:
     path = wd.report(f"sanity_{test}.png")
     if figures.plot_randomization(path, records, test):
       files += [path, figures.pdf_path(path)]

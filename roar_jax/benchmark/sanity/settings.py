@@ -12,11 +12,15 @@ from typing import Any
 from roar_jax import models
 from roar_jax.benchmark.roar import explain as explain_stage
 from roar_jax.benchmark.sanity import randomization
+from roar_jax.benchmark.sanity import repaired
 from roar_jax.benchmark.sanity import similarity
 from roar_jax.saliency import explaining as saliency_api
 from roar_jax.saliency import registry as saliency_registry
 
-TESTS = ("cascading", "independent", "data")
+# The paper's three, then the repaired ones (`repaired.py`; opt-in: the
+# configs name the paper's three).
+TESTS = ("cascading", "independent", "data", "bottom_up", "emprt", "smprt",
+         "random_logit")
 TARGETS = ("predicted", "label")
 # Model-free maps put through every test beside the estimators (Binder et
 # al. 2023): their similarity to the trained model's maps is what a metric
@@ -26,6 +30,7 @@ CONTROLS = ("random", "sobel")
 # Streams of randomness, all derived from config.seed.
 IMAGES_STREAM, LABELS_STREAM, REINIT_STREAM = 0, 1, 2
 NOISE_STREAM, FLOOR_STREAM = 3, 4
+SMOOTH_STREAM, LOGIT_STREAM = 5, 6
 
 
 def seeds(config) -> dict[str, str]:
@@ -43,6 +48,10 @@ def seeds(config) -> dict[str, str]:
           "compared"),
       "floor maps": (f"numpy default_rng([{s}, {FLOOR_STREAM}, "
                      "crc32(estimator name)])"),
+      "sMPRT noise": (f"numpy default_rng([{s}, {SMOOTH_STREAM}, test "
+                      "index]), the same for every model compared"),
+      "random-logit classes": (f"numpy default_rng([{s}, {LOGIT_STREAM}, "
+                               "test index])"),
   }
 
 
@@ -100,6 +109,10 @@ def validate_config(config, num_classes: int | None = None):
            f"config.sanity.random_labels.num_train={rl.num_train} must be an "
            "integer >= 0 (0: the whole training split)")
   similarity.SimilarityOptions.from_config(sc.get("similarity"))
+  repaired.RepairedOptions.from_config(sc.get("repaired"))
+  _require("random_logit" not in sc.tests or num_classes is None
+           or num_classes >= 2, "config.sanity.tests: random_logit needs at "
+           "least 2 classes")
   if num_classes is not None:
     for name in sc.models:
       models.get_model(model_config(config, name).model, num_classes)
@@ -149,4 +162,10 @@ def meta(config, model_name, *, has_bn, skipped, accuracy) -> dict[str, Any]:
           "controls": list(controls(config)),
           "skipped_estimators": skipped, "trained_test_accuracy": accuracy,
           "similarity": dataclasses.asdict(similarity.SimilarityOptions
-                                           .from_config(sc.get("similarity")))}
+                                           .from_config(sc.get("similarity"))),
+          "repaired": dataclasses.asdict(repaired_options(config))}
+
+
+def repaired_options(config) -> repaired.RepairedOptions:
+  """`config.sanity.repaired` (Quantus's defaults where unset)."""
+  return repaired.RepairedOptions.from_config(config.sanity.get("repaired"))
