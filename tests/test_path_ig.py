@@ -143,6 +143,26 @@ def test_guided_ig_on_a_linear_model_is_exact_ig():
                              atol=1e-6)
 
 
+def test_blur_ig_noise_ensemble_on_a_linear_model():
+  # On a linear model Blur IG is linear in the image, so SmoothGrad of it
+  # is Blur IG of the mean noisy image, which SmoothGrad of IG reveals:
+  # sg.integrated_gradients = w (mean noisy x - 0).
+  rng = np.random.default_rng(8)
+  w = (rng.choice([-1, 1], size=(2, 6, 5, 2)) *
+       rng.uniform(0.5, 1.5, size=(2, 6, 5, 2))).astype(np.float32)
+  x = rng.uniform(size=(3, 6, 5, 2)).astype(np.float32)
+  t = np.array([0, 1, 1], np.int32)
+  model = _linear_model(w)
+  options = dict(target=t, blur_ig_steps=6, blur_ig_max_sigma=3.0)
+  both = saliency.explain_all(
+      model, x, methods=("sg.blur_ig", "sg.integrated_gradients"), key=KEY,
+      baseline=0.0, num_samples=3, **options)
+  mean_noisy = np.asarray(both["sg.integrated_gradients"]) / w[t]
+  expected = saliency.explain(model, mean_noisy, method="blur_ig", **options)
+  np.testing.assert_allclose(both["sg.blur_ig"], expected, rtol=1e-4,
+                             atol=1e-6)
+
+
 def test_guided_ig_on_the_straight_line_is_left_riemann_ig(reference):
   # max_dist = 0 holds every feature at alpha = k / m at step k: the
   # straight path, each step weighted by the gradient at its start.
