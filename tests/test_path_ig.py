@@ -2,8 +2,9 @@
 
 The reference maps (tests/references/path_ig.npz, made by make_path_ig.py)
 are PAIR's GuidedIG and BlurIG run with a callback into the same
-models.SmallCNN whose weights the npz holds; PAIR computes in float64 around
-the model's float32 gradients, roar_jax in float32 throughout.
+models.SmallCNN whose weights the npz holds (and Guided IG of a quadratic
+model with tied gradients); PAIR computes in float64 around the models'
+float32 gradients, roar_jax in float32 throughout.
 """
 
 import pathlib
