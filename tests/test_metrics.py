@@ -153,7 +153,8 @@ def test_records_curves_and_reuse(stage, monkeypatch):
     assert record["metrics"][name]["curve"][0] == pytest.approx(
         record["metrics"]["road_morf"]["curve"][0])
   # A rerun finds matching records and computes nothing.
-  monkeypatch.setattr(metrics, "curves", lambda *a, **k: pytest.fail("rerun"))
+  monkeypatch.setattr(metrics, "_per_image",
+                      lambda *a, **k: pytest.fail("rerun"))
   again = metrics.compute(config, plan, source, fill)
   assert again["oracle"]["fingerprint"] == record["fingerprint"]
   # Another option is another fingerprint: the record would be recomputed.

@@ -15,7 +15,7 @@ from roar_jax import levels as levels_lib
 from roar_jax import models
 from roar_jax.benchmark.roar import estimator_names
 from roar_jax.benchmark.roar import external_maps
-from roar_jax.benchmark.roar import metric_options
+from roar_jax.benchmark.roar import metric_plugins
 from roar_jax.config import defaults as defaults_lib
 # Names only: the validation imports no TensorFlow, so a bad field fails fast.
 from roar_jax.data import names as data_names
@@ -376,7 +376,7 @@ def _validate_metrics(config):
   if config.get("metrics") is None:
     return
   try:
-    metric_options.Options.from_config(config)
+    metric_plugins.options_of(config)
   except (TypeError, ValueError) as e:
     raise ConfigError(str(e).splitlines()[0]) from None
   steps = config.metrics.get("leakage_steps", 0)

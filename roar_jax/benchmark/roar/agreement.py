@@ -23,12 +23,22 @@ import scipy.stats
 
 from roar_jax import levels
 from roar_jax import workdir as workdir_lib
+from roar_jax.benchmark.roar import metric_plugins
 
-# Oriented so that higher is better.
-_SIGN = {"deletion_auc": -1.0, "insertion_auc": 1.0, "road_morf_auc": -1.0,
-         "road_lerf_auc": 1.0, "roar": -1.0, "kar": 1.0}
-ORDER = ("deletion_auc", "insertion_auc", "road_morf_auc", "road_lerf_auc",
-         "roar", "kar")
+# Oriented so that higher is better: the retraining benchmarks' sign here,
+# every no-retrain metric's from the registry (`Metric.lower_is_better`).
+_SIGN = {"roar": -1.0, "kar": 1.0}
+
+
+def _sign(metric: str) -> float:
+  lower = metric_plugins.direction(metric)
+  return _SIGN.get(metric, 1.0) if lower is None else (-1.0 if lower
+                                                         else 1.0)
+
+
+def order() -> tuple[str, ...]:
+  """The table's order: the registered metrics', then ROAR and KAR."""
+  return (*metric_plugins.columns(), "roar", "kar")
 CSV_COLUMNS = ("metric_a", "metric_b", "spearman", "n", "estimators")
 
 
@@ -44,7 +54,7 @@ def scores(metric_rows: Sequence[Mapping[str, Any]],
   """
   out: dict[str, dict[str, float]] = {}
   for r in metric_rows:
-    sign = _SIGN.get(r["metric"], 1.0)
+    sign = _sign(r["metric"])
     out.setdefault(r["metric"], {})[r["estimator"]] = sign * float(r["value"])
   grouped: dict[tuple[str, str, str], list[float]] = {}
   for r in results_rows or ():
@@ -72,7 +82,8 @@ def spearman(a: Mapping[str, float], b: Mapping[str, float]
 def table(metric_rows, results_rows=None) -> list[dict[str, Any]]:
   """One row per pair of metrics present."""
   s = scores(metric_rows, results_rows)
-  names = [m for m in ORDER if m in s] + sorted(set(s) - set(ORDER))
+  known = order()
+  names = [m for m in known if m in s] + sorted(set(s) - set(known))
   rows = []
   for a, b in itertools.combinations(names, 2):
     rho, shared = spearman(s[a], s[b])

@@ -4,7 +4,7 @@ and ROAD MoRF / LeRF of images held in memory, their areas and intervals
 
 import functools
 import math
-from typing import Any, Callable, Iterable, Mapping
+from typing import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +13,7 @@ import scipy.stats
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from roar_jax import levels as levels_lib
-from roar_jax.benchmark.roar.metric_options import (
-    Options, deletion_fractions, road_fractions)
+from roar_jax.benchmark.roar.metric_options import Options, road_fractions
 from roar_jax.data import degradation as degrade_lib
 from roar_jax.data import imputation as imputation_lib
 
@@ -285,25 +284,3 @@ def _road(fn, images, labels, levels, indices, mean, std, options: Options,
     m = sl.stop - sl.start
     out.setdefault("road_morf", []).append(correct[:m, 0].astype(np.float32))
     out.setdefault("road_lerf", []).append(correct[:m, 1].astype(np.float32))
-
-
-def summarize(per_image: Mapping[str, np.ndarray], options: Options
-              ) -> dict[str, Any]:
-  """Per-image curves -> {metric: {'value', 'ci95_low', 'ci95_high', 'n',
-  'fractions', 'curve' (mean over images), 'curve_ci95' ([low, high] per
-  point)}}."""
-  out = {}
-  for name in options.names:
-    c = np.asarray(per_image[name], dtype=np.float64)
-    fractions = (deletion_fractions(options.steps)
-                 if name in ("deletion", "insertion")
-                 else road_fractions(options.road_thresholds))
-    value, low, high, n = mean_ci(auc(c, fractions))
-    point_ci = [mean_ci(c[:, j])[1:3] for j in range(c.shape[1])]
-    out[name] = {"value": value, "ci95_low": low, "ci95_high": high, "n": n,
-                 "fractions": fractions.tolist(),
-                 "curve": c.mean(0).tolist(),
-                 "curve_ci95": [list(p) for p in point_ci]}
-  return out
-
-

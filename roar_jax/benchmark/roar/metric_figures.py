@@ -17,15 +17,9 @@ import numpy as np
 
 from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.roar import figures
-from roar_jax.benchmark.roar.metric_options import (METRICS, LOWER_IS_BETTER,
-                                                    auc_name)
+from roar_jax.benchmark.roar import metric_plugins
 
-TITLES = {
-    "deletion": "Deletion: top fraction replaced by the fill",
-    "insertion": "Insertion: top fraction restored",
-    "road_morf": "ROAD MoRF: top fraction imputed",
-    "road_lerf": "ROAD LeRF: bottom fraction imputed",
-}
+# The y axis of each curve metric's panel; others read 'score'.
 YLABELS = {"deletion": "p(explained class)", "insertion":
            "p(explained class)", "road_morf": "accuracy",
            "road_lerf": "accuracy"}
@@ -49,9 +43,9 @@ def _curve_panel(ax, name: str, records, style_of, offsets):
     if ci.shape == (len(y), 2) and np.isfinite(ci).any():
       ax.errorbar(x, y, yerr=[y - ci[:, 0], ci[:, 1] - y], fmt="none",
                   ecolor=style["color"], elinewidth=0.9, capsize=2)
-  ax.set_title(TITLES[name], fontsize=9)
+  ax.set_title(metric_plugins.get(name).title or name, fontsize=9)
   ax.set_xlabel("fraction of positions")
-  ax.set_ylabel(YLABELS[name])
+  ax.set_ylabel(YLABELS.get(name, "score"))
   ax.set_xlim(-0.02 - figures.MAX_OFFSET, 1.02 + figures.MAX_OFFSET)
 
 
@@ -62,7 +56,8 @@ def _auc_panel(ax, names: Sequence[str], rows, style_of, offsets):
     xs, ys, lo, hi = [], [], [], []
     for i, name in enumerate(names):
       row = next((r for r in rows if r["estimator"] == est
-                  and r["metric"] == auc_name(name)), None)
+                  and r["metric"] == metric_plugins.get(name).column),
+                 None)
       if row is None:
         continue
       xs.append(i + scale * offsets[est])
@@ -76,8 +71,9 @@ def _auc_panel(ax, names: Sequence[str], rows, style_of, offsets):
                 color=style["color"], markersize=5, capsize=3,
                 elinewidth=1.1, linestyle="none", label=est)
   ax.set_xticks(range(len(names)))
-  ax.set_xticklabels([f"{n}\n({'lower' if LOWER_IS_BETTER[n] else 'higher'}"
-                      " is better)" for n in names], fontsize=7)
+  ax.set_xticklabels(
+      [f"{n}\n({'lower' if metric_plugins.get(n).lower_is_better else 'higher'}"
+       " is better)" for n in names], fontsize=7)
   ax.set_xlim(-0.5, len(names) - 0.5)
   ax.set_title("Area under the curve, 95% CI", fontsize=9)
   ax.set_ylabel("AUC (mean over the fraction axis)")
@@ -87,8 +83,10 @@ def metrics_figure(records: Mapping[str, Mapping[str, Any]],
                    rows: Sequence[Mapping[str, Any]]) -> mfigure.Figure:
   """The figure of `records` (estimator -> metric record) and `rows`
   (metrics.csv's rows of the same records)."""
-  names = [n for n in METRICS
-           if any(n in r["metrics"] for r in records.values())]
+  # A panel per metric with curves (areas in [0, 1]); metrics with one score
+  # per image are in the tables only.
+  names = [n for n in metric_plugins.names()
+           if any("curve" in r["metrics"].get(n, ()) for r in records.values())]
   style_of = figures.styles(sorted(records))
   offsets = figures.x_offsets(list(style_of))
   ncols = len(names) + 1

@@ -41,25 +41,36 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from jax.experimental import multihost_utils
 
 from roar_jax import levels as levels_lib
 from roar_jax import progress_eta
 from roar_jax import provenance as provenance_lib
+from roar_jax import saliency
+from roar_jax import training
 from roar_jax import workdir as workdir_lib
 from roar_jax.data import degradation as degrade_lib
+from roar_jax.data import preprocess
+from roar_jax.data import rank_store as rank_store_lib
 from roar_jax.data import source_protocol
+from roar_jax.data import synthetic
 from roar_jax.benchmark.roar import agreement
+from roar_jax.benchmark.roar import explain as explain_lib
 from roar_jax.benchmark.roar import leakage
 from roar_jax.benchmark.roar import metric_figures
-from roar_jax.benchmark.roar.curves import auc, curves, mean_ci, summarize
+from roar_jax.benchmark.roar import metric_maps
+from roar_jax.benchmark.roar import metric_plugins
+from roar_jax.benchmark.roar import metric_registry
+from roar_jax.benchmark.roar.curves import auc, curves, mean_ci
+from roar_jax.saliency import ranking
 from roar_jax.benchmark.roar.metric_options import (
-    CSV_COLUMNS, LOWER_IS_BETTER, METRICS, METRICS_DIR, Options, auc_name)
+    CSV_COLUMNS, METRICS, METRICS_DIR, Options, auc_name)
 
 # Re-exported: the metrics' public names live here, whatever module computes
 # them.
-__all__ = ["CSV_COLUMNS", "LOWER_IS_BETTER", "METRICS", "Options", "auc",
-           "auc_name", "compute", "curves", "mean_ci", "plan_artifacts",
-           "rank_maps", "run", "summarize"]
+__all__ = ["CSV_COLUMNS", "METRICS", "Options", "auc", "auc_name",
+           "compute", "curves", "mean_ci", "plan_artifacts", "rank_maps",
+           "run", "summarize"]
 
 # ----------------------------------------------------------------------------
 # The stage: images from the test split, rankings from the rank store.
@@ -77,7 +88,7 @@ def plan_artifacts(config, plan) -> dict[str, provenance_lib.Artifact]:
   estimator's rank store and, when the fill is the computed channel mean, its
   artifact. Pass them to `provenance.settle` with the plan's artifacts.
   """
-  options = Options.from_config(config)
+  options = metric_plugins.options_of(config)
   fields = {**options.fields(), "seed": config.seed,
             "roar.fill_value": list(config.roar.fill_value)}
   inputs = {"base": plan.base.fingerprint}
@@ -93,7 +104,6 @@ def plan_artifacts(config, plan) -> dict[str, provenance_lib.Artifact]:
 def _test_batches(config, source, options: Options, rows: int):
   """This process's test images (eval geometry, uint8) in batches of
   `rows`: {'image', 'label', 'index'}."""
-  from roar_jax.data import preprocess  # pylint: disable=g-import-not-at-top
   pid, nproc = jax.process_index(), jax.process_count()
   if options.num_images:
     # The first images of the split, dealt out among the processes: a
@@ -139,7 +149,6 @@ def _gather(values: np.ndarray) -> np.ndarray:
   """Every process's rows (one process: the rows themselves)."""
   if jax.process_count() == 1:
     return values
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   counts = multihost_utils.process_allgather(np.array([len(values)]))
   most = int(np.max(counts))
   padded = np.zeros((most,) + values.shape[1:], values.dtype)
@@ -151,26 +160,36 @@ def _gather(values: np.ndarray) -> np.ndarray:
 
 def _merged(parts: Mapping[str, list[np.ndarray]], options: Options
             ) -> dict[str, np.ndarray]:
-  """This process's per-image curves joined with every other process's.
+  """This process's per-image values joined with every other process's.
 
   A process without images still takes part in the gather, with empty
-  arrays of the curves' widths; all values travel as float64.
+  arrays of the series' widths (`Metric.widths`); all values travel as
+  float64.
   """
-  steps, road = options.steps + 1, len(options.road_thresholds) + 1
-  widths = {"deletion": (steps,), "insertion": (steps,), "target": (),
-            "road_morf": (road,), "road_lerf": (road,)}
-  names = set(options.names)
-  if names & {"deletion", "insertion"}:
-    names.add("target")
+  widths = {}
+  for name in options.names:
+    widths.update(metric_registry.get(name).widths(options))
   return {k: _gather(np.concatenate(
       [np.zeros((0,) + widths[k])] + list(parts.get(k, [])),
-      dtype=np.float64)) for k in sorted(names)}
+      dtype=np.float64)) for k in sorted(widths)}
 
 
-def _base_logits(config, plan, source):
-  """The logits of the plan's base model."""
-  from roar_jax import saliency  # pylint: disable=g-import-not-at-top
-  from roar_jax import training  # pylint: disable=g-import-not-at-top
+def summarize(per_image: Mapping[str, np.ndarray], options: Options,
+              names: Sequence[str] | None = None) -> dict[str, Any]:
+  """Every configured metric's record entry from the per-image values of
+  all images (`Metric.summarize`).
+
+  Args:
+    per_image: {series: [N, ...]} over all images.
+    options: the metric options.
+    names: the metrics to summarize (default: `options.names`).
+  """
+  return {name: metric_registry.get(name).summarize(per_image, options)
+          for name in (options.names if names is None else names)}
+
+
+def _base_model(config, plan, source):
+  """The plan's base model as the estimators see it (`explain.explainable`)."""
   module, variables = training.load_model(config, plan.base.path,
                                           source=source)
   # Replicated over every process's devices; the curves run on this
@@ -178,7 +197,7 @@ def _base_logits(config, plan, source):
   variables = jax.tree.map(
       lambda a: np.asarray(a.addressable_data(0))
       if isinstance(a, jax.Array) else a, variables)
-  return saliency.explainable(module, variables).logits
+  return explain_lib.explainable(config, module, variables)
 
 
 def compute(config, plan, source, channel_mean=None, *, logits_fn=None
@@ -201,25 +220,27 @@ def compute(config, plan, source, channel_mean=None, *, logits_fn=None
   Returns:
     {estimator: record}.
   """
-  from roar_jax.data import rank_store as rank_store_lib  # pylint: disable=g-import-not-at-top
-  options = Options.from_config(config)
+  options = metric_plugins.options_of(config)
   artifacts = plan_artifacts(config, plan)
   records = {est: a.matching() for est, a in artifacts.items()}
   todo = [est for est, r in records.items() if r is None]
   if not todo:
     return records
-  logits_fn = logits_fn or _base_logits(config, plan, source)
-  fill = _fill_value(config, options, source, channel_mean)
-  store = rank_store_lib.RankStore(plan.workdir.root)
+  model = (saliency.Model(logits=logits_fn) if logits_fn is not None
+           else _base_model(config, plan, source))
+  stage = _Stage(config, options, model, metric_maps.maps_fn(
+      config, model, source), _fill_value(config, options, source,
+                                          channel_mean),
+                 rank_store_lib.RankStore(plan.workdir.root))
   start = time.time()
-  per_image, count = _per_image_curves(config, source, options, todo, store,
-                                       logits_fn, fill)
+  per_image, count = _per_image(config, source, options, todo, stage)
   elapsed = time.time() - start
   logging.info("metrics: %d test images x %d estimators in %.1f s", count,
                len(todo), elapsed)
   for est in todo:
     merged = _merged(per_image[est], options)
-    record = {"estimator": est, "metrics": summarize(merged, options),
+    record = {"estimator": est,
+              "metrics": summarize(merged, options, stage.names_for(est)),
               "num_images": int(len(merged["target"]) if "target" in merged
                                 else len(next(iter(merged.values())))),
               "wall_time_s": elapsed / len(todo),
@@ -231,12 +252,53 @@ def compute(config, plan, source, channel_mean=None, *, logits_fn=None
   return records
 
 
-def _per_image_curves(config, source, options: Options, todo, store,
-                      logits_fn, fill):
-  """Every estimator's curves of this process's test images.
+class _Stage:
+  """What every batch of the metrics stage shares."""
+
+  def __init__(self, config, options, model, maps_fn, fill, store):
+    self.config, self.options, self.model = config, options, model
+    self.maps_fn, self.fill, self.store = maps_fn, fill, store
+    self.metrics = [metric_registry.get(n) for n in options.names]
+    self.toy = config.data.name == "toy"
+
+  def batch(self, est: str, rows) -> metric_registry.Batch:
+    """The Batch of `est` over `rows` ({'image', 'label', 'index'})."""
+    needs = {n for m in self.metrics for n in m.needs}
+    config = self.config
+    return metric_registry.Batch(
+        est, rows["image"], rows["label"], rows["index"], self.model.logits,
+        self.options, config,
+        levels=(self.store.lookup(est, "test", rows["index"])
+                if "ranks" in needs else None),
+        masks=(synthetic.toy_masks(config.data.toy, "test")[rows["index"]]
+               if "masks" in needs and self.toy else None),
+        fill_value=self.fill, mean=config.data.mean, std=config.data.std,
+        seed=config.seed,
+        maps_fn=(self.maps_fn if metric_maps.has_maps(config, est)
+                 else None))
+
+  def names_for(self, est: str) -> list[str]:
+    """The configured metrics that score `est` (not those that need maps
+    where it has none)."""
+    maps = metric_maps.has_maps(self.config, est)
+    return [m.name for m in self.metrics if maps or "maps" not in m.needs]
+
+  def scores(self, batch: metric_registry.Batch) -> dict[str, np.ndarray]:
+    """Every configured metric's per-image series of the batch (a metric
+    that needs maps is skipped for an estimator without them)."""
+    out = {}
+    for metric in self.metrics:
+      if "maps" in metric.needs and batch.maps_fn is None:
+        continue
+      out.update(metric.per_image(batch))
+    return out
+
+
+def _per_image(config, source, options: Options, todo, stage: _Stage):
+  """Every estimator's per-image values of this process's test images.
 
   Returns:
-    ({estimator: {curve name: [per-batch arrays]}}, number of images).
+    ({estimator: {series: [per-batch arrays]}}, number of images).
   """
   per_image: dict[str, dict[str, list[np.ndarray]]] = {e: {} for e in todo}
   count = 0
@@ -245,19 +307,14 @@ def _per_image_curves(config, source, options: Options, todo, store,
   with progress_eta.Bar(_num_local_images(source, options) * len(todo),
                         "metrics", noun="image-estimator pair",
                         unit="img") as bar:
-    for batch in _test_batches(config, source, options, rows=1024):
+    for rows in _test_batches(config, source, options, rows=1024):
       for i, est in enumerate(todo):
-        levels = store.lookup(est, "test", batch["index"])
-        c = curves(logits_fn, batch["image"], batch["label"], levels,
-                   batch["index"], options=options, fill_value=fill,
-                   seed=config.seed, mean=config.data.mean,
-                   std=config.data.std)
-        for k, v in c.items():
+        for k, v in stage.scores(stage.batch(est, rows)).items():
           per_image[est].setdefault(k, []).append(v)
-        bar.update(len(batch["index"]), f"{est} on test images {count}-"
-                   f"{count + len(batch['index'])} (estimator {i + 1} of "
+        bar.update(len(rows["index"]), f"{est} on test images {count}-"
+                   f"{count + len(rows['index'])} (estimator {i + 1} of "
                    f"{len(todo)})")
-      count += len(batch["index"])
+      count += len(rows["index"])
   return per_image, count
 
 
@@ -266,11 +323,13 @@ def _per_image_curves(config, source, options: Options, todo, store,
 
 
 def rows_of(records: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-  """metrics.csv rows: estimator, metric (`<name>_auc`), value, CI, n."""
+  """metrics.csv rows: estimator, metric (its column, `Metric.column`),
+  value, CI, n."""
   rows = []
   for est in records:
     for name, m in records[est]["metrics"].items():
-      rows.append({"estimator": est, "metric": auc_name(name),
+      rows.append({"estimator": est,
+                   "metric": metric_plugins.get(name).column,
                    "value": m["value"], "ci95_low": m["ci95_low"],
                    "ci95_high": m["ci95_high"], "n": m["n"]})
   return rows
@@ -341,7 +400,6 @@ def rank_maps(maps, *, key: jax.Array, granularity: str = "pixel",
   Returns:
     uint8 levels [B, H, W] or [B, H, W, C].
   """
-  from roar_jax.saliency import ranking  # pylint: disable=g-import-not-at-top
   s = ranking.scores(jnp.asarray(maps), granularity, transform)
   flat = s.reshape(s.shape[0], -1)
   tie = jax.random.uniform(key, flat.shape)

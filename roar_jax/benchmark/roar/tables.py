@@ -16,7 +16,7 @@ import math
 import pandas as pd
 
 from roar_jax.benchmark.roar import comparisons
-from roar_jax.benchmark.roar import metric_options
+from roar_jax.benchmark.roar import metric_plugins
 from roar_jax.benchmark.roar import statistics
 
 # Spearman's rho over fewer estimators takes too few values to read: over 3
@@ -282,7 +282,7 @@ def _num(v: str, digits: int = 4) -> str:
 def metrics_table(rows) -> pd.DataFrame:
   """metrics.csv as shown: an estimator a row, a metric's area under the
   curve with its 95% interval over the images a column."""
-  known = [metric_options.auc_name(m) for m in metric_options.METRICS]
+  known = list(metric_plugins.columns())
   names = sorted(dict.fromkeys(r["metric"] for r in rows),
                  key=lambda n: (n not in known, known.index(n)
                                 if n in known else 0, n))
@@ -298,12 +298,15 @@ def metrics_table(rows) -> pd.DataFrame:
 
 
 def metric_heading(name: str) -> str:
-  """'deletion_auc' -> 'deletion AUC [95% CI] (lower is better)'."""
-  base = name.removesuffix("_auc")
-  if base not in metric_options.LOWER_IS_BETTER:
+  """'deletion_auc' -> 'deletion AUC [95% CI] (lower is better)';
+  'infidelity' -> 'infidelity [95% CI] (lower is better)'."""
+  lower = metric_plugins.direction(name)
+  if lower is None:
     return name
-  better = "lower" if metric_options.LOWER_IS_BETTER[base] else "higher"
-  return f"{base} AUC [95% CI] ({better} is better)"
+  better = "lower" if lower else "higher"
+  label = (f"{name.removesuffix('_auc')} AUC" if name.endswith("_auc")
+           else name)
+  return f"{label} [95% CI] ({better} is better)"
 
 
 def leakage_table(rows) -> pd.DataFrame:
