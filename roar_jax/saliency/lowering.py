@@ -26,8 +26,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend import core as jex_core
 
+from roar_jax.saliency import tracing
+
 _MAX_POOL = jex_core.primitives.reduce_window_max_p
-_CALLS = (jex_core.primitives.jit_p, jex_core.primitives.closed_call_p)
 
 
 def _pool_by_reshape(x, window, strides, padding):
@@ -81,10 +82,7 @@ def _rewritable(eqn) -> bool:
 
 def _sub_jaxpr(eqn):
   """The ClosedJaxpr a jit/closed_call equation calls, else None."""
-  if eqn.primitive not in _CALLS:
-    return None
-  sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
-  return sub if isinstance(sub, jex_core.ClosedJaxpr) else None
+  return tracing.sub_jaxpr(eqn, tracing.PLAIN_CALLS)
 
 
 def _contains_pooling(jaxpr) -> bool:
@@ -95,41 +93,13 @@ def _contains_pooling(jaxpr) -> bool:
   return False
 
 
-def _bind(eqn, invals):
-  params = eqn.primitive.get_bind_params(eqn.params)
-  subfuns = []
-  if isinstance(params, tuple):  # Older JAX: (subfuns, params).
-    subfuns, params = params
-  ctx = getattr(getattr(eqn, "ctx", None), "manager", None)
-  if ctx is None:
-    return eqn.primitive.bind(*subfuns, *invals, **params)
-  with ctx:
-    return eqn.primitive.bind(*subfuns, *invals, **params)
-
-
-def _eval(jaxpr, consts, *args):
-  env = {}
-
-  def read(v):
-    return v.val if isinstance(v, jex_core.Literal) else env[v]
-
-  for v, val in zip(jaxpr.constvars, consts):
-    env[v] = val
-  for v, val in zip(jaxpr.invars, args):
-    env[v] = val
-  for eqn in jaxpr.eqns:
-    invals = [read(v) for v in eqn.invars]
-    sub = _sub_jaxpr(eqn)
-    if _rewritable(eqn):
-      outs = [_max_pool(invals[0], eqn.params)]
-    elif sub is not None and _contains_pooling(sub.jaxpr):
-      outs = _eval(sub.jaxpr, sub.consts, *invals)
-    else:
-      ans = _bind(eqn, invals)
-      outs = ans if eqn.primitive.multiple_results else [ans]
-    for v, val in zip(eqn.outvars, outs):
-      env[v] = val
-  return [read(v) for v in jaxpr.outvars]
+def _apply(eqn, invals):
+  sub = _sub_jaxpr(eqn)
+  if _rewritable(eqn):
+    return [_max_pool(invals[0], eqn.params)]
+  if sub is not None and _contains_pooling(sub.jaxpr):
+    return tracing.evaluate(sub.jaxpr, sub.consts, invals, _apply)
+  return tracing.bind(eqn, invals)
 
 
 def fast_pooling(fn: Callable) -> Callable:
@@ -146,6 +116,6 @@ def fast_pooling(fn: Callable) -> Callable:
     closed, shapes = jax.make_jaxpr(fn, return_shape=True)(x)
     if not _contains_pooling(closed.jaxpr):
       return fn(x)
-    out = _eval(closed.jaxpr, closed.consts, x)
+    out = tracing.evaluate(closed.jaxpr, closed.consts, [x], _apply)
     return jax.tree.unflatten(jax.tree.structure(shapes), out)
   return wrapped

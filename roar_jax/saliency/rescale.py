@@ -35,6 +35,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend import core as jex_core
 
+from roar_jax.saliency import tracing
+
 Array = jax.Array
 _P = jex_core.primitives
 EPS = 1e-6
@@ -43,8 +45,6 @@ EPS = 1e-6
 _UNARY = {"exp", "exp2", "log", "log1p", "expm1", "tanh", "logistic", "erf",
           "erfc", "sqrt", "rsqrt", "cbrt", "abs", "sin", "cos", "integer_pow",
           "square", "sign", "floor", "ceil", "round", "atan", "asinh"}
-_CALLS = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call",
-          "custom_vjp_call", "custom_vjp_call_jaxpr", "remat", "checkpoint")
 
 
 def _with_slope(out: Array, inputs, slopes) -> Array:
@@ -127,37 +127,30 @@ def _reduce_max(x, x0, axes):
   return x, x0
 
 
-def _sub_jaxpr(eqn):
-  if eqn.primitive.name not in _CALLS:
-    return None
-  for name in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
-    sub = eqn.params.get(name)
-    if isinstance(sub, jex_core.ClosedJaxpr):
-      return sub
-    if isinstance(sub, jex_core.Jaxpr):
-      return jex_core.ClosedJaxpr(sub, ())
-  return None
+def _paired(eqn, ins):
+  """`_apply` on (value, reference value, varying) triples."""
+  vals, refs, varying = (list(a) for a in zip(*ins)) if ins else ([], [], [])
+  outs, outs0 = _apply(eqn, vals, refs, varying)
+  return [(o, o0, any(varying)) for o, o0 in zip(outs, outs0)]
 
 
-def _bind(eqn, invals):
-  params = eqn.primitive.get_bind_params(eqn.params)
-  subfuns = []
-  if isinstance(params, tuple):  # Older JAX: (subfuns, params).
-    subfuns, params = params
-  out = eqn.primitive.bind(*subfuns, *invals, **params)
-  return out if eqn.primitive.multiple_results else [out]
+def _eval(jaxpr, consts, vals, refs, varying):
+  """Evaluates `jaxpr` on paired inputs; returns (outputs, reference outs)."""
+  outs = tracing.evaluate(jaxpr, consts, list(zip(vals, refs, varying)),
+                          _paired, lift=lambda c: (c, c, False))
+  return [o[0] for o in outs], [o[1] for o in outs]
 
 
 def _apply(eqn, vals, refs, varying):
   """One equation on (x values, x0 values); the Rescale rule where due."""
   name = eqn.primitive.name
   if not any(varying):
-    out = _bind(eqn, vals)
+    out = tracing.bind(eqn, vals)
     return out, out
   floating = all(jnp.issubdtype(v.aval.dtype, jnp.floating)
                  for v in eqn.outvars)
   if not floating:
-    return _bind(eqn, vals), _bind(eqn, refs)
+    return tracing.bind(eqn, vals), tracing.bind(eqn, refs)
   if name in ("max", "min"):
     fn = pair_max if name == "max" else _pair_min
     out, out0 = fn(vals[0], vals[1], refs[0], refs[1])
@@ -171,33 +164,10 @@ def _apply(eqn, vals, refs, varying):
   if name in _UNARY and len(vals) == 1:
     out, out0 = _unary(eqn.primitive, eqn.params, vals[0], refs[0])
     return [out], [out0]
-  sub = _sub_jaxpr(eqn)
+  sub = tracing.sub_jaxpr(eqn)
   if sub is not None:
     return _eval(sub.jaxpr, sub.consts, vals, refs, varying)
-  return _bind(eqn, vals), _bind(eqn, refs)
-
-
-def _eval(jaxpr, consts, vals, refs, varying):
-  """Evaluates `jaxpr` on paired inputs; returns (outputs, reference outs)."""
-  env, env0, var = {}, {}, {}
-
-  def read(v):
-    if isinstance(v, jex_core.Literal):
-      return v.val, v.val, False
-    return env[v], env0[v], var[v]
-
-  for v, c in zip(jaxpr.constvars, consts):
-    env[v], env0[v], var[v] = c, c, False
-  for v, a, a0, is_var in zip(jaxpr.invars, vals, refs, varying):
-    env[v], env0[v], var[v] = a, a0, is_var
-  for eqn in jaxpr.eqns:
-    ins, ins0, flags = zip(*[read(v) for v in eqn.invars]) if eqn.invars else (
-        (), (), ())
-    outs, outs0 = _apply(eqn, list(ins), list(ins0), list(flags))
-    for v, o, o0 in zip(eqn.outvars, outs, outs0):
-      env[v], env0[v], var[v] = o, o0, any(flags)
-  outs = [read(v) for v in jaxpr.outvars]
-  return [o[0] for o in outs], [o[1] for o in outs]
+  return tracing.bind(eqn, vals), tracing.bind(eqn, refs)
 
 
 def rescale(fn: Callable[[Array], Array]) -> Callable[[Array, Array], Array]:
