@@ -39,9 +39,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow as tf
 from absl import logging
-from jax.experimental import multihost_utils
 
 from roar_jax import levels as levels_lib
 from roar_jax import progress_eta
@@ -49,15 +47,13 @@ from roar_jax import provenance as provenance_lib
 from roar_jax import saliency
 from roar_jax import training
 from roar_jax import workdir as workdir_lib
-from roar_jax.data import degradation as degrade_lib
-from roar_jax.data import preprocess
 from roar_jax.data import rank_store as rank_store_lib
-from roar_jax.data import source_protocol
 from roar_jax.data import synthetic
 from roar_jax.benchmark.roar import agreement
 from roar_jax.benchmark.roar import explain as explain_lib
 from roar_jax.benchmark.roar import leakage
 from roar_jax.benchmark.roar import metric_figures
+from roar_jax.benchmark.roar import metric_inputs
 from roar_jax.benchmark.roar import metric_maps
 from roar_jax.benchmark.roar import metric_plugins
 from roar_jax.benchmark.roar import metric_registry
@@ -69,8 +65,8 @@ from roar_jax.benchmark.roar.metric_options import (
 # Re-exported: the metrics' public names live here, whatever module computes
 # them.
 __all__ = ["CSV_COLUMNS", "METRICS", "Options", "auc", "auc_name",
-           "compute", "curves", "mean_ci", "plan_artifacts", "rank_maps",
-           "run", "summarize"]
+           "compute", "curves", "mean_ci", "plan_artifacts",
+           "rank_maps", "run", "score", "summarize"]
 
 # ----------------------------------------------------------------------------
 # The stage: images from the test split, rankings from the rank store.
@@ -101,63 +97,6 @@ def plan_artifacts(config, plan) -> dict[str, provenance_lib.Artifact]:
           for est in config.explain.estimators}
 
 
-def _test_batches(config, source, options: Options, rows: int):
-  """This process's test images (eval geometry, uint8) in batches of
-  `rows`: {'image', 'label', 'index'}."""
-  pid, nproc = jax.process_index(), jax.process_count()
-  if options.num_images:
-    # The first images of the split, dealt out among the processes: a
-    # process slice of the split may hold none of them.
-    ds = source.load("test")
-    limit = tf.constant(options.num_images, tf.int64)
-    ds = ds.filter(tf.autograph.experimental.do_not_convert(
-        lambda ex: (tf.cast(ex["index"], tf.int64) < limit) & (
-            tf.cast(ex["index"], tf.int64) % nproc == pid)))
-  else:
-    ds = source.load("test", process_index=pid, process_count=nproc)
-  ds = ds.map(tf.autograph.experimental.do_not_convert(
-      lambda ex: {"image": preprocess.eval_geometry(ex["image"], config.data),
-                  "label": tf.cast(ex["label"], tf.int32),
-                  "index": tf.cast(ex["index"], tf.int64)}),
-              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.batch(rows).prefetch(2).as_numpy_iterator()
-
-
-def _num_local_images(source, options: Options) -> int:
-  """How many test images `_test_batches` gives this process."""
-  pid, nproc = jax.process_index(), jax.process_count()
-  num = int(source.info.num_examples["test"])
-  if options.num_images:
-    return len(range(pid, min(num, int(options.num_images)), nproc))
-  start, stop = source_protocol.process_slice(num, pid, nproc)
-  return stop - start
-
-
-def _fill_value(config, options: Options, source, channel_mean):
-  """The 'channel_mean' fill: the grid's (stored or pinned), else computed
-  from the training split here."""
-  if options.fill != "channel_mean":
-    return None
-  if channel_mean is not None:
-    return np.asarray(channel_mean, np.float64)
-  if config.roar.get("fill_value"):
-    return np.asarray(config.roar.fill_value, np.float64)
-  return degrade_lib.channel_mean(source)
-
-
-def _gather(values: np.ndarray) -> np.ndarray:
-  """Every process's rows (one process: the rows themselves)."""
-  if jax.process_count() == 1:
-    return values
-  counts = multihost_utils.process_allgather(np.array([len(values)]))
-  most = int(np.max(counts))
-  padded = np.zeros((most,) + values.shape[1:], values.dtype)
-  padded[:len(values)] = values
-  every = multihost_utils.process_allgather(padded)
-  return np.concatenate([every[p][:int(c)] for p, c in
-                         enumerate(np.asarray(counts).reshape(-1))])
-
-
 def _merged(parts: Mapping[str, list[np.ndarray]], options: Options
             ) -> dict[str, np.ndarray]:
   """This process's per-image values joined with every other process's.
@@ -169,7 +108,7 @@ def _merged(parts: Mapping[str, list[np.ndarray]], options: Options
   widths = {}
   for name in options.names:
     widths.update(metric_registry.get(name).widths(options))
-  return {k: _gather(np.concatenate(
+  return {k: metric_inputs.gather(np.concatenate(
       [np.zeros((0,) + widths[k])] + list(parts.get(k, [])),
       dtype=np.float64)) for k in sorted(widths)}
 
@@ -228,28 +167,57 @@ def compute(config, plan, source, channel_mean=None, *, logits_fn=None
     return records
   model = (saliency.Model(logits=logits_fn) if logits_fn is not None
            else _base_model(config, plan, source))
-  stage = _Stage(config, options, model, metric_maps.maps_fn(
-      config, model, source), _fill_value(config, options, source,
-                                          channel_mean),
-                 rank_store_lib.RankStore(plan.workdir.root))
-  start = time.time()
-  per_image, count = _per_image(config, source, options, todo, stage)
-  elapsed = time.time() - start
-  logging.info("metrics: %d test images x %d estimators in %.1f s", count,
-               len(todo), elapsed)
-  for est in todo:
-    merged = _merged(per_image[est], options)
-    record = {"estimator": est,
-              "metrics": summarize(merged, options, stage.names_for(est)),
-              "num_images": int(len(merged["target"]) if "target" in merged
-                                else len(next(iter(merged.values())))),
-              "wall_time_s": elapsed / len(todo),
+  scored = score(config, plan, source, model, todo, options=options,
+                 fill=metric_inputs.fill_value(config, options, source, channel_mean))
+  for est, entry in scored.items():
+    record = {"estimator": est, **entry,
               "fingerprint": artifacts[est].fingerprint,
               "provenance": dict(artifacts[est].record)}
     if jax.process_index() == 0:
       workdir_lib.write_json(artifacts[est].path, record)
     records[est] = record
   return records
+
+
+def score(config, plan, source, model: saliency.Model,
+          estimators: Sequence[str], *, options: Options, fill
+          ) -> dict[str, dict[str, Any]]:
+  """Scores `estimators` on the test split with `model`: the configured
+  metrics of `options` (one pass over the images for all of them).
+
+  The stage's work without its records: `compute` writes them for the base
+  model; a protocol that scores another model (the fine-tuned one of
+  fine-tune-once fidelity) writes its own.
+
+  Args:
+    config: the experiment config.
+    plan: the grid's artifacts (the rank store is read from its workdir).
+    source: the undegraded dataset.
+    model: the model to score, as the estimators see it.
+    estimators: the names to score.
+    options: the metric options (`metric_plugins.options_of`).
+    fill: the 'channel_mean' fill (`metric_inputs.fill_value`), or None.
+
+  Returns:
+    {estimator: {'metrics': {metric: entry}, 'num_images', 'wall_time_s'}}.
+  """
+  stage = _Stage(config, options, model,
+                 metric_maps.maps_fn(config, model, source), fill,
+                 rank_store_lib.RankStore(plan.workdir.root))
+  start = time.time()
+  per_image, count = _per_image(config, source, options, estimators, stage)
+  elapsed = time.time() - start
+  logging.info("metrics: %d test images x %d estimators in %.1f s", count,
+               len(estimators), elapsed)
+  out = {}
+  for est in estimators:
+    merged = _merged(per_image[est], options)
+    out[est] = {
+        "metrics": summarize(merged, options, stage.names_for(est)),
+        "num_images": int(len(merged["target"]) if "target" in merged
+                          else len(next(iter(merged.values())))),
+        "wall_time_s": elapsed / len(estimators)}
+  return out
 
 
 class _Stage:
@@ -304,10 +272,10 @@ def _per_image(config, source, options: Options, todo, stage: _Stage):
   count = 0
   # One step per image and estimator: a bar on a terminal, a log line with
   # the time left every 30 s without one (the stage can take minutes).
-  with progress_eta.Bar(_num_local_images(source, options) * len(todo),
+  with progress_eta.Bar(metric_inputs.num_local_images(source, options) * len(todo),
                         "metrics", noun="image-estimator pair",
                         unit="img") as bar:
-    for rows in _test_batches(config, source, options, rows=1024):
+    for rows in metric_inputs.test_batches(config, source, options, rows=1024):
       for i, est in enumerate(todo):
         for k, v in stage.scores(stage.batch(est, rows)).items():
           per_image[est].setdefault(k, []).append(v)
