@@ -268,7 +268,7 @@ class _PoolCNN(_TinyCNN):
 
 ALL = tuple(m for m in api.available_methods() if m not in (
     "deeplift", "deepshap", "occlusion", "rise", "lime", "kernel_shap",
-    "xrai"))  # Tested in test_saliency_lecture*.py.
+    "xrai", "expected_gradients"))  # Tested in their own test modules.
 # These models declare no normalization: IG is given its baseline.
 OPTS = dict(num_samples=3, ig_steps=4, baseline=0.0)
 INDICES = np.arange(10, 18, dtype=np.int32)

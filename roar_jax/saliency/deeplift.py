@@ -35,7 +35,8 @@ def deeplift(inputs: inputs_lib.Inputs) -> Array:
   return inputs.cached("deeplift", compute)
 
 
-@registry.register("deepshap", needs=("deeplift_logits",), evaluations=2)
+@registry.register("deepshap", needs=("deeplift_logits",), evaluations=2,
+                   references=True)
 def deepshap(inputs: inputs_lib.Inputs) -> Array:
   """Mean over references x0_r of DeepLIFT relative to x0_r.
 

@@ -54,6 +54,27 @@ def guided_backprop(inputs: inputs_lib.Inputs) -> Array:
   return inputs.guided_gradient()
 
 
+def feature_gradients(inputs: inputs_lib.Inputs) -> tuple[Array, Array]:
+  """(A, d logit / d A): the last convolutional block's activation [N, h, w,
+  F] and the gradient of the explained logit with respect to it (computed
+  once per batch, shared by the class activation maps)."""
+  def compute():
+    feats = inputs.part("features")(inputs.images)
+    if feats.ndim != 4:
+      raise ValueError(f"method {inputs.method!r}: Model.features must return"
+                       f" [B, h, w, F], got shape {feats.shape}")
+    return feats, inputs_lib.target_gradient(inputs.part("head"), feats,
+                                             inputs.targets)
+  return inputs.cached("feature_gradients", compute)
+
+
+def upsample_cam(cam: Array, images: Array) -> Array:
+  """A class activation map [N, h, w] bilinearly resized to the images' H x W
+  and repeated over their channels: [N, H, W, C]."""
+  cam = jax.image.resize(cam, images.shape[:3], method="bilinear")
+  return jnp.broadcast_to(cam[..., None], images.shape).astype(images.dtype)
+
+
 @register("gradcam", needs=("features", "head"))
 def gradcam(inputs: inputs_lib.Inputs) -> Array:
   """GradCAM (Selvaraju et al., 2017), upsampled to the image.
@@ -63,17 +84,10 @@ def gradcam(inputs: inputs_lib.Inputs) -> Array:
   and repeated over the image's channels.
   """
   def compute():
-    x = inputs.images
-    feats = inputs.part("features")(x)
-    head = inputs.part("head")
-    if feats.ndim != 4:
-      raise ValueError(f"method {inputs.method!r}: Model.features must return"
-                       f" [B, h, w, F], got shape {feats.shape}")
-    grads = inputs_lib.target_gradient(head, feats, inputs.targets)
+    feats, grads = feature_gradients(inputs)
     alpha = jnp.mean(grads, axis=(1, 2))
     cam = jax.nn.relu(jnp.einsum("nhwf,nf->nhw", feats, alpha))
-    cam = jax.image.resize(cam, x.shape[:3], method="bilinear")
-    return jnp.broadcast_to(cam[..., None], x.shape).astype(x.dtype)
+    return upsample_cam(cam, inputs.images)
   return inputs.cached("gradcam", compute)
 
 

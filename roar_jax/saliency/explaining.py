@@ -69,6 +69,12 @@ def _check_baseline(baseline, shape) -> None:
 def _check_arrays(arrays: dict, shape, plan: plan_lib.Plan) -> None:
   if "baseline" in arrays:
     _check_baseline(arrays["baseline"], shape)
+  readers = [m for m in plan.plain + tuple(b for b, _ in plan.ensembles)
+             if registry.reads_references(m)]
+  if readers and "references" not in arrays:
+    raise ValueError(f"references: {readers} average over references; pass "
+                     "references=[R, H, W, C] (e.g. 16 training images in "
+                     "the model's input space)")
   if "references" in arrays:
     rshape = tuple(np.shape(arrays["references"]))
     if len(rshape) != 4 or rshape[1:] != shape[1:] or not rshape[0]:
@@ -197,8 +203,8 @@ def explain_all(model: model_lib.Model, images, *, methods: Sequence[str],
       [B, H, W, C]) of integrated_gradients, deeplift, occlusion, rise, lime,
       kernel_shap: by default the black image of the declared normalization
       (`black_image`), required when none is declared; `references`
-      [R, H, W, C] of deepshap; `segments` (int labels [H, W] or [B, H, W])
-      of lime and kernel_shap instead of SLIC.
+      [R, H, W, C] of deepshap and expected_gradients; `segments` (int
+      labels [H, W] or [B, H, W]) of lime and kernel_shap instead of SLIC.
 
   Returns:
     {method: float32 maps shaped like `images`}.

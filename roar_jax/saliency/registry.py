@@ -44,6 +44,8 @@ class Estimator:
     baseline: it reads `inputs.baseline` (explain then needs `baseline=`
       unless the normalization is declared, whose black image is the
       default).
+    references: it reads the `references=` option [R, H, W, C] (the explain
+      stage then passes training images; DeepSHAP, Expected Gradients).
   """
   name: str
   fn: Callable
@@ -54,6 +56,7 @@ class Estimator:
   prepare: Optional[Callable] = None
   random: bool = False
   baseline: bool = False
+  references: bool = False
 
   def cost(self, options) -> int:
     n = self.evaluations(options) if callable(self.evaluations) else (
@@ -74,7 +77,8 @@ def version() -> int:
 def register(name: str, *, needs: Sequence[str] = (), ensemble: bool = False,
              evaluations: Union[int, Callable] = 1, model_free: bool = False,
              prepare: Optional[Callable] = None, random: bool = False,
-             baseline: bool = False, replace: bool = False):
+             baseline: bool = False, references: bool = False,
+             replace: bool = False):
   """Decorator: registers `fn(inputs) -> maps` under `name`.
 
   Args:
@@ -87,6 +91,8 @@ def register(name: str, *, needs: Sequence[str] = (), ensemble: bool = False,
     prepare: host pre-pass of the batch (see `Estimator.prepare`).
     random: it draws random numbers (needs explain's key).
     baseline: it reads `inputs.baseline` (see `Estimator.baseline`).
+    references: it reads the `references=` option (see
+      `Estimator.references`).
     replace: allow replacing an existing estimator of the same name.
 
   Returns:
@@ -110,7 +116,8 @@ def register(name: str, *, needs: Sequence[str] = (), ensemble: bool = False,
                        "step cannot have noise ensembles")
     _REGISTRY[name] = Estimator(name, fn, tuple(needs), bool(ensemble),
                                 evaluations, bool(model_free), prepare,
-                                bool(random), bool(baseline))
+                                bool(random), bool(baseline),
+                                bool(references))
     _VERSION[0] += 1
     return fn
 
@@ -121,6 +128,11 @@ def unregister(name: str) -> None:
   """Removes a registered estimator (for tests and interactive use)."""
   _REGISTRY.pop(name, None)
   _VERSION[0] += 1
+
+
+def reads_references(method: str) -> bool:
+  """Whether `method` ('deepshap', 'sg.<name>', ...) reads `references=`."""
+  return parse(method)[1].references
 
 
 def available_methods() -> list[str]:

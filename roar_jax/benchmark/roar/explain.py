@@ -85,7 +85,8 @@ def explain_options(config) -> dict[str, Any]:
 
 
 def deepshap_references(config, source) -> np.ndarray:
-  """DeepSHAP's references: the first `explain.num_references` training
+  """`references=` of the methods that read it (`saliency.reads_references`:
+  DeepSHAP, Expected Gradients): the first `explain.num_references` training
   images, as the model sees them."""
   batch = next(iter(pipeline.eval_iterator(
       source, config.data, "train",
@@ -187,7 +188,7 @@ class _Stage:
     self.methods = tuple(dict.fromkeys(names.maps_method(e)
                                        for e in self.model_estimators))
     self.options = explain_options(config)
-    if "deepshap" in self.methods:
+    if any(saliency.reads_references(m) for m in self.methods):
       self.options["references"] = deepshap_references(config, source)
     self.key = jax.random.fold_in(jax.random.key(config.seed), 7)
     self.pid, self.nproc = jax.process_index(), jax.process_count()
