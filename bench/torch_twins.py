@@ -60,18 +60,18 @@ class Block(nn.Module):
 class ResNet18(nn.Module):
   """ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no max-pool)."""
 
-  def __init__(self):
+  def __init__(self, width: int = 64, num_classes: int = 10):
     super().__init__()
-    self.stem = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-    self.stem_bn = nn.BatchNorm2d(64, eps=1e-5)
-    blocks, cin = [], 64
+    self.stem = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+    self.stem_bn = nn.BatchNorm2d(width, eps=1e-5)
+    blocks, cin = [], width
     for i in range(4):
       for j in range(2):
-        cout = 64 * 2**i
+        cout = width * 2**i
         blocks.append(Block(cin, cout, 2 if i > 0 and j == 0 else 1))
         cin = cout
     self.blocks = nn.ModuleList(blocks)
-    self.fc = nn.Linear(512, 10)
+    self.fc = nn.Linear(8 * width, num_classes)
 
   def forward(self, x):
     x = F.relu(self.stem_bn(self.stem(x)))
@@ -138,8 +138,10 @@ def small_cnn(params: dict) -> SmallCNN:
 
 
 def resnet18(params: dict, stats: dict) -> ResNet18:
-  """The ResNet18 twin holding the Flax ResNet-18's params and batch stats."""
-  net = ResNet18()
+  """The ResNet18 twin holding the Flax ResNet-18's params and batch stats
+  (its width and classes read from their shapes)."""
+  width, num_classes = np.shape(params["logits"]["kernel"])
+  net = ResNet18(width // 8, num_classes)
   set_conv(net.stem, params["stem_conv"])
   set_batch_norm(net.stem_bn, params["stem_bn"], stats["stem_bn"])
   for block, name in zip(net.blocks, RESNET18_BLOCKS):

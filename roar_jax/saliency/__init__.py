@@ -13,6 +13,7 @@ from roar_jax.saliency.explaining import explain_all, gradient_passes
 from roar_jax.saliency import gradcam_pp  # Registers the method.
 from roar_jax.saliency.inputs import Inputs
 from roar_jax.saliency.lowering import fast_pooling
+from roar_jax.saliency import lrp  # Registers the lrp_* methods.
 from roar_jax.saliency.model import Model, guided_relu
 from roar_jax.saliency.options import Options, black_image
 from roar_jax.saliency.ranking import rank
