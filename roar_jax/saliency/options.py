@@ -176,10 +176,11 @@ def statistics(name: str, value, owner: str) -> Optional[tuple[float, ...]]:
 
 
 # Options that are arrays (not hashable), passed to the jitted call as
-# arguments: `baseline` (one image, or one per image) of integrated gradients,
-# DeepLIFT, occlusion, RISE, LIME and KernelSHAP; `references` [R, H, W, C] of
-# DeepSHAP; `segments` (int labels [H, W] or [B, H, W]) of LIME and
-# KernelSHAP, replacing SLIC.
+# arguments: `baseline` (one image, or one per image) of the methods
+# registered with `baseline=True` (integrated gradients, DeepLIFT, Guided IG,
+# occlusion, RISE, LIME, KernelSHAP); `references` [R, H, W, C] of those with
+# `references=True` (DeepSHAP, Expected Gradients); `segments` (int labels
+# [H, W] or [B, H, W]) of LIME and KernelSHAP, replacing SLIC.
 ARRAY_OPTIONS = ("baseline", "references", "segments")
 
 _POSITIVE_INTS = ("num_samples", "ig_steps", "chunk_size",

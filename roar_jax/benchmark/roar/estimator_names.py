@@ -62,6 +62,12 @@ OPTIONS_READ = {
     "kernel_shap": ("methods.num_segments", "methods.shap_samples"),
     "xrai": ("methods.xrai_steps", "methods.xrai_min_pixel_diff",
              "methods.xrai_max_segments"),
+    "expected_gradients": ("num_references", "methods.eg_samples"),
+    "gradcam_pp": (),
+    "guided_ig": ("methods.guided_ig_steps", "methods.guided_ig_fraction",
+                  "methods.guided_ig_max_dist"),
+    "blur_ig": ("methods.blur_ig_steps", "methods.blur_ig_max_sigma",
+                "methods.blur_ig_grad_step"),
 }
 METHOD_OPTIONS = frozenset(
     o for read in OPTIONS_READ.values() for o in read) | set(_NOISE)

@@ -51,7 +51,7 @@ def maps_fn(config, model: saliency.Model, source) -> Callable:
 
   def fn(estimator, images, targets, indices):
     opts = dict(options)
-    if estimator == "deepshap":
+    if saliency.reads_references(estimator):
       if not references:
         references.append(explain_lib.deepshap_references(config, source))
       opts["references"] = references[0]
