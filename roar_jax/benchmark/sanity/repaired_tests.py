@@ -77,6 +77,8 @@ def smooth_normals(config, images, nr_samples: int) -> np.ndarray:
 
 
 def bottom_up_test(ctx, pending) -> dict[str, dict[str, Any]]:
+  """The layers re-initialized from the input up; Quantus MPRT's
+  `spearman_flat` beside the paper's metrics."""
   flat = maps_lib.Comparer(ctx.config, ctx.comparer.reference, ctx.images,
                            extra={repaired.SPEARMAN_FLAT:
                                   repaired.spearman_flat})
