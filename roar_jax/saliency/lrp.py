@@ -59,7 +59,7 @@ _CHAIN = ("add", "sub", "mul", "div", "neg", "convert_element_type")
 # Equations that only rearrange values: the box rule's bounds follow them.
 _REARRANGE = ("reshape", "transpose", "squeeze", "expand_dims",
               "broadcast_in_dim", "convert_element_type", "slice", "rev",
-              "copy", "copy_p")
+              "copy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,13 +137,20 @@ class _Layer:
   rule: str
   positions: dict = dataclasses.field(default_factory=dict)
   values: dict = dataclasses.field(default_factory=dict)
+  bounds: Optional[tuple] = None
 
   def last(self):
     return (self.chain or [self.head])[-1]
 
 
 def _layers(jaxpr, image_vars, composite: Composite) -> dict:
-  """{id(last equation of a layer): _Layer}, the layers of a flat trace."""
+  """The layers of a flat trace: {id(each equation of a layer): _Layer}.
+
+  Args:
+    jaxpr: the flat Jaxpr (`tracing.inline`).
+    image_vars: its invars that hold the image.
+    composite: which rule each layer gets.
+  """
   varying, uses, consumer = set(image_vars), collections.Counter(), {}
   for eqn in jaxpr.eqns:
     for v in eqn.invars:
@@ -195,6 +202,7 @@ def _scale(chain, values) -> Array:
 
 
 def _run_chain(chain, values, y):
+  """The merged equations applied to y in place of the layer's raw output."""
   for eqn, (invals, pos) in zip(chain, values):
     ins = list(invals)
     ins[pos] = y
@@ -227,10 +235,10 @@ def _affine(layer: _Layer, bounds) -> lrp_rules.Affine:
 
 
 def _rule_output(layer: _Layer, bounds, eps: float, gamma: float) -> Array:
-  affine = _affine(layer, bounds)
   if layer.rule == "zbox" and bounds is None:
     raise ValueError("lrp: the box rule needs the first convolution to read "
                      "the image (or a reshape of it), which it does not here")
+  affine = _affine(layer, bounds)
   rule = {"epsilon": lambda a: lrp_rules.epsilon(a, eps),
           "gamma": lambda a: lrp_rules.gamma(a, gamma),
           "norm": lrp_rules.norm, "zplus": lrp_rules.zplus,

@@ -44,9 +44,10 @@ from zennit import types as ztypes
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from bench import torch_twins  # noqa: E402  pylint: disable=g-import-not-at-top
-from roar_jax.models import resnet  # noqa: E402  pylint: disable=g-import-not-at-top
-from roar_jax.models import small_cnn  # noqa: E402  pylint: disable=g-import-not-at-top
+# After the path is set: bench is not a package on the path otherwise.
+from bench import torch_twins  # noqa: E402
+from roar_jax.models import resnet  # noqa: E402
+from roar_jax.models import small_cnn  # noqa: E402
 
 OUT = REPO / "tests" / "references" / "lrp.npz"
 MEAN = np.array([0.49, 0.48, 0.45], np.float32)
