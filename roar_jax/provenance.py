@@ -117,6 +117,19 @@ class Artifact:
     """Records the provenance of a folder artifact (before filling it)."""
     write_provenance(self.path, self.record)
 
+  def stamped(self, values: Mapping[str, Any]) -> dict[str, Any]:
+    """A file artifact's record: `values` with this artifact's fingerprint
+    and provenance, the form `matching` and `stored` read back."""
+    return {**values, "fingerprint": self.fingerprint,
+            "provenance": dict(self.record)}
+
+  def write_record(self, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Writes `stamped(values)` to the artifact's file (call it from the
+    process that writes, process 0); returns the record."""
+    record = self.stamped(values)
+    workdir_lib.write_json(self.path, record)
+    return record
+
 
 @dataclasses.dataclass(frozen=True)
 class Stale:

@@ -78,7 +78,7 @@ class Run:
 
 def load_config(workdir) -> ml_collections.ConfigDict:
   """The config a run recorded in `W/config.json`."""
-  wd = workdir_lib.Workdir(workdir)
+  wd = workdir_lib.as_workdir(workdir)
   stored = workdir_lib.read_json(wd.config_file, missing_ok=True)
   if stored is None:
     raise workdir_lib.WorkdirError(
@@ -140,7 +140,7 @@ def load(workdir, *, allow_unfinished: bool = False) -> Run:
   from roar_jax.benchmark.roar import explain
   from roar_jax.data import sources
   # pylint: enable=g-import-not-at-top
-  wd = workdir_lib.Workdir(workdir)
+  wd = workdir_lib.as_workdir(workdir)
   config = load_config(wd)
   # Before the dataset is opened: a model of one's own is known only once
   # the file that registers it has run in this process.

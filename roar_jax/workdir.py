@@ -232,6 +232,14 @@ def unit_name(estimator: str, mode: str, threshold: float,
   return name if seed is None else f"{name}__seed{seed}"
 
 
+def as_workdir(workdir: "Workdir | PathLike") -> "Workdir":
+  """`workdir` itself when it is a Workdir, else the Workdir of that root.
+
+  The command line builds the Workdir once (`main.run`) and it travels as
+  that object; entry points of the library also take a path."""
+  return workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+
+
 class Workdir:
   """The paths of one workdir. Creates nothing by itself."""
 

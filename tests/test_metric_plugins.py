@@ -1,5 +1,6 @@
-"""The no-retrain metric registry: the built-in metrics unchanged by the move
-onto it, and a metric added in a few lines reaching metrics.csv."""
+"""The metric and protocol registries: the built-in metrics unchanged by the
+move onto them, and a metric or a protocol added in a few lines reaching the
+report."""
 
 import json
 import os
@@ -8,10 +9,12 @@ import numpy as np
 import pytest
 
 from roar_jax import saliency
+from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.roar import grid
 from roar_jax.benchmark.roar import metric_plugins
 from roar_jax.benchmark.roar import metric_registry
 from roar_jax.benchmark.roar import metrics
+from roar_jax.benchmark.roar import protocol_registry
 from roar_jax.benchmark.roar import tables
 from roar_jax.config import validation
 from roar_jax.data import rank_store
@@ -130,3 +133,35 @@ def test_registry_refuses_a_bad_declaration():
   assert metric_plugins.direction("road_lerf_auc") is False
   assert metric_plugins.columns()[:4] == (
       "deletion_auc", "insertion_auc", "road_morf_auc", "road_lerf_auc")
+
+
+def test_a_registered_protocol_runs_after_the_metrics(toy, tmp_path):
+  """A protocol in a few lines: it reads metrics.csv's rows, writes its file
+  and returns its rows under its name; the built-in ones still run."""
+  @protocol_registry.register("lowest_deletion", needs=("metric_rows",),
+                              writes=("lowest_deletion.csv",))
+  def lowest_deletion(context):
+    if context.metric_rows is None:
+      return []
+    rows = [r for r in context.metric_rows if r["metric"] == "deletion_auc"]
+    best = [{"estimator": min(rows, key=lambda r: r["value"])["estimator"]}]
+    workdir_lib.write_csv(context.plan.workdir.report("lowest_deletion.csv"),
+                          best, ("estimator",))
+    return best
+
+  try:
+    config = test_metrics._config()
+    with config.unlocked():
+      config.metrics.names = ("deletion",)
+    out = _stage(config, toy, str(tmp_path))
+  finally:
+    protocol_registry.unregister("lowest_deletion")
+  # The oracle deletes the pattern first (test_metrics: AUC 0.03 vs 0.29).
+  assert out["lowest_deletion"] == [{"estimator": "oracle"}]
+  assert open(tmp_path / "report" / "lowest_deletion.csv").read().split() == [
+      "estimator", "oracle"]
+  # The agreement table ran as a protocol too; the leakage probe is off in
+  # this config and returns no rows.
+  assert out["leakage"] == []
+  assert (tmp_path / "report" / "agreement.csv").exists()
+  assert "lowest_deletion" not in metric_plugins.protocol_names()

@@ -23,7 +23,9 @@ import scipy.stats
 
 from roar_jax import levels
 from roar_jax import workdir as workdir_lib
-from roar_jax.benchmark.roar import metric_plugins
+from roar_jax.benchmark.roar import finetune_fidelity_options
+from roar_jax.benchmark.roar import metric_registry
+from roar_jax.benchmark.roar import protocol_registry
 
 # Oriented so that higher is better: the retraining benchmarks' sign here,
 # every no-retrain metric's from the registry (`Metric.lower_is_better`).
@@ -31,14 +33,14 @@ _SIGN = {"roar": -1.0, "kar": 1.0}
 
 
 def _sign(metric: str) -> float:
-  lower = metric_plugins.direction(metric)
+  lower = finetune_fidelity_options.direction(metric)  # ff_ columns too.
   return _SIGN.get(metric, 1.0) if lower is None else (-1.0 if lower
                                                          else 1.0)
 
 
 def order() -> tuple[str, ...]:
   """The table's order: the registered metrics', then ROAR and KAR."""
-  return (*metric_plugins.columns(), "roar", "kar")
+  return (*metric_registry.columns(), "roar", "kar")
 CSV_COLUMNS = ("metric_a", "metric_b", "spearman", "n", "estimators")
 
 
@@ -100,3 +102,14 @@ def write(wd: workdir_lib.Workdir, metric_rows, results_rows=None
       wd.report("agreement.csv"),
       [{**r, "spearman": f"{r['spearman']:.4f}"} for r in rows], CSV_COLUMNS)
   return rows
+
+
+@protocol_registry.register("agreement", needs=("metric_rows", "retrains"),
+                            writes=("agreement.csv",))
+def _protocol(context: protocol_registry.Context) -> list[dict[str, Any]]:
+  """The table as a protocol: on process 0, from metrics.csv's rows (and
+  results.csv's, when the grid has results)."""
+  if context.metric_rows is None:
+    return []
+  return write(context.plan.workdir, context.metric_rows,
+               context.results_rows)

@@ -135,7 +135,7 @@ def run(config, workdir, *, source=None, plan=None) -> dict[str, Any]:
      estimator computed on its own}.
   """
   source = source or sources.get_source(config.data)
-  wd = workdir_lib.Workdir(workdir)
+  wd = workdir_lib.as_workdir(workdir)
   plan = plan or grid.plan_of(config, workdir)
   module, variables = training.load_model(config, wd.base, source=source)
   if jax.process_index() == 0:
@@ -333,7 +333,7 @@ def _visualize(config, workdir, batch, maps, real, class_names=None):
   if n <= 0:
     return
   grid = {e: np.asarray(_local_rows(m))[real][:n] for e, m in maps.items()}
-  saliency_figure.write(config, workdir_lib.Workdir(workdir),
+  saliency_figure.write(config, workdir_lib.as_workdir(workdir),
                         batch["image"][real][:n], grid,
                         labels=batch["label"][real][:n],
                         indices=batch["index"][real][:n],

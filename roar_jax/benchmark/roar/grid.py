@@ -103,7 +103,7 @@ def is_done(plan: artifacts_lib.Plan, unit: Unit) -> bool:
 
 def plan_of(config, workdir) -> artifacts_lib.Plan:
   """The artifacts of the config's grid in `workdir`."""
-  return artifacts_lib.plan(config, workdir_lib.Workdir(workdir),
+  return artifacts_lib.plan(config, workdir_lib.as_workdir(workdir),
                             all_units(config))
 
 
@@ -226,10 +226,9 @@ def _unit_source(config, plan: artifacts_lib.Plan, unit: Unit, base_source,
 def _store_result(config, plan: artifacts_lib.Plan, unit: Unit,
                   result: dict[str, Any]) -> dict[str, Any]:
   """The unit's result record from its training metrics, stored."""
-  record = {**dataclasses.asdict(unit), **result,
-            "config_hash": results_lib.config_hash(config),
-            "fingerprint": plan.results[unit].fingerprint,
-            "provenance": dict(plan.results[unit].record)}
+  record = plan.results[unit].stamped(
+      {**dataclasses.asdict(unit), **result,
+       "config_hash": results_lib.config_hash(config)})
   if jax.process_index() == 0:
     write_result(plan, unit, record)
   logging.info("unit %s: test accuracy %.4f", unit.name,
@@ -328,11 +327,9 @@ def evaluate_no_retrain(config, plan: artifacts_lib.Plan, base_state_fn,
                                 desc=f"no-retrain {est} {mode} {thr:.2f} "
                                 f"{fill}")
     if jax.process_index() == 0:
-      workdir_lib.write_json(artifact.path, {
+      artifact.write_record({
           "estimator": est, "mode": mode, "threshold": thr, "fill": fill,
-          "test_accuracy": metrics["accuracy"],
-          "fingerprint": artifact.fingerprint,
-          "provenance": dict(artifact.record)})
+          "test_accuracy": metrics["accuracy"]})
 
 
 def channel_mean(config, plan: artifacts_lib.Plan, base_source):
@@ -346,10 +343,8 @@ def channel_mean(config, plan: artifacts_lib.Plan, base_source):
     return None
   if jax.process_index() == 0 and not workdir_lib.exists(artifact.path):
     mean = degrade_lib.channel_mean(base_source)
-    workdir_lib.write_json(artifact.path, {
-        "channel_mean": [float(v) for v in mean], "units": "pixel [0, 255]",
-        "fingerprint": artifact.fingerprint,
-        "provenance": dict(artifact.record)})
+    artifact.write_record({"channel_mean": [float(v) for v in mean],
+                           "units": "pixel [0, 255]"})
     logging.info("channel mean of %s: %s (stored in %s)",
                  base_source.info.name, np.round(mean, 3).tolist(),
                  artifact.path)

@@ -40,8 +40,11 @@ from absl import logging
 from roar_jax import levels as levels_lib
 from roar_jax import progress_eta
 from roar_jax import provenance as provenance_lib
+from roar_jax import training
 from roar_jax import workdir as workdir_lib
+from roar_jax.benchmark.roar import artifacts as artifacts_lib
 from roar_jax.benchmark.roar import statistics
+from roar_jax.benchmark.roar import protocol_registry
 from roar_jax.data import rank_store as rank_store_lib
 from roar_jax.data import source_protocol as source_lib
 
@@ -155,7 +158,6 @@ def train_probe(config, masks: MaskSource, folder: str) -> dict[str, Any]:
     {'accuracy_by_seed': [test accuracy of probe seed k], 'steps',
      'num_test_examples'}.
   """
-  from roar_jax import training  # pylint: disable=g-import-not-at-top
   results = [training.train_and_evaluate(
       probe_config(config, k), workdir_lib.join(folder, f"seed{k}"),
       source=masks) for k in range(num_probe_seeds(config))]
@@ -184,7 +186,6 @@ def plan_artifacts(config, plan) -> dict[tuple[str, str, float],
   Fields: the probe's training config, the mode and the threshold; input:
   the estimator's rank store. Pass them to `provenance.settle`.
   """
-  from roar_jax.benchmark.roar import artifacts as artifacts_lib  # pylint: disable=g-import-not-at-top
   train = artifacts_lib.training_fields(probe_config(config))
   out = {}
   # The mask does not depend on the fill: one probe serves every fill.
@@ -229,11 +230,9 @@ def run(config, plan, source) -> list[dict[str, Any]]:
       record = {"estimator": est, "mode": mode, "threshold": thr,
                 **seed_summary(result["accuracy_by_seed"]),
                 "chance": base_chance, "steps": result["steps"],
-                "num_test_examples": result["num_test_examples"],
-                "fingerprint": rec.fingerprint,
-                "provenance": dict(rec.record)}
-      if jax.process_index() == 0:
-        workdir_lib.write_json(rec.path, record)
+                "num_test_examples": result["num_test_examples"]}
+      record = (rec.write_record(record) if jax.process_index() == 0
+                else rec.stamped(record))
       logging.info("leakage %s %s %.2f: mask-only accuracy %.4f [%.4f, "
                    "%.4f] (chance %.4f)", est, mode, thr,
                    record["mask_only_accuracy"], record["ci95_low"],
@@ -285,3 +284,20 @@ def stored_rows(config, plan) -> list[dict[str, Any]]:
 def as_table(rows) -> Mapping[tuple[str, str, float], float]:
   return {(r["estimator"], r["mode"], r["threshold"]): r["mask_only_accuracy"]
           for r in rows}
+
+
+def _enabled(config) -> bool:
+  return config.get("metrics") is None or bool(
+      config.metrics.get("leakage", True))
+
+
+def _artifacts(config, plan) -> list[provenance_lib.Artifact]:
+  return [a for pair in plan_artifacts(config, plan).values() for a in pair]
+
+
+@protocol_registry.register("leakage", needs=("base", "ranks"),
+                            writes=("leakage.csv",), enabled=_enabled,
+                            artifacts=_artifacts, stored=stored_rows)
+def _protocol(context: protocol_registry.Context) -> list[dict[str, Any]]:
+  """The probe as a protocol: every probe of the grid, leakage.csv."""
+  return run(context.config, context.plan, context.source)

@@ -49,14 +49,13 @@ from roar_jax import training
 from roar_jax import workdir as workdir_lib
 from roar_jax.data import rank_store as rank_store_lib
 from roar_jax.data import synthetic
-from roar_jax.benchmark.roar import agreement
 from roar_jax.benchmark.roar import explain as explain_lib
-from roar_jax.benchmark.roar import leakage
 from roar_jax.benchmark.roar import metric_figures
 from roar_jax.benchmark.roar import metric_inputs
 from roar_jax.benchmark.roar import metric_maps
 from roar_jax.benchmark.roar import metric_plugins
 from roar_jax.benchmark.roar import metric_registry
+from roar_jax.benchmark.roar import protocol_registry
 from roar_jax.benchmark.roar.curves import auc, curves, mean_ci
 from roar_jax.saliency import ranking
 from roar_jax.benchmark.roar.metric_options import (
@@ -167,15 +166,14 @@ def compute(config, plan, source, channel_mean=None, *, logits_fn=None
     return records
   model = (saliency.Model(logits=logits_fn) if logits_fn is not None
            else _base_model(config, plan, source))
+  fill = metric_inputs.fill_value(config, options, source, channel_mean)
   scored = score(config, plan, source, model, todo, options=options,
-                 fill=metric_inputs.fill_value(config, options, source, channel_mean))
+                 fill=fill)
   for est, entry in scored.items():
-    record = {"estimator": est, **entry,
-              "fingerprint": artifacts[est].fingerprint,
-              "provenance": dict(artifacts[est].record)}
-    if jax.process_index() == 0:
-      workdir_lib.write_json(artifacts[est].path, record)
-    records[est] = record
+    values = {"estimator": est, **entry}
+    records[est] = (artifacts[est].write_record(values)
+                    if jax.process_index() == 0
+                    else artifacts[est].stamped(values))
   return records
 
 
@@ -322,7 +320,8 @@ def write_report(wd: workdir_lib.Workdir,
 def run(config, plan, source, channel_mean=None, *,
         results_rows: Sequence[Mapping[str, Any]] | None = None,
         logits_fn=None) -> dict[str, Any]:
-  """The metrics stage: curves, the leakage probe, agreement, the report.
+  """The metrics stage: the registered metrics, then the enabled protocols
+  (the leakage probe, the agreement table, ...), and their report files.
 
   Call it after the rank store and the channel mean exist (in `--mode=roar`
   before the retrain units: it costs little next to them).
@@ -336,18 +335,21 @@ def run(config, plan, source, channel_mean=None, *,
     logits_fn: the model to score (default: the plan's base model).
 
   Returns:
-    {'metrics': metrics.csv rows, 'leakage': leakage.csv rows,
-     'agreement': agreement.csv rows}.
+    {'metrics': metrics.csv rows, and each registered protocol's name: its
+     rows ([] when the config does not run it)}; process 0 has the rows of
+     the report files, the others [] for those computed on process 0 alone.
   """
   records = compute(config, plan, source, channel_mean, logits_fn=logits_fn)
-  leak = []
-  if config.get("metrics") is None or config.metrics.get("leakage", True):
-    leak = leakage.run(config, plan, source)
-  if jax.process_index() != 0:
-    return {"metrics": [], "leakage": leak, "agreement": []}
-  rows = write_report(plan.workdir, records)
-  agree = agreement.write(plan.workdir, rows, results_rows)
-  return {"metrics": rows, "leakage": leak, "agreement": agree}
+  rows = (write_report(plan.workdir, records) if jax.process_index() == 0
+          else None)
+  context = protocol_registry.Context(config, plan, source, channel_mean,
+                                      metric_rows=rows,
+                                      results_rows=results_rows)
+  out = {"metrics": rows or []}
+  out.update({name: [] for name in metric_plugins.protocol_names()})
+  for protocol in metric_plugins.protocols(config):
+    out[protocol.name] = protocol.run(context)
+  return out
 
 
 def rank_maps(maps, *, key: jax.Array, granularity: str = "pixel",

@@ -170,7 +170,7 @@ def run_unit_task(config, workdir: str, unit: grid.Unit,
   Returns:
     The unit's result record.
   """
-  plan = artifacts_lib.plan(config, workdir_lib.Workdir(workdir), [unit])
+  plan = artifacts_lib.plan(config, workdir_lib.as_workdir(workdir), [unit])
   if grid.is_done(plan, unit):
     return workdir_lib.read_json(plan.results[unit].path)
   source = sources.get_source(config.data)
@@ -308,7 +308,7 @@ def run_units(config, workdir: str, units: Sequence[grid.Unit], *,
   connected = _connect(ray, config)
   try:
     _warn_if_unschedulable(ray, options)
-    plan = artifacts_lib.plan(config, workdir_lib.Workdir(workdir), units)
+    plan = artifacts_lib.plan(config, workdir_lib.as_workdir(workdir), units)
     # Tasks are named after their units, as the Ray dashboard lists them.
     refs = {task.options(name=f"roar {u.name}", **options).remote(
         config, workdir, u, run_unit): u for u in units}

@@ -119,7 +119,7 @@ def run(config, workdir: str) -> dict[str, Any]:
             "seed": seed, "test_accuracy": retrain, "steps": 1,
             "wall_time_s": time.time() - start,
             "config_hash": results_lib.config_hash(config)})
-        wd = workdir_lib.Workdir(workdir)
+        wd = workdir_lib.as_workdir(workdir)
         workdir_lib.write_json(wd.result(workdir_lib.unit_name(
             ranking, "roar", t, seed)), records[-1])
         acc = curves.setdefault((ranking, k), {"retrain": [],
@@ -131,7 +131,7 @@ def run(config, workdir: str) -> dict[str, Any]:
                 for (ranking, k), acc in curves.items()}
   curves = {key: {name: float(np.mean(v)) for name, v in acc.items()}
             for key, acc in curves.items()}
-  report_lib.build_report(workdir_lib.Workdir(workdir), records, no_retrain,
+  report_lib.build_report(workdir_lib.as_workdir(workdir), records, no_retrain,
                           config=config, base_accuracy=float(np.mean(clean)),
                           num_classes=2, model="least-squares linear")
   logging.info("synthetic_linear: clean accuracy %.3f", np.mean(clean))

@@ -56,6 +56,7 @@ import time
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from absl import logging
 
@@ -103,8 +104,7 @@ def open_run(config, plan: artifacts.Plan, *, recompute: bool):
     provenance_lib.settle(plan.all(), plan.workdir, recompute=recompute)
     workdir_lib.write_config(plan.workdir, config, "sanity")
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices("sanity workdir checked")
+      multihost_utils.sync_global_devices("sanity workdir checked")
 
 
 def _train_true_model(mplan: artifacts.ModelPlan, source, mesh
@@ -245,7 +245,7 @@ def run(config, workdir: str, *, source=None, mesh=None,
   """
   source = source or sources.get_source(config.data)
   validate_config(config, source.info.num_classes)
-  plan = make_plan(config, workdir_lib.Workdir(workdir), source)
+  plan = make_plan(config, workdir_lib.as_workdir(workdir), source)
   open_run(config, plan, recompute=recompute)
   start = time.time()
   images = {}

@@ -229,7 +229,7 @@ def build_report(workdir, records: Sequence[Mapping[str, Any]], *,
     {'files': [paths written], 'rows': the csv rows}.
   """
   wd = (workdir if isinstance(workdir, workdir_lib.Workdir)
-        else workdir_lib.Workdir(workdir))
+        else workdir_lib.as_workdir(workdir))
   rows = csv_rows(records)
   write_csv(wd.report("sanity.csv"), rows)
   files = [wd.report("sanity.csv")]

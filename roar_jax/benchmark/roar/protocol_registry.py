@@ -1,0 +1,142 @@
+"""The protocol registry: stage-level work beside the no-retrain metrics.
+
+A metric scores images one batch at a time (`metric_registry.py`); a
+protocol is work over the whole grid that trains or compares: the leakage
+probe trains classifiers on the removal masks, the agreement table ranks
+the estimators by every score. Each is one module that registers itself,
+declaring what it needs and what it writes; the metrics stage runs the
+enabled ones in registration order after metrics.csv is written, the
+pipeline settles their planned artifacts with the plan's, and `--mode=report`
+reads their stored rows:
+
+    @protocol_registry.register("my_protocol", needs=("base", "ranks"),
+                                writes=("my_protocol.csv",))
+    def my_protocol(context):
+      ...  # compute what is missing, write W/report/my_protocol.csv
+      return rows
+
+What a protocol may need (`NEEDS`):
+- 'base': the trained base model (`context.plan.base`);
+- 'ranks': the rank stores;
+- 'retrains': the ROAR/KAR results (`context.results_rows`, may be None);
+- 'metric_rows': metrics.csv's rows (`context.metric_rows`, process 0).
+"""
+
+import dataclasses
+from typing import Any, Callable, Optional, Sequence
+
+from roar_jax import hints
+
+NEEDS = ("base", "ranks", "retrains", "metric_rows")
+
+
+@dataclasses.dataclass
+class Context:
+  """What a protocol's run gets.
+
+  Attributes:
+    config: the experiment config.
+    plan: the grid's artifacts (`grid.plan_of`), its workdir included.
+    source: the undegraded dataset.
+    channel_mean: the grid's fill (`grid.channel_mean`), or None.
+    metric_rows: metrics.csv's rows (process 0; None elsewhere).
+    results_rows: results.csv's ROAR/KAR rows, if any.
+  """
+  config: Any
+  plan: Any
+  source: Any
+  channel_mean: Any = None
+  metric_rows: Optional[Sequence[dict]] = None
+  results_rows: Optional[Sequence[dict]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """A registered protocol.
+
+  Attributes:
+    name: its name: the key of its rows in `metrics.run`'s result.
+    run: Context -> rows: computes what has no matching record, writes its
+      report files (process 0) and returns its rows. Called on every
+      process (training is collective).
+    needs: what it reads (`NEEDS`).
+    writes: the report files it writes (under W/report/).
+    enabled: config -> whether this run computes it.
+    artifacts: (config, plan) -> the provenance artifacts it plans, settled
+      with the plan's (a stale record is noticed before anything runs).
+    stored: (config, plan) -> its rows from the records that match the
+      config (for `--mode=report`), or None when it keeps no records.
+  """
+  name: str
+  run: Callable[[Context], list]
+  needs: tuple[str, ...]
+  writes: tuple[str, ...]
+  enabled: Callable[[Any], bool]
+  artifacts: Callable[[Any, Any], list]
+  stored: Optional[Callable[[Any, Any], list]] = None
+
+
+_REGISTRY: dict[str, Protocol] = {}
+
+
+def register(name: str, *, needs: Sequence[str], writes: Sequence[str],
+             enabled: Callable[[Any], bool] = lambda config: True,
+             artifacts: Callable[[Any, Any], list] = lambda config, plan: [],
+             stored: Optional[Callable[[Any, Any], list]] = None,
+             replace: bool = False):
+  """Decorator: registers `run(context) -> rows` as the protocol `name`.
+
+  Args:
+    name: letters, digits and underscores.
+    needs: see `NEEDS`.
+    writes: the report files it writes.
+    enabled: whether a config runs it (default: always).
+    artifacts: the artifacts it plans (default: none).
+    stored: its rows from matching records (report mode), or None.
+    replace: allow replacing a registered protocol (tests).
+
+  Returns:
+    The decorator; it returns `run` unchanged.
+  """
+  if not name or not name.replace("_", "").isalnum():
+    raise ValueError(f"protocol name {name!r} must be non-empty letters, "
+                     "digits and underscores")
+  unknown = [n for n in needs if n not in NEEDS]
+  if unknown:
+    raise ValueError(f"register({name!r}): unknown needs {unknown}; known: "
+                     f"{list(NEEDS)}")
+
+  def decorator(fn):
+    if name in _REGISTRY and not replace:
+      raise ValueError(f"protocol {name!r} is already registered; pass "
+                       "replace=True to override it")
+    _REGISTRY[name] = Protocol(name, fn, tuple(needs), tuple(writes),
+                               enabled, artifacts, stored)
+    return fn
+
+  return decorator
+
+
+def unregister(name: str) -> None:
+  """Removes a registered protocol (for tests and interactive use)."""
+  _REGISTRY.pop(name, None)
+
+
+def get(name: str) -> Protocol:
+  """The registered protocol `name` (ValueError with the closest name)."""
+  protocol = _REGISTRY.get(name)
+  if protocol is None:
+    known = list(_REGISTRY)
+    raise ValueError(f"unknown protocol {name!r}"
+                     f"{hints.did_you_mean(name, known)} (known: {known})")
+  return protocol
+
+
+def names() -> tuple[str, ...]:
+  """Every registered protocol's name, in registration order."""
+  return tuple(_REGISTRY)
+
+
+def enabled(config) -> list[Protocol]:
+  """The protocols `config` runs, in registration order."""
+  return [p for p in _REGISTRY.values() if p.enabled(config)]
