@@ -163,9 +163,11 @@ def test_names_parse():
   assert names.transform_for(config.explain, "blur.gradient") == "signed"
   assert names.blur_sigma(config.explain, "blur.gradient") == 3.0
   assert names.blur_sigma(config.explain, "gradient") == 0.0
-  assert names.model_free("blur.sobel", artifacts.MODEL_FREE)
-  assert not names.model_free("blur.gradient", artifacts.MODEL_FREE)
-  assert not names.model_free("random_smooth.sobel", artifacts.MODEL_FREE)
+  assert names.model_free("blur.sobel")
+  assert not names.model_free("blur.gradient")
+  assert not names.model_free("random_smooth.sobel")
+  assert names.model_free("oracle") and names.model_free("sq.random")
+  assert names.segmented("sq.lime") and not names.segmented("gradient")
 
 
 def test_unknown_or_unmatched_names_are_refused_at_start_up():

@@ -28,10 +28,6 @@ from roar_jax.benchmark.roar import external_maps
 from roar_jax.benchmark.roar import metric_options
 from roar_jax.data import offline_builder
 
-# Saliency methods that never look at the model: their rankings (and those of
-# `blur.<method>`) depend on the data alone.
-MODEL_FREE = frozenset({"random", "random_smooth", "sobel", "oracle"})
-
 # Fields that change where or how fast work runs, never what it computes.
 _DATA_LOCATION = ("data_dir", "manual_dir", "cache", "path")
 _TRAIN_LOGISTICS = ("log_every", "checkpoint_every", "eval_batch_size")
@@ -208,7 +204,7 @@ def plan(config, wd: workdir_lib.Workdir, units) -> Plan:
       source = {"ranks": ranks[matched]}
     elif method in external:
       source = {"data": data, "maps": external[method]}
-    elif estimator_names.model_free(est, MODEL_FREE):
+    elif estimator_names.model_free(est):
       source = {"data": data}
     else:
       source = {"base": base}

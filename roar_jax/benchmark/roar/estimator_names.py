@@ -23,6 +23,7 @@ import dataclasses
 from typing import Optional, Sequence
 
 from roar_jax import hints
+from roar_jax.saliency import registry
 
 ORACLE = "oracle"
 RANDOM = "random"
@@ -204,21 +205,36 @@ def blur_sigma(explain_config, name: str) -> float:
   return float(explain_config.smooth_sigma) if parse(name).blurred else 0.0
 
 
-def model_free(name: str, model_free_methods: Sequence[str]) -> bool:
-  """Whether the ranking depends on the data alone.
-
-  Args:
-    name: an estimator name.
-    model_free_methods: the saliency methods that never call the model.
-
-  Returns:
-    True for `oracle` and for names whose maps come from a model-free
-    method. A matched control is not: its sigma comes from its estimator.
-  """
+def model_free(name: str) -> bool:
+  """Whether the ranking depends on the data alone: `oracle`, and names
+  whose maps come from a method registered `model_free` (the registry
+  says). A matched control is not: its sigma comes from its estimator.
+  A name that is no registered method (external maps) is not."""
   parsed = parse(name)
   if parsed.matched_to is not None:
     return False
-  return parsed.method is None or parsed.method in model_free_methods
+  if parsed.method is None:
+    return True
+  estimator = _registered(parsed.method)
+  return estimator is not None and estimator.model_free
+
+
+def segmented(name: str) -> bool:
+  """Whether the name's method works on regions the registry's host
+  `prepare` step cuts from the image in pixel space (LIME, KernelSHAP,
+  XRAI): the explain stage then passes the data's pixel statistics."""
+  method = maps_method(name)
+  estimator = method and _registered(method)
+  return bool(estimator) and estimator.prepare is not None
+
+
+def _registered(method: str) -> Optional[registry.Estimator]:
+  """The registered estimator behind a method name (an ensemble's base),
+  or None for a name the registry does not know."""
+  try:
+    return registry.parse(method)[1]
+  except ValueError:
+    return None
 
 
 def is_control(name: str) -> bool:

@@ -44,8 +44,6 @@ from roar_jax.data import sources
 from roar_jax.data import synthetic
 
 ORACLE = names.ORACLE
-# Methods whose features are superpixels of the image in pixel space.
-SEGMENTED = ("lime", "kernel_shap", "xrai")
 
 
 def explainable(config, module, variables) -> saliency.Model:
@@ -75,7 +73,7 @@ def explain_options(config) -> dict[str, Any]:
     options["chunk_size"] = ec.chunk_size
   if any(names.maps_method(e) == names.SMOOTH for e in ec.estimators):
     options["smooth_sigma"] = ec.smooth_sigma
-  if any(names.maps_method(e) in SEGMENTED for e in ec.estimators):
+  if any(names.segmented(e) for e in ec.estimators):
     # Superpixels are computed on the images in pixel space. The model of
     # `explainable` declares the same statistics; they stay here because the
     # sanity records' provenance lists these options.
