@@ -235,6 +235,7 @@ def _affine(layer: _Layer, bounds) -> lrp_rules.Affine:
 
 
 def _rule_output(layer: _Layer, bounds, eps: float, gamma: float) -> Array:
+  """The layer's output: its value, with the layer's rule as its gradient."""
   if layer.rule == "zbox" and bounds is None:
     raise ValueError("lrp: the box rule needs the first convolution to read "
                      "the image (or a reshape of it), which it does not here")
@@ -254,7 +255,8 @@ def _walk(layers: dict, bounds: dict, eps: float, gamma: float):
     layer = layers.get(id(eqn))
     if layer is None:
       outs = tracing.bind(eqn, invals)
-      if eqn.primitive.name in _REARRANGE and eqn.invars[0] in bounds:
+      if (eqn.primitive.name in _REARRANGE and _is_var(eqn.invars[0]) and
+          eqn.invars[0] in bounds):
         low, high = bounds[eqn.invars[0]]
         bounds[eqn.outvars[0]] = (tracing.bind(eqn, [low] + invals[1:])[0],
                                   tracing.bind(eqn, [high] + invals[1:])[0])
@@ -291,6 +293,9 @@ def relevance(fn: Callable[[Array], Array], images: Array, targets: Array,
     [N, H, W, C] relevance; with zero biases and a tiny epsilon it sums to
     the target logit of each image.
   """
+  if composite not in COMPOSITES:
+    raise ValueError(f"lrp: unknown composite {composite!r}; known: "
+                     f"{sorted(COMPOSITES)}")
   comp = COMPOSITES[composite]
   flat, consts, _ = tracing.inline(fn, images)
   image_var = flat.jaxpr.invars[len(consts)]
