@@ -69,6 +69,11 @@ OPTIONS_READ = {
                   "methods.guided_ig_max_dist"),
     "blur_ig": ("methods.blur_ig_steps", "methods.blur_ig_max_sigma",
                 "methods.blur_ig_grad_step"),
+    "lrp_epsilon": ("methods.lrp_epsilon",),
+    "lrp_epsilon_plus": ("methods.lrp_epsilon",),
+    "lrp_epsilon_plus_flat": ("methods.lrp_epsilon",),
+    "lrp_epsilon_alpha2_beta1": ("methods.lrp_epsilon",),
+    "lrp_epsilon_gamma_box": ("methods.lrp_epsilon", "methods.lrp_gamma"),
 }
 METHOD_OPTIONS = frozenset(
     o for read in OPTIONS_READ.values() for o in read) | set(_NOISE)
