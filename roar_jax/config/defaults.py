@@ -191,6 +191,19 @@ def _metrics_defaults(c: ml_collections.ConfigDict):
   # or 'scipy' (host), 'cg' (JAX, on device).
   c.metrics.imputation = "auto"
   c.metrics.precision = "float64"  # Of 'cg'; 'float32' on TPUs.
+  # Infidelity (Yeh et al. 2019, as Captum): perturbations per image, the
+  # Gaussian perturbation's std (model input units), Captum's `normalize`.
+  c.metrics.infidelity_samples = 10
+  c.metrics.infidelity_noise_std = 0.2
+  c.metrics.infidelity_normalize = False
+  # Sensitivity-max / -avg (Captum): samples, uniform radius (input units).
+  c.metrics.sensitivity_samples = 10
+  c.metrics.sensitivity_radius = 0.02
+  # Faithfulness correlation (Bhatt et al. 2020, as Quantus): runs, subset
+  # size in values (0: the image's side), baseline 'black' or 'mean'.
+  c.metrics.faithfulness_runs = 100
+  c.metrics.faithfulness_subset = 0
+  c.metrics.faithfulness_baseline = "black"
   c.metrics.leakage = True  # The mask-leakage probe, per grid dataset.
   c.metrics.leakage_steps = 0  # 0 = train.num_steps // 4.
   # Classifiers per probe (own seeds): their mean and 95% interval.

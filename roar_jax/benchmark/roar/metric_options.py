@@ -15,6 +15,8 @@ from roar_jax.data import road_fill
 METRICS = ("deletion", "insertion", "road_morf", "road_lerf")
 FILLS = ("channel_mean", "black", "blur")
 INSERTION_STARTS = ("fill", "blur")
+# Faithfulness correlation's replacement values (Quantus's names).
+FAITHFULNESS_BASELINES = ("black", "mean")
 CSV_COLUMNS = ("estimator", "metric", "value", "ci95_low", "ci95_high", "n")
 METRICS_DIR = "metrics"
 
@@ -43,6 +45,21 @@ class Options:
   batch_size: int = 512
   imputation: str = "auto"
   precision: str = "float64"
+  # Infidelity (infidelity.py): Captum's n_perturb_samples; the Gaussian
+  # perturbation's std in the model's input units; Captum's `normalize`.
+  infidelity_samples: int = 10
+  infidelity_noise_std: float = 0.2
+  infidelity_normalize: bool = False
+  # Sensitivity-max / -avg (sensitivity.py): Captum's n_perturb_samples and
+  # perturb_radius (uniform noise, the model's input units).
+  sensitivity_samples: int = 10
+  sensitivity_radius: float = 0.02
+  # Faithfulness correlation (faithfulness.py): Quantus's nr_runs,
+  # subset_size (0: the image's side, as 224 is of Quantus's 224 x 224
+  # inputs) and perturb_baseline ('black': the image's minimum; 'mean').
+  faithfulness_runs: int = 100
+  faithfulness_subset: int = 0
+  faithfulness_baseline: str = "black"
 
   def __post_init__(self):
     check(self)
@@ -60,11 +77,31 @@ class Options:
     return cls(**kwargs)
 
   def fields(self) -> dict[str, Any]:
-    """The options that change a metric's value (provenance fields)."""
+    """The options that change a metric's value (provenance fields); those
+    of a metric that is not configured are left out, so adding a metric
+    keeps the records of runs that do not compute it."""
     out = {f"metrics.{k}": (list(v) if isinstance(v, tuple) else v)
            for k, v in dataclasses.asdict(self).items()
-           if k not in ("batch_size", "names")}
+           if k not in ("batch_size", "names") and _configured(self, k)}
     return out
+
+
+# The options read by one family of metrics only: option prefix -> the
+# metric names that read them.
+_OWN_FIELDS = {
+    "infidelity_": ("infidelity",),
+    "sensitivity_": ("sensitivity_max", "sensitivity_avg"),
+    "faithfulness_": ("faithfulness_correlation",),
+}
+
+
+def _configured(o: Options, field: str) -> bool:
+  """Whether `field` is read by a configured metric (always, for the
+  options every metric may read)."""
+  for prefix, metrics in _OWN_FIELDS.items():
+    if field.startswith(prefix):
+      return any(n in o.names for n in metrics)
+  return True
 
 
 def _fail(field: str, message: str):
@@ -114,6 +151,38 @@ def check(o: Options):
   if o.precision not in imputation_lib.PRECISIONS:
     _fail("precision", f"={o.precision!r}: expected one of "
           f"{list(imputation_lib.PRECISIONS)}")
+  _check_perturbation_options(o)
+
+
+def _positive_int(o: Options, field: str, minimum: int = 1):
+  v = getattr(o, field)
+  if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or (
+      v < minimum):
+    _fail(field, f"={v!r} must be an integer >= {minimum}")
+
+
+def _check_perturbation_options(o: Options):
+  """The options of infidelity, sensitivity and faithfulness correlation,
+  and SRG's channel-mean fill."""
+  _positive_int(o, "infidelity_samples")
+  _positive_int(o, "sensitivity_samples")
+  _positive_int(o, "faithfulness_runs", 2)  # A correlation needs 2 runs.
+  _positive_int(o, "faithfulness_subset", 0)
+  for field in ("infidelity_noise_std", "sensitivity_radius"):
+    v = getattr(o, field)
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+      _fail(field, f"={v!r} must be > 0 (the model's input units)")
+  if not isinstance(o.infidelity_normalize, bool):
+    _fail("infidelity_normalize", f"={o.infidelity_normalize!r} must be "
+          "True or False")
+  if o.faithfulness_baseline not in FAITHFULNESS_BASELINES:
+    _fail("faithfulness_baseline", f"={o.faithfulness_baseline!r}: "
+          f"expected one of {list(FAITHFULNESS_BASELINES)}")
+  if "srg_channel_mean" in o.names and o.fill != "channel_mean":
+    # The stage computes the channel mean only for metrics.fill =
+    # 'channel_mean' (`metric_inputs.fill_value`).
+    _fail("names", f": 'srg_channel_mean' needs metrics.fill="
+          f"'channel_mean' (it is {o.fill!r}); use srg_black or srg_blur")
 
 
 def deletion_fractions(steps: int) -> np.ndarray:

@@ -10,6 +10,10 @@ from roar_jax.benchmark.roar import metric_options
 from roar_jax.benchmark.roar import metric_registry
 # Imported for their registrations.
 from roar_jax.benchmark.roar import curve_metrics  # pylint: disable=unused-import
+from roar_jax.benchmark.roar import srg  # pylint: disable=unused-import
+from roar_jax.benchmark.roar import infidelity  # pylint: disable=unused-import
+from roar_jax.benchmark.roar import sensitivity  # pylint: disable=unused-import
+from roar_jax.benchmark.roar import faithfulness  # pylint: disable=unused-import
 
 # The registry with every built-in metric in it: what the stage, the tables,
 # the figure and the agreement table read.
