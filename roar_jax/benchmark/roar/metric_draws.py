@@ -62,6 +62,7 @@ def chunks(num_images: int, samples: int, batch_size: int
      sample numbers, past `samples` to pad; images kept; samples kept).
   """
   rows, draws = chunk_shape(samples, batch_size)
+  rows = min(rows, max(1, num_images))  # No padding past a small batch.
   for start in range(0, num_images, rows):
     kept = min(rows, num_images - start)
     r = np.minimum(np.arange(start, start + rows), num_images - 1)

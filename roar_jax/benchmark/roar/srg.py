@@ -148,8 +148,9 @@ def occlusion_curves(batch: metric_registry.Batch, fill: str) -> np.ndarray:
   fn = metric_draws.as_partial(batch.logits)
   target = batch.predicted()
   value = jnp.asarray(_fill_value(fill, batch, c))
-  rows = max(1, options.batch_size // (2 * len(ks)))
   n = images.shape[0]
+  # `batch_size` model inputs per call; no padding past a small batch.
+  rows = min(max(1, options.batch_size // (2 * len(ks))), max(1, n))
   out = []
   for start in range(0, n, rows):
     sel = np.minimum(np.arange(start, start + rows), n - 1)
