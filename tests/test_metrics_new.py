@@ -270,3 +270,36 @@ def test_every_new_metric_reaches_metrics_csv(toy, tmp_path):
     assert rows[("random", name)]["n"] == 32
   assert rows[("random", "sensitivity_max")]["value"] >= (
       rows[("random", "sensitivity_avg")]["value"])
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("infidelity_samples", 0, r"config.metrics.infidelity_samples=0 must be "
+     r"an integer >= 1"),
+    ("faithfulness_runs", 1, r"faithfulness_runs=1 must be an integer >= 2"),
+    ("sensitivity_radius", 0.0, r"sensitivity_radius=0.0 must be > 0"),
+    ("faithfulness_baseline", "white", r"faithfulness_baseline='white': "
+     r"expected one of \['black', 'mean'\]"),
+])
+def test_bad_options_fail_in_one_line(field, value, message):
+  config = test_metrics._config()
+  with config.unlocked():
+    config.metrics.names = ("infidelity",)
+    config.metrics[field] = value
+  with pytest.raises(validation.ConfigError, match=message):
+    validation.validate(config, mode="metrics")
+
+
+def test_srg_channel_mean_needs_the_channel_mean_fill():
+  with pytest.raises(ValueError, match=r"'srg_channel_mean' needs "
+                     r"metrics.fill='channel_mean' \(it is 'black'\)"):
+    metric_options.Options(names=("srg_channel_mean",), fill="black")
+
+
+def test_options_enter_the_provenance_only_when_their_metric_runs():
+  curves_only = metric_options.Options().fields()
+  assert not any(k.startswith(("metrics.infidelity", "metrics.sensitivity",
+                               "metrics.faithfulness")) for k in curves_only)
+  with_infidelity = metric_options.Options(
+      names=("deletion", "infidelity")).fields()
+  assert with_infidelity["metrics.infidelity_noise_std"] == 0.2
+  assert "metrics.sensitivity_radius" not in with_infidelity
