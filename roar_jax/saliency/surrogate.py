@@ -92,7 +92,8 @@ def lime(inputs: inputs_lib.Inputs) -> Array:
     weight = weight * ok.astype(jnp.float32)
     return _stats(bits, _evaluate_bits(inputs, bits), weight)
 
-  s = inputs_lib.group_loop(opts.lime_samples, inputs.group_size(), body)
+  s = inputs_lib.group_loop(opts.lime_samples, perturbation.balanced_group(
+      opts.lime_samples, inputs.group_size()), body)
   mean_z = s["wz"] / s["w"][:, None]
   gram = s["wzz"] - s["wz"][:, :, None] * mean_z[:, None, :]
   rhs = s["wzy"] - s["wz"] * (s["wy"] / s["w"])[:, None]
@@ -179,51 +180,85 @@ def _unrank(index: Array, size: Array, valid: Array) -> Array:
   return bits[::-1]
 
 
-def _shap_bits(key, ids, m, valid, plan, samples):
-  """KernelSHAP coalitions `ids` of one image: (bits [g, D], weights [g]).
+def _listed_bits(j, mi, valid, plan):
+  """Enumerated coalition j of one image: (bits [D] bool, weight).
 
-  The first samples enumerate the sizes `_shap_plan` chose, each coalition
-  of size k weighing (M - 1) / (C(M, k) k (M - k)), a coalition and its
-  complement side by side. The rest come in complementary pairs; pair q's
-  size is drawn from the remaining sizes with probability proportional to
-  (M - 1) / (k (M - k)), stratified (the q-th of equal slices of the
-  distribution), its members uniformly; each weighs the remaining mass
-  over the number of drawn samples. Samples past `samples` weigh 0 (the
-  caller masks them).
+  Each coalition of size k weighs (M - 1) / (C(M, k) k (M - k)); a
+  coalition and its complement come side by side.
   """
   slots = valid.shape[0]
   binom = jnp.asarray(_binomials(slots))
-  mi = m.astype(jnp.int32)
+  h = jnp.clip(jnp.searchsorted(plan["start"] + plan["count"], j,
+                                side="right"), 1, slots // 2)
+  r = j - plan["start"][h]
+  single = 2 * h == mi
+  flip = ~single & (r % 2 == 1)
+  bits = _unrank(jnp.where(single, r, r // 2), h, valid)
+  bits = jnp.where(flip, valid & ~bits, bits)
+  size = jnp.where(flip, mi - h, h)
+  listed = binom[mi, size].astype(jnp.float32)
+  return bits, plan["mass"][size] / jnp.maximum(listed, 1)
+
+
+def _ranks(score: Array) -> Array:
+  """[D] position of each entry in a stable ascending sort of `score`.
+
+  The same integers as argsort(argsort(score)), from one sort and the
+  inverse permutation scattered: XLA:CPU sorts many short rows slowly, and
+  the second sort took most of KernelSHAP's time outside the model.
+  """
+  d = score.shape[-1]
+  return jnp.zeros(d, jnp.int32).at[jnp.argsort(score)].set(
+      jnp.arange(d, dtype=jnp.int32), unique_indices=True)
+
+
+def _drawn_bits(key, j, valid, plan, samples):
+  """Drawn coalition j of one image: (bits [D] bool, weight).
+
+  Pair q's size is drawn from the sizes not enumerated with probability
+  proportional to (M - 1) / (k (M - k)), stratified (the q-th of equal slices
+  of the distribution), its members uniformly; the second of the pair is the
+  complement. Each weighs the remaining mass over the number drawn.
+  """
+  slots = valid.shape[0]
   drawn = samples - plan["enumerated"]
   pairs = jnp.maximum((drawn + 1) // 2, 1)
   rest = jnp.where(plan["full"], 0.0, plan["mass"])
   cdf = jnp.cumsum(rest) / jnp.maximum(jnp.sum(rest), 1e-30)
+  q = (j - plan["enumerated"]) // 2
+  k_size, k_members = jax.random.split(jax.random.fold_in(key, q))
+  u = (q + jax.random.uniform(k_size)) / pairs
+  k = jnp.minimum(jnp.searchsorted(cdf, u), slots)
+  score = jnp.where(valid, _slot_uniform(k_members, slots), jnp.inf)
+  picked = _ranks(score) < k
+  picked = jnp.where((j - plan["enumerated"]) % 2 == 1, valid & ~picked,
+                     picked)
+  return picked, jnp.sum(rest) / jnp.maximum(drawn, 1).astype(jnp.float32)
+
+
+def _shap_bits(key, ids, m, valid, plan, samples, branches):
+  """KernelSHAP coalitions `ids` of one image: (bits [g, D], weights [g]).
+
+  The first samples enumerate the sizes `_shap_plan` chose
+  (`_listed_bits`), the rest are drawn in complementary pairs
+  (`_drawn_bits`). Samples past `samples` weigh 0 (the caller masks them).
+  `branches`: two scalar bools, whether any image of the chunk has a listed
+  (a drawn) coalition among `ids`. Unbatched, they stay branches under vmap,
+  so a group skips the part none of its coalitions uses (the unranking is a
+  scan over the slots, the drawing a sort per coalition).
+  """
+  slots = valid.shape[0]
+  mi = m.astype(jnp.int32)
+  none = (jnp.zeros(slots, bool), jnp.float32(0))
 
   def one(j):
-    h = jnp.clip(jnp.searchsorted(plan["start"] + plan["count"], j,
-                                  side="right"), 1, slots // 2)
-    r = j - plan["start"][h]
-    single = 2 * h == mi
-    flip = ~single & (r % 2 == 1)
-    bits = _unrank(jnp.where(single, r, r // 2), h, valid)
-    bits = jnp.where(flip, valid & ~bits, bits)
-    size = jnp.where(flip, mi - h, h)
-    listed = binom[mi, size].astype(jnp.float32)
-    weight = plan["mass"][size] / jnp.maximum(listed, 1)
-
-    q = (j - plan["enumerated"]) // 2
-    pair = jax.random.fold_in(key, q)
-    k_size, k_members = jax.random.split(pair)
-    u = (q + jax.random.uniform(k_size)) / pairs
-    k = jnp.minimum(jnp.searchsorted(cdf, u), slots)
-    score = jnp.where(valid, _slot_uniform(k_members, slots), jnp.inf)
-    picked = jnp.argsort(jnp.argsort(score)) < k
-    picked = jnp.where((j - plan["enumerated"]) % 2 == 1, valid & ~picked,
-                       picked)
-    share = jnp.sum(rest) / jnp.maximum(drawn, 1).astype(jnp.float32)
-    listed_one = j < plan["enumerated"]
-    return (jnp.where(listed_one, bits, picked),
-            jnp.where(listed_one, weight, share))
+    listed = jax.lax.cond(branches[0], lambda: _listed_bits(j, mi, valid,
+                                                            plan),
+                          lambda: none)
+    drawn = jax.lax.cond(branches[1], lambda: _drawn_bits(
+        key, j, valid, plan, samples), lambda: none)
+    return jax.tree.map(lambda a, b: jnp.where(j < plan["enumerated"], a, b),
+                        listed, drawn)
 
   bits, weight = jax.vmap(one)(ids)
   return bits.astype(jnp.float32), weight
@@ -295,12 +330,15 @@ def kernel_shap(inputs: inputs_lib.Inputs) -> Array:
       mi, valid.shape[1], opts.shap_samples, e))(m, exact)
 
   def body(ids, ok):
+    branches = (jnp.min(ids) < jnp.max(plans["enumerated"]),
+                jnp.max(ids) >= jnp.min(plans["enumerated"]))
     bits, weight = jax.vmap(lambda k, mi, v, p: _shap_bits(
-        k, ids, mi, v, p, opts.shap_samples))(keys, m, valid, plans)
+        k, ids, mi, v, p, opts.shap_samples, branches))(keys, m, valid, plans)
     weight = weight * ok.astype(jnp.float32)
     y = _evaluate_bits(inputs, bits) - f0[:, None]
     return _stats(bits, y, weight)
 
-  s = inputs_lib.group_loop(opts.shap_samples, inputs.group_size(), body)
+  s = inputs_lib.group_loop(opts.shap_samples, perturbation.balanced_group(
+      opts.shap_samples, inputs.group_size()), body)
   values = efficient_solve(s["wzz"], s["wzy"], valid, fx - f0)
   return _spread(values, inputs)
