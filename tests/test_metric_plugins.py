@@ -13,12 +13,12 @@ from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.roar import grid
 from roar_jax.benchmark.roar import metric_plugins
 from roar_jax.benchmark.roar import metric_registry
+from roar_jax.benchmark.roar import protocol_plugins
 from roar_jax.benchmark.roar import metrics
 from roar_jax.benchmark.roar import protocol_registry
 from roar_jax.benchmark.roar import tables
 from roar_jax.config import validation
 from roar_jax.data import rank_store
-from roar_jax.data import sources
 
 import test_metrics
 from test_metrics import toy  # pylint: disable=unused-import
@@ -164,4 +164,4 @@ def test_a_registered_protocol_runs_after_the_metrics(toy, tmp_path):
   # this config and returns no rows.
   assert out["leakage"] == []
   assert (tmp_path / "report" / "agreement.csv").exists()
-  assert "lowest_deletion" not in metric_plugins.protocol_names()
+  assert "lowest_deletion" not in protocol_plugins.names()

@@ -2,13 +2,14 @@
 `config.metrics.names` against the registry.
 
 A new metric module is imported here (one line); `metric_registry.py` says
-how one is written.
+how one is written. Protocols are in `protocol_plugins.py`. This module stays
+free of TensorFlow: config validation imports it before TensorFlow loads.
 """
 
 from roar_jax import hints
 from roar_jax.benchmark.roar import metric_options
 from roar_jax.benchmark.roar import metric_registry
-# Imported for their registrations.
+# Imported for their registrations, in the report's column order.
 from roar_jax.benchmark.roar import curve_metrics  # pylint: disable=unused-import
 from roar_jax.benchmark.roar import srg  # pylint: disable=unused-import
 from roar_jax.benchmark.roar import infidelity  # pylint: disable=unused-import

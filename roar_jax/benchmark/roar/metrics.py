@@ -55,6 +55,7 @@ from roar_jax.benchmark.roar import metric_inputs
 from roar_jax.benchmark.roar import metric_maps
 from roar_jax.benchmark.roar import metric_plugins
 from roar_jax.benchmark.roar import metric_registry
+from roar_jax.benchmark.roar import protocol_plugins
 from roar_jax.benchmark.roar import protocol_registry
 from roar_jax.benchmark.roar.curves import auc, curves, mean_ci
 from roar_jax.saliency import ranking
@@ -346,8 +347,8 @@ def run(config, plan, source, channel_mean=None, *,
                                       metric_rows=rows,
                                       results_rows=results_rows)
   out = {"metrics": rows or []}
-  out.update({name: [] for name in metric_plugins.protocol_names()})
-  for protocol in metric_plugins.protocols(config):
+  out.update({name: [] for name in protocol_plugins.names()})
+  for protocol in protocol_plugins.enabled(config):
     out[protocol.name] = protocol.run(context)
   return out
 
