@@ -41,6 +41,8 @@ MODES = {
     "metrics": "the no-retrain metrics and the mask-leakage probe",
     "report": "rebuild the report from the results",
     "sanity": "the sanity checks",
+    "finetune_fidelity": "metrics, plus deletion scored on the base model "
+                         "after one short training on randomly masked images",
 }
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -171,6 +173,9 @@ def _run_mode(config, workdir: str, mode: str, recompute: bool):
     if out["report"] is not None:  # Process 0 writes the report.
       print(f"report: {wd.report()}")
     return out
+  if mode == "finetune_fidelity":  # The metrics stage, the fine-tune on.
+    from roar_jax.benchmark.roar import finetune_fidelity_options
+    config, mode = finetune_fidelity_options.switched_on(config), "metrics"
   plan = roar.open_run(config, workdir, mode=mode, recompute=recompute)
   if mode == "metrics":
     out = roar.run_metrics(config, plan)

@@ -116,9 +116,11 @@ def test_a_misspelled_mode_is_named_and_help_lists_every_mode(tmp_path):
              cwd=tmp_path)
   assert out.stderr.strip().splitlines()[-1] == (
       "flag error: --mode=metric is not a mode; did you mean --mode=metrics? "
-      "(modes: train, explain, roar, metrics, report, sanity)")
+      "(modes: train, explain, roar, metrics, report, sanity, "
+      "finetune_fidelity)")
   text = " ".join(_cli("--help", cwd=tmp_path).stdout.split())
-  assert "<train|explain|roar|metrics|report|sanity>" in text
+  assert ("<train|explain|roar|metrics|report|sanity|finetune_fidelity>"
+          in text)
   for mode, what in main.MODES.items():
     assert f"{mode}: {what}" in text.replace("mask- leakage", "mask-leakage")
 

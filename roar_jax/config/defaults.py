@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   _roar_defaults(c)
   _grid_defaults(c)
   _metrics_defaults(c)
+  _finetune_defaults(c)
   return c
 
 
@@ -208,6 +209,20 @@ def _metrics_defaults(c: ml_collections.ConfigDict):
   c.metrics.leakage_steps = 0  # 0 = train.num_steps // 4.
   # Classifiers per probe (own seeds): their mean and 95% interval.
   c.metrics.leakage_seeds = 3
+
+
+def _finetune_defaults(c: ml_collections.ConfigDict):
+  # ---- Fine-tune-once fidelity (benchmark/roar/finetune_fidelity.py) ----
+  c.finetune = ml_collections.ConfigDict()
+  # The metrics stage fine-tunes the base model once on randomly masked
+  # images and scores the estimators on it (--mode=finetune_fidelity: on).
+  c.finetune.enabled = False
+  c.finetune.steps = 0  # 0 = train.num_steps // 4 (schedule compressed).
+  c.finetune.learning_rate_scale = 1.0  # Times train.learning_rate.
+  c.finetune.fraction_range = (0.0, 1.0)  # Masked fraction ~ U(low, high).
+  c.finetune.draws = 0  # Masks per training image; 0 = one per image seen.
+  c.finetune.seed = 0
+  c.finetune.metrics = ("deletion",)  # Scored on the fine-tuned model.
 
 
 # The estimators of the ROAR paper's Table 2: three base methods, their

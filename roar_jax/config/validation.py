@@ -15,6 +15,7 @@ from roar_jax import levels as levels_lib
 from roar_jax import models
 from roar_jax.benchmark.roar import estimator_names
 from roar_jax.benchmark.roar import external_maps
+from roar_jax.benchmark.roar import finetune_fidelity_options
 from roar_jax.benchmark.roar import metric_plugins
 from roar_jax.config import defaults as defaults_lib
 # Names only: the validation imports no TensorFlow, so a bad field fails fast.
@@ -97,6 +98,11 @@ def validate(config, mode: str = "train"):
     _validate_benchmark(config, devices)
   if mode in ("roar", "metrics"):
     _validate_metrics(config)
+  if mode == "finetune_fidelity":  # The metrics stage with the fine-tune.
+    _validate_benchmark(config, devices)
+    _validate_metrics(config)
+  if mode in ("roar", "metrics", "finetune_fidelity"):
+    _validate_finetune(config, mode)
   if mode == "sanity":
     _require(not external_maps.folder(config),
              f"config.explain.maps: {external_maps.NOT_SUPPORTED}")
@@ -386,3 +392,14 @@ def _validate_metrics(config):
   seeds = config.metrics.get("leakage_seeds")
   _require(isinstance(seeds, int) and seeds >= 1,
            f"config.metrics.leakage_seeds={seeds!r} must be an integer >= 1")
+
+
+def _validate_finetune(config, mode: str):
+  """Checks `config.finetune` (fine-tune-once fidelity; on in
+  --mode=finetune_fidelity)."""
+  if mode == "finetune_fidelity":
+    config = finetune_fidelity_options.switched_on(config)
+  try:
+    finetune_fidelity_options.check(config)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(str(e).splitlines()[0]) from None

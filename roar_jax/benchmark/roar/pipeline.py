@@ -24,6 +24,7 @@ from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.roar import artifacts as artifacts_lib
 from roar_jax.benchmark.roar import explain
 from roar_jax.benchmark.roar import external_maps
+from roar_jax.benchmark.roar import finetune_fidelity
 from roar_jax.benchmark.roar import grid
 from roar_jax.benchmark.roar import leakage as leakage_lib
 from roar_jax.benchmark.roar import metrics as metrics_lib
@@ -108,6 +109,7 @@ def metric_artifacts(config, plan: artifacts_lib.Plan
   """The no-retrain metric records and leakage probes of the config."""
   probes = leakage_lib.plan_artifacts(config, plan).values()
   return [*metrics_lib.plan_artifacts(config, plan).values(),
+          *finetune_fidelity.plan_artifacts(config, plan).values(),
           *[a for pair in probes for a in pair]]
 
 
@@ -132,6 +134,8 @@ def staged_metrics(config, plan: artifacts_lib.Plan, source, fill):
                             enabled=jax.process_index() == 0) as wd:
     out = metrics_lib.run(config, dataclasses.replace(plan, workdir=wd),
                           source, fill)
+    out = finetune_fidelity.run(config, dataclasses.replace(
+        plan, workdir=wd), source, fill, out)  # With finetune.enabled.
     if pages and jax.process_index() == 0:
       report_page.write_metrics_page(wd, config, source.info.num_classes)
   if not pages:
@@ -296,6 +300,8 @@ def report(config, workdir, *, plan: artifacts_lib.Plan | None = None,
     # metrics.png first: index.html embeds it.
     metric_rows = (metric_records
                    and metrics_lib.write_report(wd, metric_records))
+    metric_rows = finetune_fidelity.with_stored_rows(wd, config, plan,
+                                                     metric_rows)
     # agreement.csv and leakage.csv too, before the pages that show them.
     out = report_lib.build_report(
         wd, records, no_retrain, config=config,
