@@ -136,13 +136,15 @@ def masked_source(config, source, fill) -> data_lib.RandomMaskSource:
   """The fine-tune's data: `source` randomly masked (`fill`: the metric's
   'channel_mean' fill, or None for 'black')."""
   options = options_lib.Options.from_config(config)
+  draws = options.draws_for(config.train.batch_size,
+                            source.info.num_examples["train"])
   channels = int(source.info.image_shape[-1])
   value = (np.zeros(channels) if config.metrics.fill == "black"
            else np.asarray(fill, np.float64))
   return data_lib.RandomMaskSource(
       source, fill_value=value, fraction_range=options.fraction_range,
       seed=finetune_config(config, options).seed,
-      granularity=config.explain.granularity, draws=options.draws)
+      granularity=config.explain.granularity, draws=draws)
 
 
 def _start_from_base(ft_config, folder: str, base_state) -> int:
@@ -222,7 +224,7 @@ def fine_tune(config, plan, source, fill, model: provenance_lib.Artifact
   logging.info("finetune_fidelity: fine-tuning the base model for %d steps "
                "at %g x the learning rate on %d draws of the training split, "
                "%.0f-%.0f%% of each image masked at random", options.steps,
-               options.learning_rate_scale, options.draws, 100 * low,
+               options.learning_rate_scale, masked.draws, 100 * low,
                100 * high)
   result = training.train_and_evaluate(ft, model.path, source=masked,
                                        mesh=mesh,
@@ -238,7 +240,7 @@ def fine_tune(config, plan, source, fill, model: provenance_lib.Artifact
           "base": training.load_metrics(plan.base.path)["test_accuracy"],
           "finetuned": training.evaluate(tuned, source, ft, mesh,
                                          "test")["accuracy"]},
-      "steps": options.steps, "draws": options.draws,
+      "steps": options.steps, "draws": masked.draws,
       "wall_time_s": time.time() - start, "fingerprint": model.fingerprint}
   if jax.process_index() == 0:
     workdir_lib.write_json(summary_path, summary)

@@ -64,9 +64,8 @@ class Options:
 
   @classmethod
   def from_config(cls, config) -> "Options":
-    """The options of `config.finetune`, with `steps` and `draws` resolved
-    (0: a quarter of `train.num_steps`; as many draws as the fine-tune has
-    images to see, so that no step shows an image's mask twice).
+    """The options of `config.finetune`, `steps` resolved (0: a quarter of
+    `train.num_steps`); `draws` stays as configured (0: `draws_for`).
 
     Raises:
       ValueError: naming `config.finetune.<field>`, for a bad value.
@@ -74,27 +73,24 @@ class Options:
     f = config.finetune
     check(config)
     steps = int(f.steps) or max(1, int(config.train.num_steps) // 4)
-    draws = int(f.draws) or max(1, math.ceil(
-        steps * int(config.train.batch_size) / _num_train(config)))
     return cls(steps, float(f.learning_rate_scale),
-               tuple(float(v) for v in f.fraction_range), draws, int(f.seed),
-               tuple(f.metrics))
+               tuple(float(v) for v in f.fraction_range), int(f.draws),
+               int(f.seed), tuple(f.metrics))
+
+  def draws_for(self, batch_size: int, num_train: int) -> int:
+    """The copies of the training split: as configured, or (0) as many as
+    the fine-tune has images to see, so no step shows a mask twice."""
+    return self.draws or max(1, math.ceil(self.steps * int(batch_size)
+                                          / max(int(num_train), 1)))
 
   def fields(self) -> dict[str, Any]:
-    """The provenance fields of the fine-tuned model."""
+    """The provenance fields of the fine-tuned model (draws 0: resolved
+    from the training split's size, which the base model's fingerprint
+    holds)."""
     return {"finetune.steps": self.steps,
             "finetune.learning_rate_scale": self.learning_rate_scale,
             "finetune.fraction_range": list(self.fraction_range),
             "finetune.draws": self.draws, "finetune.seed": self.seed}
-
-
-def _num_train(config) -> int:
-  """The training split's size as the config states it (the toy data's),
-  else a CIFAR-sized guess: only the default number of draws reads it."""
-  toy = config.data.get("toy")
-  if config.data.name == "toy" and toy is not None:
-    return int(toy.num_train)
-  return 50_000
 
 
 def _fail(field: str, message: str):
