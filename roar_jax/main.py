@@ -128,24 +128,26 @@ def run(config, workdir: str, mode: str, *, recompute: bool = False):
   workdir; the processes of one multi-host run share it through process 0).
   """
   config_pkg.validate(config, mode)
-  config = _with_data_dir(config, workdir)
-  lock = workdir_lib.Lock(workdir_lib.Workdir(workdir))
+  # Built once here; every stage gets this object.
+  wd = workdir_lib.as_workdir(workdir)
+  config = _with_data_dir(config, wd)
+  lock = workdir_lib.Lock(wd)
   if mode != "report" and jax_process_index() == 0:
     lock.acquire()
   try:
-    return _run_mode(config, workdir, mode, recompute)
+    return _run_mode(config, wd, mode, recompute)
   finally:
     lock.release()
 
 
-def _with_data_dir(config, workdir: str):
+def _with_data_dir(config, wd: workdir_lib.Workdir):
   """A dataset of one's own (`data.path`) is prepared inside the workdir
   unless `data.data_dir` says where; TFDS datasets keep TFDS's data_dir."""
   if not config.data.path or config.data.data_dir:
     return config
   config = copy.deepcopy(config)
   with config.unlocked():
-    config.data.data_dir = workdir_lib.Workdir(workdir).sub("data")
+    config.data.data_dir = wd.sub("data")
   return config
 
 
@@ -154,29 +156,28 @@ def jax_process_index() -> int:
   return jax.process_index()
 
 
-def _run_mode(config, workdir: str, mode: str, recompute: bool):
+def _run_mode(config, wd: workdir_lib.Workdir, mode: str, recompute: bool):
   # pylint: disable=g-import-not-at-top
-  wd = workdir_lib.Workdir(workdir)
   if config.data.name == "synthetic_linear":
     from roar_jax.benchmark.roar import synthetic_linear
-    out = synthetic_linear.run(config, workdir)
+    out = synthetic_linear.run(config, wd)
     print(f"report: {wd.report()}")
     return out
   if mode == "sanity":
     from roar_jax.benchmark.sanity import checks as sanity
-    return sanity.run(config, workdir, recompute=recompute)
+    return sanity.run(config, wd, recompute=recompute)
   from roar_jax.benchmark.roar import pipeline as roar
   if mode == "report":
-    return roar.report(config, workdir)
+    return roar.report(config, wd)
   if mode == "roar":
-    out = roar.run(config, workdir, recompute=recompute)
+    out = roar.run(config, wd, recompute=recompute)
     if out["report"] is not None:  # Process 0 writes the report.
       print(f"report: {wd.report()}")
     return out
   if mode == "finetune_fidelity":  # The metrics stage, the fine-tune on.
     from roar_jax.benchmark.roar import finetune_fidelity_options
     config, mode = finetune_fidelity_options.switched_on(config), "metrics"
-  plan = roar.open_run(config, workdir, mode=mode, recompute=recompute)
+  plan = roar.open_run(config, wd, mode=mode, recompute=recompute)
   if mode == "metrics":
     out = roar.run_metrics(config, plan)
     if jax_process_index() == 0:
@@ -189,7 +190,7 @@ def _run_mode(config, workdir: str, mode: str, recompute: bool):
           f"({result['num_test_examples']} images, {result['steps']} steps)")
     return result
   from roar_jax.benchmark.roar import explain
-  out = explain.run(config, workdir, plan=plan)
+  out = explain.run(config, wd, plan=plan)
   print(f"gradient passes per image: {out['gradient_passes']:,} "
         f"({out['gradient_passes_alone']:,} if each estimator were computed "
         "alone)")

@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable
 
 import jax
+from jax.experimental import multihost_utils
 import tqdm
 from absl import logging
 
@@ -26,7 +27,7 @@ from roar_jax.benchmark.roar import explain
 from roar_jax.benchmark.roar import external_maps
 from roar_jax.benchmark.roar import finetune_fidelity
 from roar_jax.benchmark.roar import grid
-from roar_jax.benchmark.roar import leakage as leakage_lib
+from roar_jax.benchmark.roar import protocol_plugins
 from roar_jax.benchmark.roar import metrics as metrics_lib
 from roar_jax.benchmark.roar import report as report_lib
 from roar_jax.benchmark.roar import report_page
@@ -81,8 +82,7 @@ def open_run(config, workdir, *, mode: str, recompute: bool = False
 
 def _sync(name: str):
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(name)
+      multihost_utils.sync_global_devices(name)
 
 
 def unreadable_base(config, plan: artifacts_lib.Plan) -> str:
@@ -106,11 +106,13 @@ def unreadable_base(config, plan: artifacts_lib.Plan) -> str:
 
 def metric_artifacts(config, plan: artifacts_lib.Plan
                      ) -> list[provenance_lib.Artifact]:
-  """The no-retrain metric records and leakage probes of the config."""
-  probes = leakage_lib.plan_artifacts(config, plan).values()
+  """The no-retrain metric records and every registered protocol's planned
+  artifacts (the leakage probes, ...): settled with the plan's, whether or
+  not this run computes them, so a stale record never outlives its inputs."""
   return [*metrics_lib.plan_artifacts(config, plan).values(),
           *finetune_fidelity.plan_artifacts(config, plan).values(),
-          *[a for pair in probes for a in pair]]
+          *[a for name in protocol_plugins.names()
+            for a in protocol_plugins.get(name).artifacts(config, plan)]]
 
 
 def run_metrics(config, plan: artifacts_lib.Plan, source=None):
@@ -294,7 +296,7 @@ def report(config, workdir, *, plan: artifacts_lib.Plan | None = None,
                 if (r := a.matching()) is not None}
   metric_records = {e: r for e, a in metrics_lib.plan_artifacts(
       config, plan).items() if (r := a.matching()) is not None}
-  leakage_rows = leakage_lib.stored_rows(config, plan)
+  leakage_rows = protocol_plugins.get("leakage").stored(config, plan)
   with report_folder.staged(plan.workdir,
                             report_folder.owns_report_build) as wd:
     # metrics.png first: index.html embeds it.
