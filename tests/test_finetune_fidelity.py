@@ -17,9 +17,9 @@ from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.roar import agreement
 from roar_jax.benchmark.roar import finetune_fidelity as ff
 from roar_jax.benchmark.roar import finetune_fidelity_data as ff_data
-from roar_jax.benchmark.roar import finetune_fidelity_options as ff_options
 from roar_jax.benchmark.roar import grid
-from roar_jax.benchmark.roar import metrics
+from roar_jax.benchmark.roar import metric_registry
+from roar_jax.benchmark.roar import metric_scoring
 from roar_jax.benchmark.roar import pipeline
 from roar_jax.config import validation
 from roar_jax.data import degradation
@@ -86,6 +86,7 @@ def run(fast_compiles, tmp_path_factory):  # pylint: disable=unused-argument
                       _levels(scores))
   fill = images.reshape(-1, 3).mean(0)
   out = pipeline.staged_metrics(config, plan, source, fill)
+  out["finetune"] = ff.summary(config, plan)
   return config, workdir, plan, source, fill, out
 
 
@@ -109,7 +110,7 @@ def test_oracle_beats_random_on_the_ff_columns(run):
   # Measured: ff 0.279 (oracle) against 0.323 (random); on the base model
   # 0.276 against 0.278, a tie.
   assert m["oracle", "ff_deletion_auc"] < m["random", "ff_deletion_auc"] - 0.02
-  assert ff_options.direction("ff_deletion_auc") is True
+  assert metric_registry.direction("ff_deletion_auc") is True
 
   def at_10_percent(folder, est):
     record = workdir_lib.read_json(os.path.join(workdir, folder,
@@ -145,7 +146,8 @@ def test_records_carry_provenance_and_are_reused(run, monkeypatch):
   # A rerun trains and scores nothing.
   monkeypatch.setattr(training, "train_and_evaluate",
                       lambda *a, **k: pytest.fail("retrained"))
-  monkeypatch.setattr(metrics, "score", lambda *a, **k: pytest.fail("rescored"))
+  monkeypatch.setattr(metric_scoring, "score",
+                      lambda *a, **k: pytest.fail("rescored"))
   records, summary = ff.compute(config, plan, source, fill)
   assert records["oracle"]["fingerprint"] == record["fingerprint"]
   assert summary == out["finetune"]
@@ -164,8 +166,7 @@ def test_rows_reach_metrics_csv_and_agreement(run):
   # agreement: ROAR ranks the oracle first too (lower accuracy), rho over
   # three estimators with a third row made up.
   base = [r for r in out["metrics"] if r["metric"] == "deletion_auc"]
-  wd = workdir_lib.Workdir(workdir)
-  rows = ff.with_stored_rows(wd, config, plan, base)
+  rows = base + ff.stored_rows(config, plan)
   assert [r["metric"] for r in rows[len(base):]] == ["ff_deletion_auc"] * 2
   extra = [{"estimator": "third", "metric": "ff_deletion_auc",
             "value": 0.99, "ci95_low": 0.9, "ci95_high": 1.0, "n": 1}]

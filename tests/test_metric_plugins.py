@@ -11,6 +11,7 @@ import pytest
 from roar_jax import saliency
 from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.roar import grid
+from roar_jax.benchmark.roar import metric_maps
 from roar_jax.benchmark.roar import metric_plugins
 from roar_jax.benchmark.roar import metric_registry
 from roar_jax.benchmark.roar import protocol_plugins
@@ -93,7 +94,7 @@ def test_a_registered_metric_reaches_metrics_csv(toy, tmp_path,
   # with the stage's key (config.seed, stream 11) and indices.
   _, source, model, images, _, _ = toy
   model_fn = saliency.Model(logits=model)
-  maps_fn = metrics.metric_maps.maps_fn(config, model_fn, source)
+  maps_fn = metric_maps.maps_fn(config, model_fn, source)
   batch = metric_registry.Batch(
       "random", images, np.zeros(len(images), np.int32),
       np.arange(len(images)), model, None, config,

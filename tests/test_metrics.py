@@ -16,6 +16,7 @@ from conftest import load_config
 from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.roar import agreement
 from roar_jax.benchmark.roar import grid
+from roar_jax.benchmark.roar import metric_scoring
 from roar_jax.benchmark.roar import metrics
 from roar_jax.config import validation
 from roar_jax.data import preprocess
@@ -153,7 +154,7 @@ def test_records_curves_and_reuse(stage, monkeypatch):
     assert record["metrics"][name]["curve"][0] == pytest.approx(
         record["metrics"]["road_morf"]["curve"][0])
   # A rerun finds matching records and computes nothing.
-  monkeypatch.setattr(metrics, "_per_image",
+  monkeypatch.setattr(metric_scoring, "_per_image",
                       lambda *a, **k: pytest.fail("rerun"))
   again = metrics.compute(config, plan, source, fill)
   assert again["oracle"]["fingerprint"] == record["fingerprint"]

@@ -23,7 +23,6 @@ import scipy.stats
 
 from roar_jax import levels
 from roar_jax import workdir as workdir_lib
-from roar_jax.benchmark.roar import finetune_fidelity_options
 from roar_jax.benchmark.roar import metric_registry
 from roar_jax.benchmark.roar import protocol_registry
 
@@ -33,7 +32,7 @@ _SIGN = {"roar": -1.0, "kar": 1.0}
 
 
 def _sign(metric: str) -> float:
-  lower = finetune_fidelity_options.direction(metric)  # ff_ columns too.
+  lower = metric_registry.direction(metric)
   return _SIGN.get(metric, 1.0) if lower is None else (-1.0 if lower
                                                          else 1.0)
 

@@ -49,7 +49,6 @@ from roar_jax import progress_eta
 from roar_jax import provenance as provenance_lib
 from roar_jax import training
 from roar_jax import workdir as workdir_lib
-from roar_jax.benchmark.roar import agreement
 from roar_jax.benchmark.roar import artifacts as artifacts_lib
 from roar_jax.benchmark.roar import explain as explain_lib
 from roar_jax.benchmark.roar import finetune_fidelity_data as data_lib
@@ -57,7 +56,8 @@ from roar_jax.benchmark.roar import finetune_fidelity_options as options_lib
 from roar_jax.benchmark.roar import metric_inputs
 from roar_jax.benchmark.roar import metric_options
 from roar_jax.benchmark.roar import metric_plugins
-from roar_jax.benchmark.roar import metrics as metrics_lib
+from roar_jax.benchmark.roar import metric_scoring
+from roar_jax.benchmark.roar import protocol_registry
 from roar_jax.training import checkpoints
 from roar_jax.training import steps as steps_lib
 
@@ -275,16 +275,14 @@ def compute(config, plan, source, channel_mean=None
   summary = fine_tune(config, plan, source, fill, model)
   if not todo:
     return records, summary
-  scored = metrics_lib.score(config, plan, source,
-                             _finetuned_model(config, model.path, source),
-                             todo, options=mopts, fill=fill)
+  scored = metric_scoring.score(config, plan, source,
+                                _finetuned_model(config, model.path, source),
+                                todo, options=mopts, fill=fill)
   for est, entry in scored.items():
-    record = {"estimator": est, **entry,
-              "fingerprint": artifacts[est].fingerprint,
-              "provenance": dict(artifacts[est].record)}
-    if jax.process_index() == 0:
-      workdir_lib.write_json(artifacts[est].path, record)
-    records[est] = record
+    values = {"estimator": est, **entry}
+    records[est] = (artifacts[est].write_record(values)
+                    if jax.process_index() == 0
+                    else artifacts[est].stamped(values))
   logging.info("finetune_fidelity: masked test accuracy %.4f (base) -> "
                "%.4f (fine-tuned); fine-tune %.0f s, scoring %.0f s",
                summary["masked_test_accuracy"]["base"],
@@ -303,52 +301,34 @@ def rows_of(records: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
           for est in records for name, m in records[est]["metrics"].items()]
 
 
-def _write_metrics_csv(wd: workdir_lib.Workdir, rows):
-  workdir_lib.write_csv(
-      wd.report("metrics.csv"),
-      [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()}
-       for r in rows], metric_options.CSV_COLUMNS)
+def stored_rows(config, plan) -> list[dict[str, Any]]:
+  """metrics.csv rows of the stored records that match the config (for
+  `--mode=report`); [] unless `finetune.enabled`."""
+  stored = {est: record for est, artifact in plan_artifacts(
+      config, plan).items()
+            if est != MODEL_KEY and (record := artifact.matching()) is not None}
+  return rows_of(stored)
 
 
-def run(config, plan, source, channel_mean, out: Mapping[str, Any]
-        ) -> Mapping[str, Any]:
-  """The metrics stage's last step (`pipeline.staged_metrics`): with
-  `finetune.enabled`, the protocol's rows join metrics.csv and
-  agreement.csv; otherwise `out` unchanged.
-
-  Args:
-    config: the experiment config.
-    plan: the grid's artifacts (its workdir: the stage's, report staged).
-    source: the undegraded dataset.
-    channel_mean: the grid's fill (`grid.channel_mean`).
-    out: `metrics.run`'s output.
-
-  Returns:
-    `out` with 'metrics' and 'agreement' extended, and 'finetune' (the
-    fine-tune's summary).
-  """
-  if not options_lib.enabled(config):
-    return out
-  records, summary = compute(config, plan, source, channel_mean)
-  if jax.process_index() != 0:
-    return {**out, "finetune": summary}
-  rows = [*out["metrics"], *rows_of(records)]
-  _write_metrics_csv(plan.workdir, rows)
-  agree = agreement.write(plan.workdir, rows)
-  return {**out, "metrics": rows, "agreement": agree, "finetune": summary}
+def summary(config, plan) -> dict[str, Any] | None:
+  """The fine-tune's summary (`finetune.json`: masked and clean test
+  accuracy before and after, wall time), None before it ran."""
+  folder = _artifacts(config, plan)[MODEL_KEY].path
+  return workdir_lib.read_json(workdir_lib.join(folder, SUMMARY_FILE),
+                               missing_ok=True)
 
 
-def with_stored_rows(wd: workdir_lib.Workdir, config, plan, metric_rows):
-  """`--mode=report`: metrics.csv (already written from `metric_rows`)
-  with the rows of the stored records that match the config appended;
-  returns the rows (`metric_rows` itself when there are none)."""
-  stored = {}
-  for est, artifact in _artifacts(config, plan).items():
-    record = artifact.matching() if est != MODEL_KEY else None
-    if record is not None:
-      stored[est] = record
-  if not stored:
-    return metric_rows
-  rows = [*(metric_rows or []), *rows_of(stored)]
-  _write_metrics_csv(wd, rows)
-  return rows
+def _artifact_list(config, plan) -> list[provenance_lib.Artifact]:
+  return list(plan_artifacts(config, plan).values())
+
+
+@protocol_registry.register(
+    "finetune_fidelity", needs=("base", "ranks"),
+    writes=("metrics.csv",), enabled=options_lib.enabled,
+    artifacts=_artifact_list, stored=stored_rows, metric_rows=True)
+def _protocol(context: protocol_registry.Context) -> list[dict[str, Any]]:
+  """Fine-tunes once and scores every estimator; its rows (process 0)
+  join metrics.csv as `ff_` columns before the agreement table runs."""
+  records, _ = compute(context.config, context.plan, context.source,
+                       context.channel_mean)
+  return rows_of(records) if jax.process_index() == 0 else []

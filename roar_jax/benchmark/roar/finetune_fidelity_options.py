@@ -1,14 +1,14 @@
 """Options of fine-tune-once fidelity (`config.finetune`), their checks, and
 the metrics.csv columns of its scores (`finetune_fidelity.py` runs it).
 
-A light module: the metric plug-ins read `direction` from here (the
-agreement table and the report's headings orient the `ff_` columns by the
-metric they prefix), so it imports nothing of the stage.
+A light module (config validation imports it): it declares the `ff_`
+prefix to the metric registry, so the agreement table and the report's
+headings orient an `ff_` column as the metric it prefixes.
 """
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from roar_jax.benchmark.roar import metric_registry
 
 # metrics.csv names a score `ff_<the metric's column>`: 'ff_deletion_auc'.
 PREFIX = "ff_"
+metric_registry.register_prefix(PREFIX)
 FINETUNE_DIR = "finetune_fidelity"
 # The fills the fine-tune can draw as the metric draws them (a blurred
 # image would need the blur inside the input pipeline).
@@ -25,16 +26,6 @@ FILLS = ("channel_mean", "black")
 def column(metric_column: str) -> str:
   """'deletion_auc' -> 'ff_deletion_auc'."""
   return PREFIX + metric_column
-
-
-def direction(name: str) -> Optional[bool]:
-  """Whether a low value is better for a metrics.csv column: the
-  registry's for its own columns, the prefixed metric's for an `ff_` column
-  (None: no registered metric writes it)."""
-  lower = metric_registry.direction(name)
-  if lower is None and name.startswith(PREFIX):
-    return metric_registry.direction(name[len(PREFIX):])
-  return lower
 
 
 def enabled(config) -> bool:

@@ -216,12 +216,27 @@ def get(name: str) -> Metric:
   return metric
 
 
+# Prefixes of metrics.csv columns that score another model under a
+# registered metric ('ff_deletion_auc': deletion on the fine-tuned model).
+_PREFIXES: list[str] = []
+
+
+def register_prefix(prefix: str) -> None:
+  """Declares that columns `<prefix><metric column>` are a registered
+  metric's scores of another model: they read that metric's direction."""
+  if prefix not in _PREFIXES:
+    _PREFIXES.append(prefix)
+
+
 def direction(column: str) -> Optional[bool]:
   """Whether a low value is better for a metrics.csv column (None: no
-  registered metric writes it)."""
+  registered metric writes it, with or without a registered prefix)."""
   for metric in _REGISTRY.values():
     if metric.column == column:
       return metric.lower_is_better
+  for prefix in _PREFIXES:
+    if column.startswith(prefix):
+      return direction(column[len(prefix):])
   return None
 
 

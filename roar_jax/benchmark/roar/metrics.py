@@ -33,28 +33,22 @@ store; fields: the metric options) and is reused while its fingerprint
 matches.
 """
 
-import time
 from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
 from roar_jax import levels as levels_lib
-from roar_jax import progress_eta
 from roar_jax import provenance as provenance_lib
 from roar_jax import saliency
 from roar_jax import training
 from roar_jax import workdir as workdir_lib
-from roar_jax.data import rank_store as rank_store_lib
-from roar_jax.data import synthetic
 from roar_jax.benchmark.roar import explain as explain_lib
 from roar_jax.benchmark.roar import metric_figures
 from roar_jax.benchmark.roar import metric_inputs
-from roar_jax.benchmark.roar import metric_maps
 from roar_jax.benchmark.roar import metric_plugins
-from roar_jax.benchmark.roar import metric_registry
+from roar_jax.benchmark.roar import metric_scoring
 from roar_jax.benchmark.roar import protocol_plugins
 from roar_jax.benchmark.roar import protocol_registry
 from roar_jax.benchmark.roar.curves import auc, curves, mean_ci
@@ -64,6 +58,8 @@ from roar_jax.benchmark.roar.metric_options import (
 
 # Re-exported: the metrics' public names live here, whatever module computes
 # them.
+score = metric_scoring.score
+summarize = metric_scoring.summarize
 __all__ = ["CSV_COLUMNS", "METRICS", "Options", "auc", "auc_name",
            "compute", "curves", "mean_ci", "plan_artifacts",
            "rank_maps", "run", "score", "summarize"]
@@ -95,36 +91,6 @@ def plan_artifacts(config, plan) -> dict[str, provenance_lib.Artifact]:
       provenance_lib.provenance(fields, {**inputs,
                                          "ranks": plan.ranks[est].fingerprint}))
           for est in config.explain.estimators}
-
-
-def _merged(parts: Mapping[str, list[np.ndarray]], options: Options
-            ) -> dict[str, np.ndarray]:
-  """This process's per-image values joined with every other process's.
-
-  A process without images still takes part in the gather, with empty
-  arrays of the series' widths (`Metric.widths`); all values travel as
-  float64.
-  """
-  widths = {}
-  for name in options.names:
-    widths.update(metric_registry.get(name).widths(options))
-  return {k: metric_inputs.gather(np.concatenate(
-      [np.zeros((0,) + widths[k])] + list(parts.get(k, [])),
-      dtype=np.float64)) for k in sorted(widths)}
-
-
-def summarize(per_image: Mapping[str, np.ndarray], options: Options,
-              names: Sequence[str] | None = None) -> dict[str, Any]:
-  """Every configured metric's record entry from the per-image values of
-  all images (`Metric.summarize`).
-
-  Args:
-    per_image: {series: [N, ...]} over all images.
-    options: the metric options.
-    names: the metrics to summarize (default: `options.names`).
-  """
-  return {name: metric_registry.get(name).summarize(per_image, options)
-          for name in (options.names if names is None else names)}
 
 
 def _base_model(config, plan, source):
@@ -168,121 +134,14 @@ def compute(config, plan, source, channel_mean=None, *, logits_fn=None
   model = (saliency.Model(logits=logits_fn) if logits_fn is not None
            else _base_model(config, plan, source))
   fill = metric_inputs.fill_value(config, options, source, channel_mean)
-  scored = score(config, plan, source, model, todo, options=options,
-                 fill=fill)
+  scored = metric_scoring.score(config, plan, source, model, todo,
+                                options=options, fill=fill)
   for est, entry in scored.items():
     values = {"estimator": est, **entry}
     records[est] = (artifacts[est].write_record(values)
                     if jax.process_index() == 0
                     else artifacts[est].stamped(values))
   return records
-
-
-def score(config, plan, source, model: saliency.Model,
-          estimators: Sequence[str], *, options: Options, fill
-          ) -> dict[str, dict[str, Any]]:
-  """Scores `estimators` on the test split with `model`: the configured
-  metrics of `options` (one pass over the images for all of them).
-
-  The stage's work without its records: `compute` writes them for the base
-  model; a protocol that scores another model (the fine-tuned one of
-  fine-tune-once fidelity) writes its own.
-
-  Args:
-    config: the experiment config.
-    plan: the grid's artifacts (the rank store is read from its workdir).
-    source: the undegraded dataset.
-    model: the model to score, as the estimators see it.
-    estimators: the names to score.
-    options: the metric options (`metric_plugins.options_of`).
-    fill: the 'channel_mean' fill (`metric_inputs.fill_value`), or None.
-
-  Returns:
-    {estimator: {'metrics': {metric: entry}, 'num_images', 'wall_time_s'}}.
-  """
-  stage = _Stage(config, options, model,
-                 metric_maps.maps_fn(config, model, source), fill,
-                 rank_store_lib.RankStore(plan.workdir.root))
-  start = time.time()
-  per_image, count = _per_image(config, source, options, estimators, stage)
-  elapsed = time.time() - start
-  logging.info("metrics: %d test images x %d estimators in %.1f s", count,
-               len(estimators), elapsed)
-  out = {}
-  for est in estimators:
-    merged = _merged(per_image[est], options)
-    out[est] = {
-        "metrics": summarize(merged, options, stage.names_for(est)),
-        "num_images": int(len(merged["target"]) if "target" in merged
-                          else len(next(iter(merged.values())))),
-        "wall_time_s": elapsed / len(estimators)}
-  return out
-
-
-class _Stage:
-  """What every batch of the metrics stage shares."""
-
-  def __init__(self, config, options, model, maps_fn, fill, store):
-    self.config, self.options, self.model = config, options, model
-    self.maps_fn, self.fill, self.store = maps_fn, fill, store
-    self.metrics = [metric_registry.get(n) for n in options.names]
-    self.toy = config.data.name == "toy"
-
-  def batch(self, est: str, rows) -> metric_registry.Batch:
-    """The Batch of `est` over `rows` ({'image', 'label', 'index'})."""
-    needs = {n for m in self.metrics for n in m.needs}
-    config = self.config
-    return metric_registry.Batch(
-        est, rows["image"], rows["label"], rows["index"], self.model.logits,
-        self.options, config,
-        levels=(self.store.lookup(est, "test", rows["index"])
-                if "ranks" in needs else None),
-        masks=(synthetic.toy_masks(config.data.toy, "test")[rows["index"]]
-               if "masks" in needs and self.toy else None),
-        fill_value=self.fill, mean=config.data.mean, std=config.data.std,
-        seed=config.seed,
-        maps_fn=(self.maps_fn if metric_maps.has_maps(config, est)
-                 else None))
-
-  def names_for(self, est: str) -> list[str]:
-    """The configured metrics that score `est` (not those that need maps
-    where it has none)."""
-    maps = metric_maps.has_maps(self.config, est)
-    return [m.name for m in self.metrics if maps or "maps" not in m.needs]
-
-  def scores(self, batch: metric_registry.Batch) -> dict[str, np.ndarray]:
-    """Every configured metric's per-image series of the batch (a metric
-    that needs maps is skipped for an estimator without them)."""
-    out = {}
-    for metric in self.metrics:
-      if "maps" in metric.needs and batch.maps_fn is None:
-        continue
-      out.update(metric.per_image(batch))
-    return out
-
-
-def _per_image(config, source, options: Options, todo, stage: _Stage):
-  """Every estimator's per-image values of this process's test images.
-
-  Returns:
-    ({estimator: {series: [per-batch arrays]}}, number of images).
-  """
-  per_image: dict[str, dict[str, list[np.ndarray]]] = {e: {} for e in todo}
-  count = 0
-  # One step per image and estimator: a bar on a terminal, a log line with
-  # the time left every 30 s without one (the stage can take minutes).
-  with progress_eta.Bar(metric_inputs.num_local_images(source, options) * len(todo),
-                        "metrics", noun="image-estimator pair",
-                        unit="img") as bar:
-    for rows in metric_inputs.test_batches(config, source, options, rows=1024):
-      for i, est in enumerate(todo):
-        for k, v in stage.scores(stage.batch(est, rows)).items():
-          per_image[est].setdefault(k, []).append(v)
-        bar.update(len(rows["index"]), f"{est} on test images {count}-"
-                   f"{count + len(rows['index'])} (estimator {i + 1} of "
-                   f"{len(todo)})")
-      count += len(rows["index"])
-  return per_image, count
 
 
 # ----------------------------------------------------------------------------
@@ -306,13 +165,29 @@ def _fmt(v):
   return f"{v:.6g}" if isinstance(v, float) else v
 
 
-def write_report(wd: workdir_lib.Workdir,
-                 records: Mapping[str, Mapping[str, Any]]):
-  """W/report/metrics.csv, metrics.png and metrics.pdf (`metric_figures`)."""
-  rows = rows_of(records)
+def write_csv(wd: workdir_lib.Workdir, rows: Sequence[Mapping[str, Any]]):
+  """W/report/metrics.csv from its rows."""
   workdir_lib.write_csv(wd.report("metrics.csv"),
                         [{k: _fmt(v) for k, v in r.items()} for r in rows],
                         CSV_COLUMNS)
+
+
+def write_report(wd: workdir_lib.Workdir,
+                 records: Mapping[str, Mapping[str, Any]], *,
+                 extra_rows: Sequence[Mapping[str, Any]] = ()):
+  """W/report/metrics.csv, metrics.png and metrics.pdf (`metric_figures`).
+
+  Args:
+    wd: the workdir (or the staged report's).
+    records: {estimator: metric record} of the base model.
+    extra_rows: metrics.csv rows of protocols that score other models
+      (their stored rows, in `--mode=report`), appended to the CSV.
+
+  Returns:
+    metrics.csv's rows.
+  """
+  rows = rows_of(records) + list(extra_rows)
+  write_csv(wd, rows)
   if records:
     metric_figures.write(wd, records, rows)
   return rows
@@ -346,11 +221,13 @@ def run(config, plan, source, channel_mean=None, *,
   context = protocol_registry.Context(config, plan, source, channel_mean,
                                       metric_rows=rows,
                                       results_rows=results_rows)
-  out = {"metrics": rows or []}
-  out.update({name: [] for name in protocol_plugins.names()})
+  out = {name: [] for name in protocol_plugins.names()}
   for protocol in protocol_plugins.enabled(config):
     out[protocol.name] = protocol.run(context)
-  return out
+    if protocol.metric_rows and rows is not None and out[protocol.name]:
+      rows.extend(out[protocol.name])
+      write_csv(plan.workdir, rows)
+  return {"metrics": rows or [], **out}
 
 
 def rank_maps(maps, *, key: jax.Array, granularity: str = "pixel",

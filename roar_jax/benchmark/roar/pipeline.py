@@ -25,7 +25,6 @@ from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.roar import artifacts as artifacts_lib
 from roar_jax.benchmark.roar import explain
 from roar_jax.benchmark.roar import external_maps
-from roar_jax.benchmark.roar import finetune_fidelity
 from roar_jax.benchmark.roar import grid
 from roar_jax.benchmark.roar import protocol_plugins
 from roar_jax.benchmark.roar import metrics as metrics_lib
@@ -110,7 +109,6 @@ def metric_artifacts(config, plan: artifacts_lib.Plan
   artifacts (the leakage probes, ...): settled with the plan's, whether or
   not this run computes them, so a stale record never outlives its inputs."""
   return [*metrics_lib.plan_artifacts(config, plan).values(),
-          *finetune_fidelity.plan_artifacts(config, plan).values(),
           *[a for name in protocol_plugins.names()
             for a in protocol_plugins.get(name).artifacts(config, plan)]]
 
@@ -136,8 +134,6 @@ def staged_metrics(config, plan: artifacts_lib.Plan, source, fill):
                             enabled=jax.process_index() == 0) as wd:
     out = metrics_lib.run(config, dataclasses.replace(plan, workdir=wd),
                           source, fill)
-    out = finetune_fidelity.run(config, dataclasses.replace(
-        plan, workdir=wd), source, fill, out)  # With finetune.enabled.
     if pages and jax.process_index() == 0:
       report_page.write_metrics_page(wd, config, source.info.num_classes)
   if not pages:
@@ -300,10 +296,11 @@ def report(config, workdir, *, plan: artifacts_lib.Plan | None = None,
   with report_folder.staged(plan.workdir,
                             report_folder.owns_report_build) as wd:
     # metrics.png first: index.html embeds it.
-    metric_rows = (metric_records
-                   and metrics_lib.write_report(wd, metric_records))
-    metric_rows = finetune_fidelity.with_stored_rows(wd, config, plan,
-                                                     metric_rows)
+    # Protocols that score other models add their stored metrics.csv rows.
+    extra = [r for p in protocol_plugins.enabled(config) if p.metric_rows
+             for r in p.stored(config, plan)]
+    metric_rows = ((metric_records or extra) and metrics_lib.write_report(
+        wd, metric_records, extra_rows=extra))
     # agreement.csv and leakage.csv too, before the pages that show them.
     out = report_lib.build_report(
         wd, records, no_retrain, config=config,

@@ -5,7 +5,7 @@ protocol is work over the whole grid that trains or compares: the leakage
 probe trains classifiers on the removal masks, the agreement table ranks
 the estimators by every score. Each is one module that registers itself,
 declaring what it needs and what it writes; the metrics stage runs the
-enabled ones in registration order after metrics.csv is written, the
+enabled ones after metrics.csv is written (`enabled` gives the order), the
 pipeline settles their planned artifacts with the plan's, and `--mode=report`
 reads their stored rows:
 
@@ -66,6 +66,11 @@ class Protocol:
       with the plan's (a stale record is noticed before anything runs).
     stored: (config, plan) -> its rows from the records that match the
       config (for `--mode=report`), or None when it keeps no records.
+    metric_rows: its rows are metrics.csv rows (the scores of another model
+      under the registered metrics, in columns of their own): the stage
+      appends them to `context.metric_rows` and to metrics.csv, so the
+      protocols after it (the agreement table) see them, and `--mode=report`
+      appends its stored rows alike.
   """
   name: str
   run: Callable[[Context], list]
@@ -74,6 +79,7 @@ class Protocol:
   enabled: Callable[[Any], bool]
   artifacts: Callable[[Any, Any], list]
   stored: Optional[Callable[[Any, Any], list]] = None
+  metric_rows: bool = False
 
 
 _REGISTRY: dict[str, Protocol] = {}
@@ -83,7 +89,7 @@ def register(name: str, *, needs: Sequence[str], writes: Sequence[str],
              enabled: Callable[[Any], bool] = lambda config: True,
              artifacts: Callable[[Any, Any], list] = lambda config, plan: [],
              stored: Optional[Callable[[Any, Any], list]] = None,
-             replace: bool = False):
+             metric_rows: bool = False, replace: bool = False):
   """Decorator: registers `run(context) -> rows` as the protocol `name`.
 
   Args:
@@ -93,6 +99,7 @@ def register(name: str, *, needs: Sequence[str], writes: Sequence[str],
     enabled: whether a config runs it (default: always).
     artifacts: the artifacts it plans (default: none).
     stored: its rows from matching records (report mode), or None.
+    metric_rows: its rows are metrics.csv rows (see `Protocol`).
     replace: allow replacing a registered protocol (tests).
 
   Returns:
@@ -111,7 +118,7 @@ def register(name: str, *, needs: Sequence[str], writes: Sequence[str],
       raise ValueError(f"protocol {name!r} is already registered; pass "
                        "replace=True to override it")
     _REGISTRY[name] = Protocol(name, fn, tuple(needs), tuple(writes),
-                               enabled, artifacts, stored)
+                               enabled, artifacts, stored, bool(metric_rows))
     return fn
 
   return decorator
@@ -138,5 +145,9 @@ def names() -> tuple[str, ...]:
 
 
 def enabled(config) -> list[Protocol]:
-  """The protocols `config` runs, in registration order."""
-  return [p for p in _REGISTRY.values() if p.enabled(config)]
+  """The protocols `config` runs, in the order they run: registration
+  order, except that a protocol that reads metrics.csv's rows runs after
+  every protocol that adds to them (so the agreement table sees the
+  fine-tuned model's scores whatever the import order)."""
+  protocols = [p for p in _REGISTRY.values() if p.enabled(config)]
+  return sorted(protocols, key=lambda p: "metric_rows" in p.needs)
