@@ -32,6 +32,7 @@ from roar_jax import config as config_pkg  # noqa: E402
 from roar_jax.config import defaults as config_defaults  # noqa: E402
 from roar_jax import hints  # noqa: E402
 from roar_jax import workdir as workdir_lib  # noqa: E402
+from roar_jax import workdir_lock  # noqa: E402
 
 # Each --mode and what it runs (--help lists them from here).
 MODES = {
@@ -41,8 +42,7 @@ MODES = {
     "metrics": "the no-retrain metrics and the mask-leakage probe",
     "report": "rebuild the report from the results",
     "sanity": "the sanity checks",
-    "finetune_fidelity": "metrics, plus deletion scored on the base model "
-                         "after one short training on randomly masked images",
+    "finetune_fidelity": "metrics, and deletion on a fine-tuned base model",
 }
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -128,10 +128,9 @@ def run(config, workdir: str, mode: str, *, recompute: bool = False):
   workdir; the processes of one multi-host run share it through process 0).
   """
   config_pkg.validate(config, mode)
-  # Built once here; every stage gets this object.
   wd = workdir_lib.as_workdir(workdir)
   config = _with_data_dir(config, wd)
-  lock = workdir_lib.Lock(wd)
+  lock = workdir_lock.Lock(wd)
   if mode != "report" and jax_process_index() == 0:
     lock.acquire()
   try:
@@ -141,8 +140,7 @@ def run(config, workdir: str, mode: str, *, recompute: bool = False):
 
 
 def _with_data_dir(config, wd: workdir_lib.Workdir):
-  """A dataset of one's own (`data.path`) is prepared inside the workdir
-  unless `data.data_dir` says where; TFDS datasets keep TFDS's data_dir."""
+  """A `data.path` dataset is prepared in W/data unless data.data_dir is set."""
   if not config.data.path or config.data.data_dir:
     return config
   config = copy.deepcopy(config)
@@ -175,8 +173,7 @@ def _run_mode(config, wd: workdir_lib.Workdir, mode: str, recompute: bool):
       print(f"report: {wd.report()}")
     return out
   if mode == "finetune_fidelity":  # The metrics stage, the fine-tune on.
-    from roar_jax.benchmark.roar import finetune_fidelity_options
-    config, mode = finetune_fidelity_options.switched_on(config), "metrics"
+    config, mode = roar.finetune_switched_on(config), "metrics"
   plan = roar.open_run(config, wd, mode=mode, recompute=recompute)
   if mode == "metrics":
     out = roar.run_metrics(config, plan)
@@ -364,8 +361,7 @@ def _setup_logging():
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-  """The errors a user causes (a config, a file, a second run): each is
-  reported in one line naming the field or file."""
+  """A user's errors (config, file, second run): one line naming it."""
   from roar_jax.data import errors as data_errors  # pylint: disable=g-import-not-at-top
   return (config_pkg.ConfigError, workdir_lib.WorkdirError,
           data_errors.DataError)

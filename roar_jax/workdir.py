@@ -31,8 +31,6 @@ import errno
 import io
 import json
 import os
-import socket
-import time
 from typing import Any, Iterable, Mapping, Sequence
 
 from etils import epath
@@ -302,92 +300,6 @@ def write_config(wd: Workdir, config, mode: str):
   write_json(wd.config_file, {
       "config": json.loads(config.to_json_best_effort(sort_keys=True)),
       "version": roar_jax.__version__, "mode": mode})
-
-
-# ----------------------------------------------------------------------------
-# The lock.
-
-
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
-class Lock:
-  """One run per workdir: `W/lock.json` holds the host and pid of its owner.
-
-  A lock left by a dead process of this host is taken over. On an object
-  store (no exclusive create) the lock is written, then read back: the last
-  writer wins and the other stops.
-  """
-
-  def __init__(self, workdir: Workdir):
-    self.file = workdir.lock_file
-    self.held = False
-
-  def _owner(self) -> dict[str, Any] | None:
-    try:
-      return read_json(self.file, missing_ok=True)
-    except WorkdirError:
-      return {}  # Half-written by a process that died: stale.
-
-  def _create(self, record: Mapping[str, Any]) -> bool:
-    data = json.dumps(record, sort_keys=True).encode()
-    if is_remote(self.file):
-      if exists(self.file):
-        return False
-      write_bytes(self.file, data)
-      return read_json(self.file, missing_ok=True) == dict(record)
-    try:
-      makedirs(os.path.dirname(self.file))
-      fd = os.open(self.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except FileExistsError:
-      return False
-    except OSError as e:
-      raise WorkdirError(f"cannot write {self.file}: {os_reason(e)}") from e
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    return True
-
-  def acquire(self):
-    """Takes the lock, or raises WorkdirError naming its owner."""
-    me = {"host": socket.gethostname(), "pid": os.getpid(),
-          "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(3):
-      if self._create(me):
-        self.held = True
-        return
-      owner = self._owner()
-      if owner is None:
-        continue  # Released meanwhile.
-      stale = (not owner or (owner.get("host") == me["host"]
-                             and not _pid_alive(int(owner.get("pid", 0)))))
-      if not stale:
-        raise WorkdirError(
-            f"{os.path.dirname(self.file) or '.'} is in use by process "
-            f"{owner.get('pid')} on {owner.get('host')} (since "
-            f"{owner.get('since')}): wait for it, or use another --workdir; "
-            f"if no run uses it (that process is another program), delete "
-            f"{self.file}")
-      path(self.file).unlink(missing_ok=True)
-    raise WorkdirError(f"could not take the lock {self.file}")
-
-  def release(self):
-    if self.held:
-      path(self.file).unlink(missing_ok=True)
-      self.held = False
-
-  def __enter__(self):
-    self.acquire()
-    return self
-
-  def __exit__(self, *exc):
-    self.release()
 
 
 def remove_tree(p: PathLike):

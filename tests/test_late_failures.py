@@ -18,6 +18,7 @@ from conftest import data_config
 from conftest import load_config
 from roar_jax import training
 from roar_jax import workdir as workdir_lib
+from roar_jax import workdir_lock
 from roar_jax.benchmark.roar import artifacts
 from roar_jax.benchmark.roar import grid
 from roar_jax.benchmark.roar import pipeline
@@ -121,7 +122,7 @@ def test_lock_of_a_live_unrelated_process_says_how_to_clear_it(tmp_path):
     workdir_lib.write_json(wd.lock_file, {
         "host": os.uname().nodename, "pid": other.pid, "since": "then"})
     with pytest.raises(workdir_lib.WorkdirError) as error:
-      workdir_lib.Lock(wd).acquire()
+      workdir_lock.Lock(wd).acquire()
     assert str(error.value).endswith(
         f"if no run uses it (that process is another program), delete "
         f"{wd.lock_file}")

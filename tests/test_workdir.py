@@ -18,6 +18,7 @@ import finished_runs
 from roar_jax import config as config_pkg
 from roar_jax import provenance
 from roar_jax import workdir as workdir_lib
+from roar_jax import workdir_lock
 from roar_jax.benchmark.roar import grid
 from roar_jax.benchmark.roar import pipeline
 
@@ -92,13 +93,13 @@ def test_read_only_workdir_is_one_line():
 
 def test_lock_refuses_a_second_run_and_takes_over_a_dead_ones(tmp_path):
   wd = workdir_lib.Workdir(tmp_path)
-  first = workdir_lib.Lock(wd)
+  first = workdir_lock.Lock(wd)
   first.acquire()
   owner = json.loads((tmp_path / "lock.json").read_text())
   assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
   with pytest.raises(workdir_lib.WorkdirError,
                      match=f"in use by process {os.getpid()}"):
-    workdir_lib.Lock(wd).acquire()
+    workdir_lock.Lock(wd).acquire()
   first.release()
   assert not (tmp_path / "lock.json").exists()
   # A lock left by a process that died (kill -9) is taken over.
@@ -106,13 +107,13 @@ def test_lock_refuses_a_second_run_and_takes_over_a_dead_ones(tmp_path):
   dead.wait()
   (tmp_path / "lock.json").write_text(json.dumps(
       {"host": socket.gethostname(), "pid": dead.pid, "since": "then"}))
-  with workdir_lib.Lock(wd):
+  with workdir_lock.Lock(wd):
     assert json.loads((tmp_path / "lock.json").read_text())["pid"] == (
         os.getpid())
 
 
 def test_second_process_stops_within_seconds_in_one_line(tmp_path):
-  with workdir_lib.Lock(workdir_lib.Workdir(tmp_path)):
+  with workdir_lock.Lock(workdir_lib.Workdir(tmp_path)):
     out = subprocess.run(
         [sys.executable, "-m", "roar_jax.main", "--config=configs/toy.py",
          f"--workdir={tmp_path}", "--mode=roar"],

@@ -5,6 +5,7 @@ typo costs a second, not a crashed job an hour later.
 """
 
 import dataclasses
+import importlib.util
 import os
 from typing import Any, Mapping
 
@@ -13,6 +14,7 @@ import jax
 from roar_jax import hints
 from roar_jax import levels as levels_lib
 from roar_jax import models
+from roar_jax import saliency
 from roar_jax.benchmark.roar import estimator_names
 from roar_jax.benchmark.roar import external_maps
 from roar_jax.benchmark.roar import finetune_fidelity_options
@@ -94,18 +96,19 @@ def validate(config, mode: str = "train"):
     models.get_model(config.model, 2)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  if mode in ("explain", "roar", "report", "metrics"):
+  _validate_mode(config, mode, devices)
+
+
+def _validate_mode(config, mode: str, devices: int):
+  """The sections `mode` reads beyond the data, model and training."""
+  if mode in ("explain", "roar", "report", "metrics", "finetune_fidelity"):
     _validate_benchmark(config, devices)
-  if mode in ("roar", "metrics"):
-    _validate_metrics(config)
-  if mode == "finetune_fidelity":  # The metrics stage with the fine-tune.
-    _validate_benchmark(config, devices)
-    _validate_metrics(config)
   if mode in ("roar", "metrics", "finetune_fidelity"):
-    _validate_finetune(config, mode)
+    _validate_metrics(config, mode)
   if mode == "sanity":
     _require(not external_maps.folder(config),
              f"config.explain.maps: {external_maps.NOT_SUPPORTED}")
+    # Deferred: it imports TensorFlow, which a config error must not await.
     from roar_jax.benchmark.sanity import checks as sanity  # pylint: disable=g-import-not-at-top
     try:
       sanity.validate_config(config)
@@ -183,7 +186,6 @@ def _check_distinct_percents(thresholds):
 
 def _validate_benchmark(config, devices: int):
   """Checks `config.explain` and `config.roar`."""
-  from roar_jax import saliency  # pylint: disable=g-import-not-at-top
   ec = config.explain
   methods = saliency.available_methods()
   # Maps computed elsewhere name methods of their own (their folders).
@@ -340,7 +342,6 @@ def _validate_roar(config):
            f"config.grid.executor={executor!r}: expected 'sequential' or "
            "'ray'")
   if executor == "ray":
-    import importlib.util  # pylint: disable=g-import-not-at-top
     _require(importlib.util.find_spec("ray") is not None,
              "config.grid.executor='ray' needs Ray: pip install -e \".[ray]\"")
   _require(rc.num_seeds > 0, f"config.roar.num_seeds={rc.num_seeds} must be "
@@ -377,14 +378,18 @@ def _check_fills(value):
            "than once")
 
 
-def _validate_metrics(config):
-  """Checks `config.metrics` (the no-retrain metrics and leakage probe)."""
-  if config.get("metrics") is None:
-    return
+def _validate_metrics(config, mode: str):
+  """Checks `config.metrics` and `config.finetune` (on in finetune_fidelity)."""
+  finetune = (finetune_fidelity_options.switched_on(config)
+              if mode == "finetune_fidelity" else config)
   try:
-    metric_plugins.options_of(config)
+    if config.get("metrics") is not None:
+      metric_plugins.options_of(config)
+    finetune_fidelity_options.check(finetune)
   except (TypeError, ValueError) as e:
     raise ConfigError(str(e).splitlines()[0]) from None
+  if config.get("metrics") is None:
+    return
   steps = config.metrics.get("leakage_steps", 0)
   _require(isinstance(steps, int) and steps >= 0,
            f"config.metrics.leakage_steps={steps!r} must be an integer >= 0 "
@@ -392,14 +397,3 @@ def _validate_metrics(config):
   seeds = config.metrics.get("leakage_seeds")
   _require(isinstance(seeds, int) and seeds >= 1,
            f"config.metrics.leakage_seeds={seeds!r} must be an integer >= 1")
-
-
-def _validate_finetune(config, mode: str):
-  """Checks `config.finetune` (fine-tune-once fidelity; on in
-  --mode=finetune_fidelity)."""
-  if mode == "finetune_fidelity":
-    config = finetune_fidelity_options.switched_on(config)
-  try:
-    finetune_fidelity_options.check(config)
-  except (TypeError, ValueError) as e:
-    raise ConfigError(str(e).splitlines()[0]) from None

@@ -8,7 +8,7 @@ the mean curve with a 95% interval over the images, the mean curve and the
 interval at each point; metrics.csv names it `<name>_auc`.
 """
 
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -41,21 +41,6 @@ def _batch_curves(batch: metric_registry.Batch) -> dict[str, np.ndarray]:
       mean=batch.mean, std=batch.std))
 
 
-def summarize_curve(name: str, curves: np.ndarray, options
-                    ) -> dict[str, Any]:
-  """Per-image curves [N, K] -> the record entry: 'value', 'ci95_low',
-  'ci95_high', 'n' (the area's mean and 95% interval over the images),
-  'fractions', 'curve' (the mean over images), 'curve_ci95' ([low, high] per
-  point)."""
-  c = np.asarray(curves, dtype=np.float64)
-  fractions = _fractions(name, options)
-  value, low, high, n = curves_lib.mean_ci(curves_lib.auc(c, fractions))
-  point_ci = [curves_lib.mean_ci(c[:, j])[1:3] for j in range(c.shape[1])]
-  return {"value": value, "ci95_low": low, "ci95_high": high, "n": n,
-          "fractions": fractions.tolist(), "curve": c.mean(0).tolist(),
-          "curve_ci95": [list(p) for p in point_ci]}
-
-
 def _register(name: str):
   """Registers the curve `name` (its series, widths and summary)."""
   with_target = name in ("deletion", "insertion")
@@ -72,8 +57,8 @@ def _register(name: str):
   metric_registry.register(
       name, needs=("ranks",), lower_is_better=_LOWER_IS_BETTER[name],
       widths=widths, column=auc_name(name), title=TITLES[name],
-      summarize=lambda values, options: summarize_curve(
-          name, values[name], options))(per_image)
+      summarize=lambda values, options: curves_lib.summarize_curve(
+          values[name], _fractions(name, options)))(per_image)
 
 
 for _name in TITLES:

@@ -284,3 +284,17 @@ def _road(fn, images, labels, levels, indices, mean, std, options: Options,
     m = sl.stop - sl.start
     out.setdefault("road_morf", []).append(correct[:m, 0].astype(np.float32))
     out.setdefault("road_lerf", []).append(correct[:m, 1].astype(np.float32))
+
+
+def summarize_curve(curves, fractions) -> dict:
+  """Per-image curves [N, K] over `fractions` [K] -> a metric's record
+  entry: 'value', 'ci95_low', 'ci95_high', 'n' (the area's mean and 95%
+  interval over the images), 'fractions', 'curve' (the mean over images),
+  'curve_ci95' ([low, high] per point)."""
+  c = np.asarray(curves, dtype=np.float64)
+  fractions = np.asarray(fractions, dtype=np.float64)
+  value, low, high, n = mean_ci(auc(c, fractions))
+  point_ci = [mean_ci(c[:, j])[1:3] for j in range(c.shape[1])]
+  return {"value": value, "ci95_low": low, "ci95_high": high, "n": n,
+          "fractions": fractions.tolist(), "curve": c.mean(0).tolist(),
+          "curve_ci95": [list(p) for p in point_ci]}

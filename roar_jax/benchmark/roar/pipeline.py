@@ -25,6 +25,7 @@ from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.roar import artifacts as artifacts_lib
 from roar_jax.benchmark.roar import explain
 from roar_jax.benchmark.roar import external_maps
+from roar_jax.benchmark.roar import finetune_fidelity_options
 from roar_jax.benchmark.roar import grid
 from roar_jax.benchmark.roar import protocol_plugins
 from roar_jax.benchmark.roar import metrics as metrics_lib
@@ -33,6 +34,10 @@ from roar_jax.benchmark.roar import report_page
 from roar_jax.data import sources
 
 UnitRunner = Callable[..., dict[str, Any]]
+
+
+# `--mode=finetune_fidelity` is the metrics stage with the fine-tune on.
+finetune_switched_on = finetune_fidelity_options.switched_on
 
 
 def open_run(config, workdir, *, mode: str, recompute: bool = False

@@ -187,13 +187,8 @@ def gain_curves(morf_lerf: np.ndarray, steps: int) -> np.ndarray:
 def summarize(name: str, values, options) -> dict[str, Any]:
   """The record entry: SRG's mean over the images with its 95% interval,
   the mean gain curve and its interval per point."""
-  c = np.asarray(values[name], np.float64)
-  fractions = deletion_fractions(options.steps)
-  value, low, high, n = curves_lib.mean_ci(curves_lib.auc(c, fractions))
-  point_ci = [curves_lib.mean_ci(c[:, j])[1:3] for j in range(c.shape[1])]
-  return {"value": value, "ci95_low": low, "ci95_high": high, "n": n,
-          "fractions": fractions.tolist(), "curve": c.mean(0).tolist(),
-          "curve_ci95": [list(p) for p in point_ci]}
+  return curves_lib.summarize_curve(values[name],
+                                    deletion_fractions(options.steps))
 
 
 def _register(fill: str):

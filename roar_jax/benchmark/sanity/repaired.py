@@ -84,13 +84,7 @@ class RepairedOptions:
   @classmethod
   def from_config(cls, cfg: Mapping | None) -> "RepairedOptions":
     """Options from a config section (its unknown keys are an error)."""
-    cfg = dict(cfg or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-      raise ValueError(f"config.sanity.repaired: unknown fields {unknown}; "
-                       f"known: {sorted(known)}")
-    return cls(**cfg)
+    return similarity.options_from_section(cls, cfg, "repaired")
 
 
 def bottom_up_steps(names: Sequence[str]) -> list[tuple[str, ...]]:

@@ -61,6 +61,18 @@ FOREGROUND_METRICS = ("spearman_abs_fg", "spearman_signed_fg")
 HOG_CORRELATIONS = ("pearson", "spearman")
 
 
+def options_from_section(cls, cfg: Mapping | None, section: str):
+  """A dataclass of options from `config.sanity.<section>`; an unknown key
+  is an error naming it."""
+  cfg = dict(cfg or {})
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(cfg) - known)
+  if unknown:
+    raise ValueError(f"config.sanity.{section}: unknown fields {unknown}; "
+                     f"known: {sorted(known)}")
+  return cls(**cfg)
+
+
 @dataclasses.dataclass(frozen=True)
 class SimilarityOptions:
   """Parameters of the normalizations and metrics (see the module docstring).
@@ -99,13 +111,7 @@ class SimilarityOptions:
   @classmethod
   def from_config(cls, cfg: Mapping | None) -> "SimilarityOptions":
     """Options from a config section (its unknown keys are an error)."""
-    cfg = dict(cfg or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-      raise ValueError(f"config.sanity.similarity: unknown fields {unknown}; "
-                       f"known: {sorted(known)}")
-    return cls(**cfg)
+    return options_from_section(cls, cfg, "similarity")
 
 
 def _as_batch(maps) -> np.ndarray:
