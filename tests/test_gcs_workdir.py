@@ -120,14 +120,15 @@ def test_workdir_layer_round_trips_on_gcs(gcs):
   code = f"""
 import json
 from roar_jax import workdir as w
+from roar_jax import workdir_lock
 root = "gs://{BUCKET}/layer"
 w.write_json(root + "/a/b.json", {{"x": [1, 2]}})
 assert w.read_json(root + "/a/b.json") == {{"x": [1, 2]}}
 assert w.listdir(root) == ["a"] and w.exists(root + "/a/b.json")
-lock = w.Lock(w.Workdir(root))
+lock = workdir_lock.Lock(w.Workdir(root))
 lock.acquire()
 try:
-  w.Lock(w.Workdir(root)).acquire()
+  workdir_lock.Lock(w.Workdir(root)).acquire()
 except w.WorkdirError as e:
   print("refused:", e)
 lock.release()

@@ -21,8 +21,8 @@ NEW = ("expected_gradients", "gradcam_pp", "guided_ig", "blur_ig",
 def _config():
   config = load_config("toy")
   with config.unlocked():
-    config.data.toy.num_train = 600
-    config.data.toy.num_test = 200
+    config.data.toy.num_train = 300
+    config.data.toy.num_test = 100
     config.explain.estimators = ("random",) + NEW
     config.explain.methods.eg_samples = 4
     config.explain.methods.guided_ig_steps = 8
@@ -32,7 +32,7 @@ def _config():
     config.roar.modes = ("roar",)
     config.train.num_steps = 150
     config.metrics.names = ("deletion", "road_morf")
-    config.metrics.num_images = 64
+    config.metrics.num_images = 32
     config.metrics.leakage = False
   return config
 
@@ -75,7 +75,7 @@ def test_new_estimators_find_the_pattern_before_random(grid_run):
   (their mean level is about half the levels)."""
   config, workdir, _ = grid_run
   store = rank_store.RankStore(workdir)
-  n = 200
+  n = 100
   masks = synthetic.toy_masks(config.data.toy, "test")[:n]
   mean_level = {}
   for est in ("random",) + NEW:
