@@ -161,18 +161,10 @@ def register(name: str, *, needs=("model",), lower_is_better: bool,
   Returns:
     The decorator; it returns `per_image` unchanged.
   """
-  if not name or not name.replace("_", "").isalnum():
-    raise ValueError(f"metric name {name!r} must be non-empty letters, "
-                     "digits and underscores")
-  unknown = [n for n in needs if n not in NEEDS]
-  if unknown:
-    raise ValueError(f"register({name!r}): unknown needs {unknown}; known: "
-                     f"{list(NEEDS)}")
+  check_declaration("metric", name, needs, NEEDS)
 
   def decorator(fn):
-    if name in _REGISTRY and not replace:
-      raise ValueError(f"metric {name!r} is already registered; pass "
-                       "replace=True to override it")
+    check_free("metric", name, _REGISTRY, replace)
     _REGISTRY[name] = Metric(
         name, fn, tuple(dict.fromkeys(("model", *needs))),
         bool(lower_is_better), widths or (lambda options: {name: ()}),
@@ -180,6 +172,25 @@ def register(name: str, *, needs=("model",), lower_is_better: bool,
     return fn
 
   return decorator
+
+
+def check_declaration(kind: str, name: str, needs, known) -> None:
+  """Raises ValueError for a bad name (letters, digits, underscores) or an
+  unknown need; shared by the metric and protocol registries."""
+  if not name or not name.replace("_", "").isalnum():
+    raise ValueError(f"{kind} name {name!r} must be non-empty letters, "
+                     "digits and underscores")
+  unknown = [n for n in needs if n not in known]
+  if unknown:
+    raise ValueError(f"register({name!r}): unknown needs {unknown}; known: "
+                     f"{list(known)}")
+
+
+def check_free(kind: str, name: str, registry, replace: bool) -> None:
+  """Raises ValueError if `name` is taken in `registry` and not `replace`."""
+  if name in registry and not replace:
+    raise ValueError(f"{kind} {name!r} is already registered; pass "
+                     "replace=True to override it")
 
 
 def _scalar_summary(name: str):

@@ -26,6 +26,7 @@ import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
 from roar_jax import hints
+from roar_jax.benchmark.roar import metric_registry
 
 NEEDS = ("base", "ranks", "retrains", "metric_rows")
 
@@ -105,18 +106,10 @@ def register(name: str, *, needs: Sequence[str], writes: Sequence[str],
   Returns:
     The decorator; it returns `run` unchanged.
   """
-  if not name or not name.replace("_", "").isalnum():
-    raise ValueError(f"protocol name {name!r} must be non-empty letters, "
-                     "digits and underscores")
-  unknown = [n for n in needs if n not in NEEDS]
-  if unknown:
-    raise ValueError(f"register({name!r}): unknown needs {unknown}; known: "
-                     f"{list(NEEDS)}")
+  metric_registry.check_declaration("protocol", name, needs, NEEDS)
 
   def decorator(fn):
-    if name in _REGISTRY and not replace:
-      raise ValueError(f"protocol {name!r} is already registered; pass "
-                       "replace=True to override it")
+    metric_registry.check_free("protocol", name, _REGISTRY, replace)
     _REGISTRY[name] = Protocol(name, fn, tuple(needs), tuple(writes),
                                enabled, artifacts, stored, bool(metric_rows))
     return fn
