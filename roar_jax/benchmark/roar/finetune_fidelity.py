@@ -50,7 +50,6 @@ from roar_jax import provenance as provenance_lib
 from roar_jax import training
 from roar_jax import workdir as workdir_lib
 from roar_jax.benchmark.roar import artifacts as artifacts_lib
-from roar_jax.benchmark.roar import explain as explain_lib
 from roar_jax.benchmark.roar import finetune_fidelity_data as data_lib
 from roar_jax.benchmark.roar import finetune_fidelity_options as options_lib
 from roar_jax.benchmark.roar import metric_inputs
@@ -248,14 +247,10 @@ def fine_tune(config, plan, source, fill, model: provenance_lib.Artifact
 
 
 def _finetuned_model(config, folder: str, source):
-  """The fine-tuned model as the estimators see it (`explain.explainable`),
-  on this process's devices (as `metrics` holds the base model)."""
+  """The fine-tuned model as the estimators see it, on this process's
+  devices (`metric_scoring.local_model`)."""
   ft = finetune_config(config, options_lib.Options.from_config(config))
-  module, variables = training.load_model(ft, folder, source=source)
-  variables = jax.tree.map(
-      lambda a: np.asarray(a.addressable_data(0))
-      if isinstance(a, jax.Array) else a, variables)
-  return explain_lib.explainable(config, module, variables)
+  return metric_scoring.local_model(config, ft, folder, source)
 
 
 def compute(config, plan, source, channel_mean=None

@@ -10,17 +10,38 @@ fine-tuned one of fine-tune-once fidelity) writes its own.
 import time
 from typing import Any, Mapping, Sequence
 
+import jax
 import numpy as np
 from absl import logging
 
 from roar_jax import progress_eta
 from roar_jax import saliency
+from roar_jax import training
+from roar_jax.benchmark.roar import explain as explain_lib
 from roar_jax.benchmark.roar import metric_inputs
 from roar_jax.benchmark.roar import metric_maps
 from roar_jax.benchmark.roar import metric_registry
 from roar_jax.benchmark.roar.metric_options import Options
 from roar_jax.data import rank_store as rank_store_lib
 from roar_jax.data import synthetic
+
+
+def local_model(config, load_config, folder: str, source) -> saliency.Model:
+  """A stored model as the estimators see it (`explain.explainable`), on
+  this process's devices: it is replicated over every process's devices,
+  and the metrics run on this process's alone.
+
+  Args:
+    config: the experiment config (its data normalization).
+    load_config: the config that trained the model (its architecture).
+    folder: the model's training folder.
+    source: the dataset (its shapes).
+  """
+  module, variables = training.load_model(load_config, folder, source=source)
+  variables = jax.tree.map(
+      lambda a: np.asarray(a.addressable_data(0))
+      if isinstance(a, jax.Array) else a, variables)
+  return explain_lib.explainable(config, module, variables)
 
 
 def _merged(parts: Mapping[str, list[np.ndarray]], options: Options

@@ -37,14 +37,11 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from roar_jax import levels as levels_lib
 from roar_jax import provenance as provenance_lib
 from roar_jax import saliency
-from roar_jax import training
 from roar_jax import workdir as workdir_lib
-from roar_jax.benchmark.roar import explain as explain_lib
 from roar_jax.benchmark.roar import metric_figures
 from roar_jax.benchmark.roar import metric_inputs
 from roar_jax.benchmark.roar import metric_plugins
@@ -93,18 +90,6 @@ def plan_artifacts(config, plan) -> dict[str, provenance_lib.Artifact]:
           for est in config.explain.estimators}
 
 
-def _base_model(config, plan, source):
-  """The plan's base model as the estimators see it (`explain.explainable`)."""
-  module, variables = training.load_model(config, plan.base.path,
-                                          source=source)
-  # Replicated over every process's devices; the curves run on this
-  # process's devices alone, so they get this process's copy.
-  variables = jax.tree.map(
-      lambda a: np.asarray(a.addressable_data(0))
-      if isinstance(a, jax.Array) else a, variables)
-  return explain_lib.explainable(config, module, variables)
-
-
 def compute(config, plan, source, channel_mean=None, *, logits_fn=None
             ) -> dict[str, dict[str, Any]]:
   """Computes every estimator's metrics whose record does not match yet.
@@ -132,7 +117,8 @@ def compute(config, plan, source, channel_mean=None, *, logits_fn=None
   if not todo:
     return records
   model = (saliency.Model(logits=logits_fn) if logits_fn is not None
-           else _base_model(config, plan, source))
+           else metric_scoring.local_model(config, config, plan.base.path,
+                                           source))
   fill = metric_inputs.fill_value(config, options, source, channel_mean)
   scored = metric_scoring.score(config, plan, source, model, todo,
                                 options=options, fill=fill)
