@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from roar_jax.data import idx
 from roar_jax.data import image_folder
+from roar_jax.data import offline_builder
 from roar_jax.data import sources
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -119,15 +120,47 @@ def test_image_folder_directory_equals_archive(cifar_mini, data_dir,
       np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_image_folder_is_prepared_once_and_keyed_by_path(data_dir, tmp_path):
-  copy = str(tmp_path / "copy.tar.gz")
+def test_image_folder_is_prepared_once_and_keyed_by_content(data_dir,
+                                                             tmp_path):
+  os.makedirs(tmp_path / "elsewhere")  # The readable stem is the file name.
+  copy = str(tmp_path / "elsewhere" / os.path.basename(CIFAR_MINI))
   shutil.copy(CIFAR_MINI, copy)
   first = image_folder.prepare_image_folder(copy, data_dir)
   stamp = os.path.getmtime(os.path.join(first, "dataset_info.json"))
   assert image_folder.prepare_image_folder(copy, data_dir) == first
   assert os.path.getmtime(os.path.join(first, "dataset_info.json")) == stamp
-  # Another input path is another dataset.
-  assert first != image_folder.prepare_image_folder(CIFAR_MINI, data_dir)
+  # An archive's copy (another path, another modification time) is the same
+  # dataset, prepared once; one changed byte makes another.
+  os.utime(copy, ns=(0, 0))
+  assert image_folder.prepare_image_folder(CIFAR_MINI, data_dir) == first
+  assert offline_builder.content_fingerprint(copy) == (
+      offline_builder.content_fingerprint(CIFAR_MINI))
+  with open(copy, "r+b") as f:
+    f.seek(100)
+    byte = f.read(1)
+    f.seek(100)
+    f.write(bytes([byte[0] ^ 1]))
+  assert offline_builder.content_fingerprint(copy) != (
+      offline_builder.content_fingerprint(CIFAR_MINI))
+
+
+def test_large_file_fingerprint_samples_its_blocks(tmp_path, monkeypatch):
+  monkeypatch.setattr(offline_builder, "_WHOLE_BYTES", 1000)
+  monkeypatch.setattr(offline_builder, "_BLOCKS", 4)
+  monkeypatch.setattr(offline_builder, "_BLOCK_BYTES", 10)
+  path = tmp_path / "big.bin"
+  data = bytearray(range(256)) * 8  # 2,048 bytes: blocks at 0, 679, ...
+  path.write_bytes(bytes(data))
+  before = offline_builder.content_fingerprint(str(path))
+  data[679] ^= 1  # Inside the second block.
+  path.write_bytes(bytes(data))
+  assert offline_builder.content_fingerprint(str(path)) != before
+  data[679] ^= 1
+  data[500] ^= 1  # Between blocks: the sampled hash cannot see it.
+  path.write_bytes(bytes(data))
+  assert offline_builder.content_fingerprint(str(path)) == before
+  path.write_bytes(bytes(data[:-1]))  # The size is always in it.
+  assert offline_builder.content_fingerprint(str(path)) != before
 
 
 def test_non_rgb_images_are_converted(data_dir, tmp_path):
