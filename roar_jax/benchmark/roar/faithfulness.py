@@ -22,7 +22,9 @@ sums or drops do not vary has no correlation (NaN, as scipy's pearsonr):
 its value is left out of the mean, and `n` counts the images scored.
 
 The subsets are drawn in JAX (`metric_draws`, stream 23): run s of image i
-takes the `subset` largest of uniform draws from (config.seed, index_i, s).
+takes a uniform subset of `subset` distinct values (Floyd's algorithm) from
+(config.seed, index_i, s). Each image takes runs + 1 model inputs (its clean
+copy for f(x), then its runs), `metrics.batch_size` inputs a call.
 """
 
 import functools
@@ -39,35 +41,65 @@ from roar_jax.benchmark.roar import metric_registry
 NAME = "faithfulness_correlation"
 
 
+def _below(hi: jax.Array, lo: jax.Array, span: jax.Array) -> jax.Array:
+  """(hi * 2^32 + lo) mod span, span < 2^24, in uint32 arithmetic (8 bits a
+  step): a uniform draw from [0, span) up to span / 2^64."""
+  r = jnp.zeros_like(hi)
+  for word in (hi, lo):
+    for shift in (24, 16, 8, 0):
+      r = (r * jnp.uint32(256) + ((word >> jnp.uint32(shift))
+                                  & jnp.uint32(255))) % span
+  return r
+
+
+def _floyd(keys: jax.Array, num_values: int, size: int) -> jax.Array:
+  """[...] keys -> [..., size] distinct positions in [0, num_values), each
+  set of `size` equally likely (Floyd's algorithm: step j draws t from
+  [0, span) with span = num_values - size + 1 + j and takes t, or span - 1
+  if t is taken), from the key's 2 * size words."""
+  if num_values >= 2**24:
+    raise ValueError(f"{num_values} values: subsets need fewer than 2^24")
+  words = metric_draws.bits(keys, 2 * size)
+
+  def step(j, chosen):
+    span = jnp.uint32(num_values - size + 1) + j.astype(jnp.uint32)
+    t = _below(jax.lax.dynamic_index_in_dim(words, 2 * j, -1, False),
+               jax.lax.dynamic_index_in_dim(words, 2 * j + 1, -1, False),
+               span).astype(jnp.int32)
+    taken = (chosen == t[..., None]).any(-1)
+    pick = jnp.where(taken, span.astype(jnp.int32) - 1, t)
+    return jax.lax.dynamic_update_index_in_dim(chosen, pick, j, -1)
+
+  chosen = jnp.full(words.shape[:-1] + (size,), -1, jnp.int32)
+  return jax.lax.fori_loop(0, size, step, chosen)
+
+
 def subsets(keys: jax.Array, draws: jax.Array, num_values: int, size: int
             ) -> jax.Array:
   """[b, m, size] distinct flat value positions of the images' keys [b] and
-  run numbers [m] (the top `size` of uniform draws over the values)."""
-  k = metric_draws.sample_keys(keys, draws)
-  return jax.vmap(jax.vmap(lambda kk: jax.lax.top_k(
-      jax.random.uniform(kk, (num_values,)), size)[1]))(k)
+  run numbers [m] (`_floyd` of run m's key)."""
+  return _floyd(metric_draws.sample_keys(keys, draws), num_values, size)
 
 
 @functools.partial(jax.jit, static_argnames=("size", "baseline"))
-def _kernel(logits_fn, x, maps, target, keys, draws, *, size, baseline):
-  """[r] images -> [r, m, 2]: (sum of the map over S, f(x) - f(x_S))."""
-  r, f = x.shape[0], x[0].size
-  idx = subsets(keys, draws, f, size)
-  m = idx.shape[1]
-  flat = x.reshape(r, f)
+def _kernel(logits_fn, x, maps, target, keys, local, slot, *, size,
+            baseline):
+  """The call's inputs [p] -> [p, 2]: (sum of the map over S, f(x_S)); slot
+  0 is the clean image (S empty), slot s its run s - 1."""
+  f = x[0].size
+  flat = x.reshape(x.shape[0], f)
   base = flat.min(-1) if baseline == "black" else flat.mean(-1)
-  hit = jax.vmap(jax.vmap(
-      lambda i: jnp.zeros((f,), bool).at[i].set(True)))(idx)
-  perturbed = jnp.where(hit, base[:, None, None], flat[:, None])
-  logits = logits_fn(jnp.concatenate(
-      [x, perturbed.reshape((r * m,) + x.shape[1:])])).astype(jnp.float32)
-  t = jnp.concatenate([target, jnp.repeat(target, m)])
-  out = jnp.take_along_axis(logits, t[:, None], -1)[:, 0]
-  drop = out[:r, None] - out[r:].reshape(r, m)
+  idx = _floyd(jax.vmap(jax.random.fold_in)(keys[local], slot - 1), f, size)
+  hit = jax.vmap(lambda i: jnp.zeros((f,), bool).at[i].set(True))(idx)
+  hit &= (slot > 0)[:, None]
+  perturbed = jnp.where(hit, base[local][:, None], flat[local])
+  logits = logits_fn(perturbed.reshape((-1,) + x.shape[1:]))
+  out = jnp.take_along_axis(logits.astype(jnp.float32),
+                            target[local][:, None], -1)[:, 0]
   sums = jnp.take_along_axis(
-      jnp.broadcast_to(maps.reshape(r, 1, f).astype(jnp.float32), (r, m, f)),
-      idx, -1).sum(-1)
-  return jnp.stack([sums, drop], axis=-1)
+      maps.reshape(maps.shape[0], f).astype(jnp.float32)[local], idx,
+      -1).sum(-1)
+  return jnp.stack([sums, out], axis=-1)
 
 
 def subset_size(options, shape) -> int:
@@ -82,12 +114,17 @@ def subset_size(options, shape) -> int:
 
 def terms(logits_fn, x, maps, target, keys, *, runs: int, size: int,
           baseline: str, batch_size: int) -> np.ndarray:
-  """Per-run (sum of the map over S, logit drop) [B, runs, 2], float64."""
-  kernel = functools.partial(_kernel, metric_draws.as_partial(logits_fn),
-                             size=size, baseline=baseline)
-  return metric_draws.per_sample(
-      kernel, [jnp.asarray(x, jnp.float32), jnp.asarray(maps, jnp.float32),
-               jnp.asarray(target, jnp.int32)], keys, runs, batch_size)
+  """Per-run (sum of the map over S, logit drop) [B, runs, 2], float64.
+
+  The forwards of an image's clean copy and its runs share the calls: f(x)
+  is computed once per image.
+  """
+  fn = metric_draws.as_partial(logits_fn)
+  v = metric_draws.per_input(
+      lambda *a: _kernel(fn, *a, size=size, baseline=baseline),
+      [np.asarray(x, np.float32), np.asarray(maps, np.float32),
+       np.asarray(target, np.int32)], keys, runs + 1, batch_size)
+  return np.stack([v[:, 1:, 0], v[:, :1, 1] - v[:, 1:, 1]], axis=-1)
 
 
 def pearson(t: np.ndarray) -> np.ndarray:

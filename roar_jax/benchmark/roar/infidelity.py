@@ -20,11 +20,9 @@ code does. Lower is better. The product I . Phi is the local form, for maps
 not multiplied by the input (Captum's `multiply_by_inputs=False`).
 
 The draws: `metric_draws` (stream 21), sample s of image i from (config.seed,
-index_i, s). One jitted call scores `rows` images x `draws` samples (the
-samples vmapped, the forwards in one batch of at most `metrics.batch_size`).
+index_i, s). Each image takes samples + 1 model inputs (its clean copy for
+f(x), then its samples), `metrics.batch_size` inputs a call.
 """
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -39,37 +37,40 @@ NAME = "infidelity"
 def perturbations(keys: jax.Array, draws: jax.Array, shape, std
                   ) -> jax.Array:
   """The perturbations I [b, m, *shape] of images' keys [b] and sample
-  numbers [m]: N(0, std^2) per value."""
+  numbers [m]: N(0, std^2) per value (`jax.random.normal` of the sample's
+  key, reshaped)."""
   k = metric_draws.sample_keys(keys, draws)
-  return std * jax.vmap(jax.vmap(
-      lambda kk: jax.random.normal(kk, shape, jnp.float32)))(k)
-
-
-def _logit_of(logits_fn, images, target):
-  return jnp.take_along_axis(logits_fn(images).astype(jnp.float32),
-                             target[:, None], -1)[:, 0]
+  noise = metric_draws.normal(k, int(np.prod(shape)))
+  return std * noise.reshape(noise.shape[:2] + tuple(shape))
 
 
 @jax.jit
-def _kernel(logits_fn, x, maps, target, std, keys, draws):
-  """[r] images -> [r, m, 2]: (I . Phi, f(x) - f(x - I)) per sample."""
-  noise = perturbations(keys, draws, x.shape[1:], std)
-  r, m = noise.shape[:2]
-  perturbed = (x[:, None] - noise).reshape((r * m,) + x.shape[1:])
-  fx = _logit_of(logits_fn, x, target)
-  fp = _logit_of(logits_fn, perturbed, jnp.repeat(target, m)).reshape(r, m)
-  dot = jnp.einsum("rmhwc,rhwc->rm", noise, maps.astype(jnp.float32))
-  return jnp.stack([dot, fx[:, None] - fp], axis=-1)
+def _kernel(logits_fn, x, maps, target, std, keys, local, slot):
+  """The call's inputs [p] -> [p, 2]: (I . Phi, f(x - I)); slot 0 is the
+  clean image (I = 0), slot s its sample s - 1."""
+  shape = x.shape[1:]
+  k = jax.vmap(jax.random.fold_in)(keys[local], slot - 1)
+  noise = std * metric_draws.normal(k, x[0].size).reshape((-1,) + shape)
+  noise = jnp.where((slot == 0)[:, None, None, None], 0.0, noise)
+  logits = logits_fn(x[local] - noise).astype(jnp.float32)
+  f = jnp.take_along_axis(logits, target[local][:, None], -1)[:, 0]
+  dot = jnp.einsum("phwc,phwc->p", noise, maps.astype(jnp.float32)[local])
+  return jnp.stack([dot, f], axis=-1)
 
 
 def terms(logits_fn, x, maps, target, keys, *, samples: int, std: float,
           batch_size: int) -> np.ndarray:
-  """Per-sample (I . Phi, f(x) - f(x - I)) [B, samples, 2], float64."""
-  kernel = functools.partial(_kernel, metric_draws.as_partial(logits_fn))
-  return metric_draws.per_sample(
-      lambda x_, m_, t_, k_, d_: kernel(x_, m_, t_, jnp.float32(std), k_, d_),
-      [jnp.asarray(x, jnp.float32), jnp.asarray(maps, jnp.float32),
-       jnp.asarray(target, jnp.int32)], keys, samples, batch_size)
+  """Per-sample (I . Phi, f(x) - f(x - I)) [B, samples, 2], float64.
+
+  The forwards of an image's clean copy and its samples share the calls:
+  f(x) is computed once per image.
+  """
+  fn, std = metric_draws.as_partial(logits_fn), jnp.float32(std)
+  v = metric_draws.per_input(
+      lambda *a: _kernel(fn, *a[:3], std, *a[3:]),
+      [np.asarray(x, np.float32), np.asarray(maps, np.float32),
+       np.asarray(target, np.int32)], keys, samples + 1, batch_size)
+  return np.stack([v[:, 1:, 0], v[:, :1, 1] - v[:, 1:, 1]], axis=-1)
 
 
 def from_terms(t: np.ndarray, normalize: bool = False) -> np.ndarray:

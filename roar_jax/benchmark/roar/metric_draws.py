@@ -5,10 +5,22 @@ random perturbations of its image. Sample s of image i is drawn from
 `fold_in(fold_in(fold_in(key(seed), stream), index_i), s)`: a pure function
 of the run's seed, the metric's stream, the image's index in the test split
 and the sample's number, so a value does not depend on the batch, the
-chunking or the number of processes. Each metric calls its jitted kernel on
-chunks of a fixed shape (`rows` images x `samples` draws, at most
-`metrics.batch_size` model inputs; the last chunk padded), so memory stays
-flat and one compilation serves every chunk.
+chunking or the number of processes.
+
+The values of a sample's key are Threefry-2x32 bits in the layout of
+`jax.random.bits` (jax_threefry_partitionable, JAX's default): word j is
+`t0 ^ t1` of Threefry(key, (0, j)); `uniform` and `normal` turn them into
+floats as `jax.random.uniform` and `jax.random.normal` do, and give their
+values. They are computed here, unrolled, because JAX's CPU lowering of
+Threefry runs its 20 rounds as a rolled loop, several times slower than the
+fused rounds: on CPU the draws cost as much as a third of a small CNN's
+forwards.
+
+Each metric scores `per_image` model inputs per image (its samples, and the
+clean image where it needs f(x)). The calls take them in the image-major
+order, `batch_size` inputs at a time (the last call padded), so the forwards
+run in batches of the model's efficient size whatever the samples per image;
+one compilation serves every call.
 """
 
 from typing import Callable, Iterator
@@ -22,6 +34,8 @@ import numpy as np
 INFIDELITY_STREAM = 21
 SENSITIVITY_STREAM = 22
 FAITHFULNESS_STREAM = 23
+
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
 
 def image_keys(seed: int, stream: int, indices) -> jax.Array:
@@ -38,6 +52,44 @@ def sample_keys(keys: jax.Array, samples: jax.Array) -> jax.Array:
       lambda s: jax.random.fold_in(k, s))(samples))(keys)
 
 
+def _threefry(k0, k1, x0, x1):
+  """Threefry-2x32 (20 rounds) of the counters (x0, x1) under (k0, k1)."""
+  ks = (k0, k1, k0 ^ k1 ^ jnp.uint32(0x1BD11BDA))
+  x0, x1 = x0 + ks[0], x1 + ks[1]
+  for i in range(5):
+    for r in _ROTATIONS[i % 2]:
+      x0 = x0 + x1
+      x1 = ((x1 << jnp.uint32(r)) | (x1 >> jnp.uint32(32 - r))) ^ x0
+    x0 = x0 + ks[(i + 1) % 3]
+    x1 = x1 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
+  return x0, x1
+
+
+def bits(keys: jax.Array, n: int) -> jax.Array:
+  """[...] keys -> [..., n] uint32: `jax.random.bits(key, (n,))` of each."""
+  data = jax.random.key_data(keys)
+  counts = jnp.arange(n, dtype=jnp.uint32)
+  t0, t1 = _threefry(data[..., :1], data[..., 1:], jnp.zeros_like(counts),
+                     counts)
+  return t0 ^ t1
+
+
+def uniform(keys: jax.Array, n: int, minval=0.0, maxval=1.0) -> jax.Array:
+  """[...] keys -> [..., n] float32: `jax.random.uniform(key, (n,),
+  minval=minval, maxval=maxval)` of each."""
+  mantissa = (bits(keys, n) >> jnp.uint32(9)) | jnp.uint32(0x3F800000)
+  floats = jax.lax.bitcast_convert_type(mantissa, jnp.float32) - 1.0
+  minval, maxval = jnp.float32(minval), jnp.float32(maxval)
+  return jnp.maximum(minval, floats * (maxval - minval) + minval)
+
+
+def normal(keys: jax.Array, n: int) -> jax.Array:
+  """[...] keys -> [..., n] float32: `jax.random.normal(key, (n,))`."""
+  low = np.nextafter(np.float32(-1.0), np.float32(0.0))
+  u = uniform(keys, n, low, 1.0)
+  return np.float32(np.sqrt(2)) * jax.lax.erf_inv(u)
+
+
 def as_partial(fn: Callable) -> jax.tree_util.Partial:
   """A logits function as a jit argument (its bound weights traced, not
   baked into the compiled program as constants)."""
@@ -46,55 +98,50 @@ def as_partial(fn: Callable) -> jax.tree_util.Partial:
   return jax.tree_util.Partial(fn)
 
 
-def chunk_shape(samples: int, batch_size: int) -> tuple[int, int]:
-  """(rows, draws) of one call: `draws` samples of `rows` images, at most
-  `batch_size` model inputs (at least one image and one sample)."""
-  draws = max(1, min(samples, batch_size))
-  return max(1, batch_size // draws), draws
-
-
-def chunks(num_images: int, samples: int, batch_size: int
-           ) -> Iterator[tuple[np.ndarray, np.ndarray, int, int]]:
-  """The calls that cover `num_images` x `samples`.
+def chunks(num_images: int, per_image: int, batch_size: int
+           ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+  """The calls that cover the `num_images * per_image` inputs, image-major.
 
   Yields:
-    (rows [r]: image positions, the last one repeated to pad; draws [m]:
-     sample numbers, past `samples` to pad; images kept; samples kept).
+    (rows [u]: the positions of the images the call touches, the last one
+     repeated to pad; local [p]: each input's image as a position in rows;
+     slot [p]: each input's number within its image; inputs kept).
+    u and p are the same for every call.
   """
-  rows, draws = chunk_shape(samples, batch_size)
-  rows = min(rows, max(1, num_images))  # No padding past a small batch.
-  for start in range(0, num_images, rows):
-    kept = min(rows, num_images - start)
-    r = np.minimum(np.arange(start, start + rows), num_images - 1)
-    for first in range(0, samples, draws):
-      yield (r, np.arange(first, first + draws, dtype=np.uint32), kept,
-             min(draws, samples - first))
+  total = num_images * per_image
+  size = max(1, min(batch_size, total))
+  span = min((size - 1) // per_image + 2, num_images)
+  for start in range(0, total, size):
+    flat = np.minimum(np.arange(start, start + size), total - 1)
+    image = flat // per_image
+    first = int(image[0])
+    rows = np.minimum(np.arange(first, first + span), num_images - 1)
+    yield (rows, (image - first).astype(np.int32),
+           (flat % per_image).astype(np.uint32), min(size, total - start))
 
 
-def per_sample(kernel: Callable[..., jax.Array], arrays, keys: jax.Array,
-               samples: int, batch_size: int) -> np.ndarray:
-  """Runs `kernel(*chunk_arrays, chunk_keys, draws) -> [r, m, ...]` over
-  every chunk; returns the per-sample values [B, samples, ...] (float64).
+def per_input(kernel: Callable[..., jax.Array], arrays, keys: jax.Array,
+              per_image: int, batch_size: int) -> np.ndarray:
+  """Runs `kernel(*row_arrays, row_keys, local, slot) -> [p, ...]` over
+  every chunk of `chunks`; returns the values [B, per_image, ...] (float64).
 
   Args:
-    kernel: a jitted function of the chunk's rows of `arrays`, their keys
-      [r] and the sample numbers [m].
-    arrays: per-image arrays [B, ...] (numpy or jax).
+    kernel: a function of the call's rows of `arrays` [u, ...], their keys
+      [u], and each input's row [p] and number within its image [p].
+    arrays: per-image numpy arrays [B, ...].
     keys: [B] image keys (`image_keys`).
-    samples: draws per image.
+    per_image: model inputs per image.
     batch_size: model inputs per call at most.
   """
   n = int(keys.shape[0])
-  out = None
-  for rows, draws, kept, kept_draws in chunks(n, samples, batch_size):
-    chunk = [a[rows] for a in arrays]
-    values = np.asarray(kernel(*chunk, keys[rows], jnp.asarray(draws)),
-                        np.float64)
-    if out is None:
-      out = np.zeros((n, samples) + values.shape[2:], np.float64)
-    first = int(draws[0])
-    out[rows[0]:rows[0] + kept, first:first + kept_draws] = (
-        values[:kept, :kept_draws])
-  if out is None:
+  if n == 0:
     raise ValueError("no images to score")
-  return out
+  out = None
+  for rows, local, slot, kept in chunks(n, per_image, batch_size):
+    values = np.asarray(kernel(*[a[rows] for a in arrays], keys[rows],
+                               local, slot), np.float64)
+    if out is None:
+      out = np.zeros((n * per_image,) + values.shape[1:], np.float64)
+    start = int(rows[0]) * per_image + int(slot[0])
+    out[start:start + kept] = values[:kept]
+  return out.reshape((n, per_image) + out.shape[1:])

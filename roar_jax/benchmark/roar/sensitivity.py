@@ -16,8 +16,8 @@ from the image's index, so the clean and perturbed maps share their draws.
 Lower is better.
 
 The perturbations are drawn in JAX (`metric_draws`, stream 22); the maps of
-`rows` images x `draws` perturbations are one `maps_fn` call (at most
-`metrics.batch_size` images); both metrics share one computation per batch.
+`metrics.batch_size` perturbed images (image-major, the last call padded)
+are one `maps_fn` call; both metrics share one computation per batch.
 """
 
 import jax
@@ -32,21 +32,29 @@ NAMES = ("sensitivity_max", "sensitivity_avg")
 
 @jax.jit
 def perturbed_inputs(x, radius, keys, draws):
-  """[r] images -> [r * m] perturbed copies x + d, d ~ U[-radius, radius]."""
+  """[r] images -> [r * m] perturbed copies x + d, d ~ U[-radius, radius]
+  (`jax.random.uniform` of sample j's key, reshaped)."""
   k = metric_draws.sample_keys(keys, draws)
-  d = jax.vmap(jax.vmap(lambda kk: jax.random.uniform(
-      kk, x.shape[1:], jnp.float32, -radius, radius)))(k)
-  return (x[:, None] + d).reshape((-1,) + x.shape[1:])
+  d = metric_draws.uniform(k, x[0].size, -radius, radius)
+  return (x[:, None] + d.reshape(d.shape[:2] + x.shape[1:])).reshape(
+      (-1,) + x.shape[1:])
+
+
+@jax.jit
+def _moved(x, radius, keys, local, slot):
+  """The call's inputs [p]: image local_p moved by its draw slot_p."""
+  k = jax.vmap(jax.random.fold_in)(keys[local], slot)
+  d = metric_draws.uniform(k, x[0].size, -radius, radius)
+  return x[local] + d.reshape((-1,) + x.shape[1:])
 
 
 @jax.jit
 def relative_change(clean, perturbed):
-  """[r] clean maps, [r, m] perturbed maps -> [r, m] relative norms."""
-  r = clean.shape[0]
-  diff = perturbed.reshape(r, -1, clean[0].size) - clean.reshape(r, 1, -1)
-  base = jnp.linalg.norm(clean.reshape(r, -1), axis=-1)
+  """[p] clean maps, [p] perturbed maps -> [p] relative norms."""
+  p = clean.shape[0]
+  base = jnp.linalg.norm(clean.reshape(p, -1), axis=-1)
   base = jnp.where(base == 0, 1.0, base)
-  return jnp.linalg.norm(diff, axis=-1) / base[:, None]
+  return jnp.linalg.norm((perturbed - clean).reshape(p, -1), axis=-1) / base
 
 
 def ratios(maps_fn, x, maps, target, indices, keys, *, samples: int,
@@ -61,18 +69,17 @@ def ratios(maps_fn, x, maps, target, indices, keys, *, samples: int,
     keys: [B] image keys (`metric_draws.image_keys`).
     samples, radius, batch_size: the options.
   """
-  target, indices = np.asarray(target), np.asarray(indices)
+  radius = jnp.float32(radius)
 
-  def kernel(x_, maps_, t_, i_, k_, d_):
-    m = d_.shape[0]
-    p = perturbed_inputs(x_, jnp.float32(radius), k_, d_)
-    pm = maps_fn(np.asarray(p), np.repeat(np.asarray(t_), m),
-                 np.repeat(np.asarray(i_), m))
-    return relative_change(maps_, jnp.asarray(pm, jnp.float32))
+  def kernel(x_, maps_, t_, i_, k_, local, slot):
+    moved = _moved(x_, radius, k_, local, slot)
+    pm = maps_fn(np.asarray(moved), t_[local], i_[local])
+    return relative_change(maps_[local], jnp.asarray(pm, jnp.float32))
 
-  return metric_draws.per_sample(
-      kernel, [jnp.asarray(x, jnp.float32), jnp.asarray(maps, jnp.float32),
-               target, indices], keys, samples, batch_size)
+  return metric_draws.per_input(
+      kernel, [np.asarray(x, np.float32), np.asarray(maps, np.float32),
+               np.asarray(target), np.asarray(indices)], keys, samples,
+      batch_size)
 
 
 def _ratios(batch: metric_registry.Batch) -> np.ndarray:
