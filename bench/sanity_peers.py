@@ -7,11 +7,12 @@ A SmallCNN (width 32, 10 classes, random init, small random biases) in
 Flax and as its torch twin (bench/torch_twins.py), random 32x32x3 images
 normalized as configs/cifar10.py does, gradient maps of the predicted class.
 For bottom-up MPRT, eMPRT, sMPRT (50 samples, noise 0.1), random logit:
-ours: the functions the sanity stage calls (`maps.explain`, `randomization.
-randomize`, `repaired.spearman_flat`/`emprt`/`smooth`/`ssim_flat`) on JAX,
-with Quantus's similarity only (the stage adds the paper's metrics); the
-peer: Quantus's `MPRT(layer_order='bottom_up')`, `EfficientMPRT`,
-`SmoothMPRT` (via `quantus.explain`), `RandomLogit` (one image per batch:
+ours: the functions the sanity stage calls (`maps.explain`, `maps.explainer`
+for sMPRT's noisy copies, `randomization.randomize`, `repaired.FlatSpearman`
+/`emprt`/`smooth`/`ssim_flat`) on JAX and NumPy, with Quantus's similarity
+only (the stage adds the paper's metrics); the peer: Quantus's
+`MPRT(layer_order='bottom_up')`, `EfficientMPRT`, `SmoothMPRT` (via
+`quantus.explain`), `RandomLogit` (one image per batch:
 its normalization by the batch maximum is then per image, as ours) on the
 twin, its explain_func the twin's torch gradient (the natural Quantus setup).
 The twin's layers re-initialize to roar_jax's arrays (`reset_parameters`
@@ -174,9 +175,9 @@ def torch_gradient(model, inputs, targets, **kwargs) -> np.ndarray:
 def ours_bottom_up(s: Setup) -> np.ndarray:
   """MPRT scores [1 + L, N]: the original row, then each bottom-up step."""
   original = s.explain(s.variables)
-  rows = [repaired.spearman_flat(original, original)]
-  rows += [repaired.spearman_flat(original, s.explain(s.randomized(l)))
-           for l in s.steps]
+  score = repaired.FlatSpearman()  # As the stage: the reference ranked once.
+  rows = [score(original, original)]
+  rows += [score(original, s.explain(s.randomized(l))) for l in s.steps]
   return np.array(rows)
 
 
@@ -192,14 +193,16 @@ def ours_smprt(s: Setup, next_normals, quantus_order=False) -> np.ndarray:
   [S - 1, N, H, W, C]. quantus_order: smooth the trained model's maps
   again for the original row (Quantus's new noise), not reuse them."""
   def smoothed(variables):
-    return repaired.smooth(lambda v: s.explain(variables, images=v),
+    explain = maps_lib.explainer(s.config, s.module, variables, s.images,
+                                 ("gradient",), target=s.targets)
+    return repaired.smooth(lambda v: explain(v)["gradient"],
                            s.images["image"], next_normals(),
                            OPTS.smprt_noise_magnitude)
   reference = smoothed(s.variables)
   again = smoothed(s.variables) if quantus_order else reference
-  rows = [repaired.spearman_flat(reference, again)]
-  rows += [repaired.spearman_flat(reference, smoothed(s.randomized(l)))
-           for l in s.steps]
+  score = repaired.FlatSpearman()
+  rows = [score(reference, again)]
+  rows += [score(reference, smoothed(s.randomized(l))) for l in s.steps]
   return np.array(rows)
 
 

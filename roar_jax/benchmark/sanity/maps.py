@@ -123,6 +123,26 @@ def explain(config, module, variables, images: dict[str, np.ndarray],
   model compared (and the random control gives every model the same map).
   `target` (int [N]) names the classes instead of `config.sanity.target`.
   """
+  return explainer(config, module, variables, images, estimators,
+                   target)(images["image"])
+
+
+def explainer(config, module, variables, images: dict[str, np.ndarray],
+              estimators: Sequence[str], target=None
+              ) -> Callable[[Any], dict[str, np.ndarray]]:
+  """`explain` of one model as a function of the pixels alone.
+
+  The model, classes, indices, key and baseline are placed once, so that
+  a caller explaining many versions of the same images (sMPRT's noisy
+  copies) pays for them once.
+
+  Args:
+    config, module, variables, images, estimators, target: as `explain`;
+      images gives the labels and test indices.
+
+  Returns:
+    fn(pixels [N, H, W, C]) -> {estimator: float32 maps [N, H, W, C]}.
+  """
   model = explainable(module, on_one_device(variables))
   if target is not None:
     target = jnp.asarray(target)
@@ -130,13 +150,18 @@ def explain(config, module, variables, images: dict[str, np.ndarray],
     target = jnp.asarray(images["label"])
   key = jax.random.fold_in(jax.random.key(int(config.seed)),
                            settings.NOISE_STREAM)
-  maps = saliency_api.explain_all(
-      model, jnp.asarray(images["image"]), methods=tuple(estimators), key=key,
-      target=target, indices=jnp.asarray(images["index"].astype(np.int32)),
-      baseline=jnp.asarray(settings.black_image(config)),
-      **settings.estimator_options(config))
-  return {e: np.asarray(jax.device_get(maps[e]), np.float32)
-          for e in estimators}
+  indices = jnp.asarray(images["index"].astype(np.int32))
+  baseline = jnp.asarray(settings.black_image(config))
+  options = settings.estimator_options(config)
+  estimators = tuple(estimators)
+
+  def run(pixels) -> dict[str, np.ndarray]:
+    maps = saliency_api.explain_all(
+        model, jnp.asarray(pixels), methods=estimators, key=key,
+        target=target, indices=indices, baseline=baseline, **options)
+    return {e: np.asarray(jax.device_get(maps[e]), np.float32)
+            for e in estimators}
+  return run
 
 
 def on_one_device(variables):
@@ -178,7 +203,7 @@ class Comparer:
   Attributes:
     reference: {estimator: the trained model's maps}.
     extra: {metric: fn(reference maps, maps) -> [N]}: metrics beside
-      `similarity.compare`'s (the repaired tests' `repaired.spearman_flat`,
+      `similarity.compare`'s (the repaired tests' `repaired.FlatSpearman`,
       `repaired.ssim_flat`).
     floor: {estimator: {metric: summary}}: each metric between the reference
       maps and independent N(0, 1) maps.

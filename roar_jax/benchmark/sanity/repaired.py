@@ -30,15 +30,17 @@ twin of the same model (tests/test_sanity_repaired.py).
   default is SSIM of the two maps, each divided by its maximum absolute
   value, flattened channel-first into one vector and compared with a 1-D
   window of 7 and the data range of the pair (`ssim_flat`).
+
+The scores are computed for the whole batch at once (`scoring.py`), with
+the values of SciPy's and scikit-image's per-image functions.
 """
 
 import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from scipy import stats
-from skimage import metrics as skmetrics
 
+from roar_jax.benchmark.sanity import scoring
 from roar_jax.benchmark.sanity import similarity
 
 # The metric names the repaired tests add to a record's rows.
@@ -101,9 +103,13 @@ def bottom_up_steps(names: Sequence[str]) -> list[tuple[str, ...]]:
 
 
 def _flat(maps) -> np.ndarray:
-  """[N, D] float64: each [H, W, C] map flattened channel-first (C, H, W),
-  the order in which a torch library sees it."""
-  maps = np.asarray(maps, np.float64)
+  """[N, D]: each [H, W, C] map flattened channel-first (C, H, W), the
+  order in which a torch library sees it; float32 or float64 maps keep
+  their type (exact in float64: the scores convert where they compute),
+  others become float64."""
+  maps = np.asarray(maps)
+  if maps.dtype not in (np.float32, np.float64):
+    maps = maps.astype(np.float64)
   if maps.ndim == 3:
     maps = maps[..., None]
   if maps.ndim != 4:
@@ -122,12 +128,7 @@ def discrete_entropy(maps, n_bins: int = 100) -> np.ndarray:
   Returns:
     float64 [N], in nats (0 for a constant map: one bin holds everything).
   """
-  flat = _flat(maps)
-  out = np.empty(len(flat))
-  for i, row in enumerate(flat):
-    counts, _ = np.histogram(row, bins=n_bins)
-    out[i] = stats.entropy(counts)
-  return out
+  return scoring.histogram_entropy(_flat(maps), n_bins)
 
 
 def emprt(original, randomized, n_bins: int = 100) -> dict[str, np.ndarray]:
@@ -169,7 +170,38 @@ def spearman_flat(maps_a, maps_b, *, take_abs: bool = True) -> np.ndarray:
                      f"{b.shape}")
   if take_abs:
     a, b = np.abs(a), np.abs(b)
-  return similarity.spearman(a, b)
+  return scoring.spearman(a, b)
+
+
+class FlatSpearman:
+  """`spearman_flat` as fn(reference, maps), ranking each reference once.
+
+  A randomization test compares every step's maps with the same trained
+  maps; their ranks are kept, keyed by the reference array itself (held,
+  so its id is not reused), which must not be written into afterwards (the
+  stage's references never are).
+  """
+
+  def __init__(self, *, take_abs: bool = True, capacity: int = 64):
+    self.take_abs = take_abs
+    self.capacity = capacity
+    self._ranks: dict[int, tuple[Any, np.ndarray]] = {}
+
+  def _ranked(self, maps) -> np.ndarray:
+    flat = _flat(maps)
+    return scoring.average_ranks(np.abs(flat) if self.take_abs else flat)
+
+  def __call__(self, maps_a, maps_b) -> np.ndarray:
+    held = self._ranks.get(id(maps_a))
+    if held is None or held[0] is not maps_a:
+      if len(self._ranks) >= self.capacity:
+        self._ranks.clear()
+      held = self._ranks[id(maps_a)] = (maps_a, self._ranked(maps_a))
+    b = self._ranked(maps_b)
+    if held[1].shape != b.shape:
+      raise ValueError(f"maps to compare differ in shape: {held[1].shape} "
+                       f"vs {b.shape}")
+    return scoring.pearson(held[1], b)
 
 
 def _by_max(flat: np.ndarray) -> np.ndarray:
@@ -195,16 +227,14 @@ def ssim_flat(maps_a, maps_b, *, win_size: int = 7) -> np.ndarray:
   Returns:
     float64 [N].
   """
-  a, b = _by_max(_flat(maps_a)), _by_max(_flat(maps_b))
+  a = _by_max(np.asarray(_flat(maps_a), np.float64))
+  b = _by_max(np.asarray(_flat(maps_b), np.float64))
   if a.shape != b.shape:
     raise ValueError(f"maps to compare differ in shape: {a.shape} vs "
                      f"{b.shape}")
-  out = np.empty(len(a))
-  for i, (x, y) in enumerate(zip(a, b)):
-    both = np.concatenate([x, y])
-    out[i] = skmetrics.structural_similarity(
-        x, y, win_size=win_size, data_range=float(both.max() - both.min()))
-  return out
+  data_range = (np.maximum(a.max(axis=1), b.max(axis=1))
+                - np.minimum(a.min(axis=1), b.min(axis=1)))
+  return scoring.ssim(a, b, win_size=win_size, data_range=data_range)
 
 
 def other_classes(classes, num_classes: int, draws) -> np.ndarray:

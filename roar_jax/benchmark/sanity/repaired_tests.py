@@ -54,12 +54,9 @@ class SmoothedContext(comparisons.Context):
   magnitude: float = 0.1
 
   def explain(self, module, variables, names):
-    targets = _targets(self, module, variables)
-
-    def explain_at(images):
-      return maps_lib.explain(self.config, module, variables,
-                              {**self.images, "image": images}, names,
-                              target=targets)
+    explain_at = maps_lib.explainer(
+        self.config, module, variables, self.images, names,
+        target=_targets(self, module, variables))
     out = repaired.smooth(explain_at, self.images["image"], self.normals,
                           self.magnitude)
     # The controls ignore the model; their maps are the trained step's.
@@ -81,7 +78,7 @@ def bottom_up_test(ctx, pending) -> dict[str, dict[str, Any]]:
   `spearman_flat` beside the paper's metrics."""
   flat = maps_lib.Comparer(ctx.config, ctx.comparer.reference, ctx.images,
                            extra={repaired.SPEARMAN_FLAT:
-                                  repaired.spearman_flat})
+                                  repaired.FlatSpearman()})
   return comparisons.randomization_test(
       dataclasses.replace(ctx, comparer=flat), "bottom_up", pending)
 
@@ -98,7 +95,7 @@ def smprt_test(ctx, pending) -> dict[str, dict[str, Any]]:
   reference = {e: maps[e] for e in pending}
   sctx.comparer = maps_lib.Comparer(
       ctx.config, reference, ctx.images,
-      extra={repaired.SPEARMAN_FLAT: repaired.spearman_flat})
+      extra={repaired.SPEARMAN_FLAT: repaired.FlatSpearman()})
   return comparisons.randomization_test(sctx, "smprt", pending)
 
 

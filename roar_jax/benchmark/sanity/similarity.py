@@ -56,6 +56,8 @@ from scipy import stats
 from skimage import feature
 from skimage import metrics as skmetrics
 
+from roar_jax.benchmark.sanity import scoring
+
 METRICS = ("spearman_abs", "spearman_signed", "ssim", "hog")
 FOREGROUND_METRICS = ("spearman_abs_fg", "spearman_signed_fg")
 HOG_CORRELATIONS = ("pearson", "spearman")
@@ -196,8 +198,8 @@ def spearman(a, b, mask=None) -> np.ndarray:
     raise ValueError(f"maps to compare differ in shape: {a.shape} vs "
                      f"{b.shape}")
   if mask is None:
-    return _rowwise_pearson(stats.rankdata(a, axis=1),
-                            stats.rankdata(b, axis=1))
+    return _rowwise_pearson(scoring.average_ranks(a),
+                            scoring.average_ranks(b))
   mask = np.asarray(mask, bool).reshape(a.shape)
   out = np.full(len(a), np.nan)
   for i in range(len(a)):
