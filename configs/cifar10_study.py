@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.explain.transforms = (("gradient", "signed"),)
   c.explain.num_samples = 8
   c.explain.noise_scale = 0.15
-  c.explain.batch_size = 400
+  c.explain.batch_size = 200  # Divides shard_size (and 8 devices).
   c.explain.shard_size = 5000
 
   c.roar.thresholds = (0.9,)

@@ -7,6 +7,7 @@ import pytest
 from conftest import REPO, load_config
 from roar_jax.benchmark.roar import estimator_names
 from roar_jax.config import defaults as config_lib
+from roar_jax.config import known_fields
 from roar_jax.config import validation as validate
 
 CONFIGS = ("toy", "cifar10", "cifar10_fast", "cifar10_study",
@@ -50,6 +51,8 @@ def test_paper_configs(name, batch, base_lr, steps):
     ("explain.estimators", ("oracle",), "oracle"),
     ("explain.estimators", ("random", "gradient", "random"),
      r"\['random'\] named more than once"),
+    ("explain.shard_size", 1000, r"config.explain.shard_size=1000 must be a "
+     r"positive multiple of the per-process explain batch \(128\)"),
 ])
 def test_bad_benchmark_fields_are_named(field, value, message):
   config = load_config("cifar10")
@@ -211,10 +214,10 @@ def test_unknown_field_in_a_config_file_is_refused_with_the_closest():
     config.model.small_cnn.depth = 2
     config.grid.ray_env_vars.XLA_FLAGS = "--xla_dump_to=/tmp"
     config.grid.ray_resources.TPU = 4
-  validate.check_known_fields(config)
+  known_fields.check(config)
   for name in ("cifar10", "fashion_mnist_sanity", "synthetic_linear",
                "birdsnap_resnet50"):
-    validate.check_known_fields(config_lib.load(name))
+    known_fields.check(config_lib.load(name))
 
 
 def _run_cli(*args, timeout=120):

@@ -7,7 +7,6 @@ typo costs a second, not a crashed job an hour later.
 import dataclasses
 import importlib.util
 import os
-from typing import Any, Mapping
 
 import jax
 
@@ -19,7 +18,7 @@ from roar_jax.benchmark.roar import estimator_names
 from roar_jax.benchmark.roar import external_maps
 from roar_jax.benchmark.roar import finetune_fidelity_options
 from roar_jax.benchmark.roar import metric_plugins
-from roar_jax.config import defaults as defaults_lib
+from roar_jax.config import known_fields
 # Names only: the validation imports no TensorFlow, so a bad field fails fast.
 from roar_jax.data import names as data_names
 
@@ -28,20 +27,7 @@ DATASETS = data_names.KNOWN_DATASETS + ("synthetic_linear",)
 MODES = levels_lib.MODES
 FILLS = levels_lib.FILLS
 
-# Fields beyond `defaults.base_config()` that a config may add; any other new
-# field is a typo (a config file can assign one that no flag could).
-# Sections the user fills with names of their own:
-_OPEN_SECTIONS = ("grid.ray_env_vars", "grid.ray_resources")
-# Options of one model or one dataset, `model.<name>.*` and `data.<name>.*`,
-# which the model and the dataset builder check:
-_NAMED_SUBSECTIONS = ("model", "data")
-# Sections and fields of one stage or dataset, which that one checks:
-_STAGE_SECTIONS = ("sanity", "linear")
-_EXTRA_FIELDS = ("data.max_missing_fraction",)  # Of Birdsnap.
-
-
-class ConfigError(ValueError):
-  """A config field has a bad value; the message names the field."""
+ConfigError = known_fields.ConfigError
 
 
 def _require(ok: bool, message: str):
@@ -59,7 +45,7 @@ def validate(config, mode: str = "train"):
   Raises:
     ConfigError: naming the first bad field or path.
   """
-  check_known_fields(config)
+  known_fields.check(config)
   _require(isinstance(config.data.name, str) and (
       config.data.name in DATASETS or config.data.path),
            f"config.data.name={config.data.name!r} is not a known dataset "
@@ -114,37 +100,6 @@ def _validate_mode(config, mode: str, devices: int):
       sanity.validate_config(config)
     except ValueError as e:
       raise ConfigError(str(e)) from None
-
-
-def check_known_fields(config):
-  """Refuses a field the defaults do not have, as a flag override would.
-
-  A config file runs Python, so `c.train.num_stepz = 5` adds a field where
-  `--config.train.num_stepz=5` is refused; without this check the typo
-  passes and the default runs.
-
-  Raises:
-    ConfigError: naming the first unknown field, with the closest known one.
-  """
-  _check_section(config.to_dict(), defaults_lib.base_config().to_dict(), "")
-
-
-def _check_section(given: Mapping[str, Any], known: Mapping[str, Any],
-                   prefix: str):
-  for key, value in given.items():
-    field = prefix + key
-    if key in known:
-      if (isinstance(value, Mapping) and isinstance(known[key], Mapping)
-          and field not in _OPEN_SECTIONS):
-        _check_section(value, known[key], field + ".")
-      continue
-    section = prefix.rstrip(".")
-    if (field in _EXTRA_FIELDS or (not prefix and key in _STAGE_SECTIONS)
-        or (section in _NAMED_SUBSECTIONS and isinstance(value, Mapping))):
-      continue
-    hint = hints.did_you_mean(key, known, show=lambda k: prefix + k)
-    raise ConfigError(f"config.{field}: the config has no such field (set in "
-                      f"the config file?){hint}")
 
 
 def _validate_train(config, devices: int):
@@ -236,6 +191,12 @@ def _validate_benchmark(config, devices: int):
   _require(ec.batch_size > 0 and ec.batch_size % devices == 0,
            f"config.explain.batch_size={ec.batch_size} must be a positive "
            f"multiple of the number of devices ({devices})")
+  local = ec.batch_size // jax.process_count()  # What a process explains.
+  _require(isinstance(ec.shard_size, int) and ec.shard_size > 0
+           and ec.shard_size % local == 0,
+           f"config.explain.shard_size={ec.shard_size!r} must be a positive "
+           f"multiple of the per-process explain batch ({local}), so that no "
+           "batch straddles two rank-store shards")
   _validate_roar(config)
 
 
