@@ -90,9 +90,13 @@ def _kernel(logits_fn, x, maps, target, keys, local, slot, *, size,
   flat = x.reshape(x.shape[0], f)
   base = flat.min(-1) if baseline == "black" else flat.mean(-1)
   idx = _floyd(jax.vmap(jax.random.fold_in)(keys[local], slot - 1), f, size)
-  hit = jax.vmap(lambda i: jnp.zeros((f,), bool).at[i].set(True))(idx)
-  hit &= (slot > 0)[:, None]
-  perturbed = jnp.where(hit, base[local][:, None], flat[local])
+  rows = flat[local]
+  # The subset's values set to the baseline (kept for the clean image): a
+  # scatter of the p x size values, no [p, D] mask.
+  fill = jnp.where((slot > 0)[:, None], base[local][:, None],
+                   jnp.take_along_axis(rows, idx, -1))
+  perturbed = rows.at[jnp.arange(rows.shape[0])[:, None], idx].set(
+      fill, unique_indices=True)
   logits = logits_fn(perturbed.reshape((-1,) + x.shape[1:]))
   out = jnp.take_along_axis(logits.astype(jnp.float32),
                             target[local][:, None], -1)[:, 0]
