@@ -21,11 +21,11 @@ from roar_jax.saliency import lrp
 pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 REFERENCES = pathlib.Path(__file__).parent / "references" / "lrp.npz"
-# Max |ours - Zennit's| / max |Zennit's|, measured: at most 1.3e-6 for the
-# four composites. Plain epsilon (1e-6 in every convolution) divides by
-# near-zero pre-activations, which amplifies float32 rounding: 1.4e-4 on the
-# CNN and 1.3e-3 on the ResNet in float32, 6e-8 with the Flax models in
-# float64, so the rule itself agrees.
+# Max |ours - Zennit's| / max |Zennit's|, measured on both models: at most
+# 1.3e-6 for the four composites. Plain epsilon (1e-6 in every convolution)
+# divides by near-zero pre-activations, which amplifies float32 rounding:
+# 1.4e-4 on the CNN and 1.3e-3 on the ResNet in float32, 6e-8 with the Flax
+# models in float64, so the rule itself agrees.
 TOLERANCE = {"epsilon": 3e-3}
 COMPOSITES = ("epsilon_plus", "epsilon_plus_flat", "epsilon_gamma_box",
               "epsilon_alpha2_beta1", "epsilon")
@@ -63,11 +63,19 @@ def _inputs(reference):
   return x, t, lrp.box_bounds(x, opts)
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet"])
-def test_composites_equal_zennits(reference, name):
+# Every composite on the CNN; on the ResNet (one compilation of its 20
+# convolutions per composite), the two whose rules cover the others': box,
+# gamma and epsilon, and alpha-beta, through its folded BatchNorms and
+# residual sums.
+RESNET_COMPOSITES = ("epsilon_gamma_box", "epsilon_alpha2_beta1")
+
+
+@pytest.mark.parametrize("name,composites", [
+    ("cnn", COMPOSITES), ("resnet", RESNET_COMPOSITES)])
+def test_composites_equal_zennits(reference, name, composites):
   module, variables = _model(name), _variables(reference, name)
   x, t, bounds = _inputs(reference)
-  for composite in COMPOSITES:
+  for composite in composites:
     ours = np.asarray(_lrp(module, variables, x, t, bounds, composite))
     ref = reference[f"{name}/lrp/{composite}"]
     error = np.abs(ours - ref).max() / np.abs(ref).max()
