@@ -23,8 +23,16 @@ For each: images/s of ours and of the peer, and our time against the bare
 jitted forwards (gradients for sensitivity) the metric needs, the same model
 in chunks of 512 inputs as ours: the first ratio is the peer's time over
 ours, the second the bare forwards' time over ours (1.0: as fast as the
-model's forwards alone). Ours is timed after a first, compiling call.
---quick: 16 images.
+model's forwards alone). Ours and the bare calls are timed after a first,
+compiling call, alternately REPEATS times, the fastest of each kept (a
+loaded machine then slows both alike). --quick: 16 images.
+
+--gradients: the limit of sensitivity on each side, the bare input gradient
+of a class on the same batches of 64, 256 and 512 images: XLA's as the
+bench computes it (vmap of per-image gradients), XLA's of the summed logits
+(torch's formulation) and torch's autograd (Captum's explanation function),
+in images/s and in CPU-milliseconds per image (every thread of the process:
+a side that keeps one core busy where the other keeps two shows it).
 """
 
 import argparse
@@ -52,7 +60,7 @@ from roar_jax.benchmark.roar import sensitivity  # noqa: E402
 from roar_jax.benchmark.roar import srg  # noqa: E402
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-MEAN, STD, CHUNK, SEED = 0.5, 0.25, 512, 0
+MEAN, STD, CHUNK, SEED, REPEATS = 0.5, 0.25, 512, 0, 3
 OPTIONS = metric_options.Options(steps=16, fill="black", batch_size=CHUNK)
 
 
@@ -60,6 +68,13 @@ def timed(fn):
   start = time.perf_counter()
   out = fn()
   return time.perf_counter() - start, out
+
+
+def cpu_timed(fn) -> tuple[float, float]:
+  """(wall s, CPU s of every thread of this process) of one call."""
+  wall, cpu = time.perf_counter(), time.process_time()
+  fn()
+  return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def setup(n: int):
@@ -93,22 +108,19 @@ def setup(n: int):
   return images, x, targets, maps, logits, gradient, twin
 
 
-def bare_time(fn, x, total: int) -> float:
-  """Seconds of `total` inputs through `fn` in chunks of CHUNK (compiled
-  first)."""
+def bare_call(fn, x, total: int):
+  """A call of `total` inputs through `fn` in chunks of CHUNK."""
   chunk = jnp.asarray(np.resize(x, (min(CHUNK, total),) + x.shape[1:]))
-  t = np.zeros(len(chunk), np.int32)
-  jax.block_until_ready(fn(chunk, t))
+  t = jnp.zeros(len(chunk), jnp.int32)
   calls = -(-total // len(chunk))
-  s, _ = timed(lambda: [jax.block_until_ready(fn(chunk, t))
-                        for _ in range(calls)])
-  return s
+  return lambda: [jax.block_until_ready(fn(chunk, t)) for _ in range(calls)]
 
 
-def ours_time(fn) -> float:
-  fn()
-  s, _ = timed(fn)
-  return s
+def ours_and_bare(ours, bare) -> tuple[float, float]:
+  """The fastest of REPEATS alternate timings of each (compiled first)."""
+  ours(), bare()
+  times = [(timed(ours)[0], timed(bare)[0]) for _ in range(REPEATS)]
+  return min(t[0] for t in times), min(t[1] for t in times)
 
 
 def nchw(a):
@@ -117,13 +129,13 @@ def nchw(a):
 
 
 def run_infidelity(x, targets, maps, logits, twin):
-  """(ours s, Captum s, forwards)."""
+  """(ours, Captum s, forwards)."""
   import captum.metrics  # Deferred: a bench-only dependency.
   import torch
   n, s = len(x), OPTIONS.infidelity_samples
   keys = metric_draws.image_keys(SEED, metric_draws.INFIDELITY_STREAM,
                                  np.arange(n))
-  ours = ours_time(lambda: infidelity.from_terms(infidelity.terms(
+  ours = (lambda: infidelity.from_terms(infidelity.terms(
       logits, x, maps, targets, keys, samples=s,
       std=OPTIONS.infidelity_noise_std, batch_size=CHUNK)))
   noise = nchw(np.asarray(infidelity.perturbations(
@@ -151,14 +163,14 @@ def torch_gradient(twin):
 
 
 def run_sensitivity(x, targets, maps, gradient, twin):
-  """(ours s, Captum s, gradients)."""
+  """(ours, Captum s, gradients)."""
   import captum.metrics  # Deferred: a bench-only dependency.
   import torch
   n, s = len(x), OPTIONS.sensitivity_samples
   keys = metric_draws.image_keys(SEED, metric_draws.SENSITIVITY_STREAM,
                                  np.arange(n))
   maps_fn = lambda v, t, i: gradient(jnp.asarray(v), jnp.asarray(t))
-  ours = ours_time(lambda: sensitivity.ratios(
+  ours = (lambda: sensitivity.ratios(
       maps_fn, x, maps, targets, np.arange(n), keys, samples=s,
       radius=OPTIONS.sensitivity_radius, batch_size=CHUNK).max(1))
   moved = nchw(np.asarray(sensitivity.perturbed_inputs(
@@ -171,12 +183,12 @@ def run_sensitivity(x, targets, maps, gradient, twin):
 
 
 def run_faithfulness(x, targets, maps, logits, twin):
-  """(ours s, Quantus s, forwards)."""
+  """(ours, Quantus s, forwards)."""
   import quantus  # Deferred: a bench-only dependency.
   n, runs, size = len(x), OPTIONS.faithfulness_runs, x.shape[1]
   keys = metric_draws.image_keys(SEED, metric_draws.FAITHFULNESS_STREAM,
                                  np.arange(n))
-  ours = ours_time(lambda: faithfulness.pearson(faithfulness.terms(
+  ours = (lambda: faithfulness.pearson(faithfulness.terms(
       logits, x, maps, targets, keys, runs=runs, size=size,
       baseline="black", batch_size=CHUNK)))
   metric = quantus.FaithfulnessCorrelation(
@@ -190,14 +202,14 @@ def run_faithfulness(x, targets, maps, logits, twin):
 
 
 def run_srg(images, x, targets, maps, logits, twin):
-  """(ours s, Quantus s, forwards): SRG black vs PixelFlipping twice."""
+  """(ours, Quantus s, forwards): SRG black vs PixelFlipping twice."""
   import quantus  # Deferred: a bench-only dependency.
   n = len(x)
   levels = np.asarray(saliency.rank(maps))
   batch = metric_registry.Batch(
       "gradient", images, targets, np.arange(n), logits, OPTIONS, None,
       levels=levels, mean=(MEAN,), std=(STD,), seed=SEED)
-  ours = ours_time(lambda: srg.gain_curves(
+  ours = (lambda: srg.gain_curves(
       srg.occlusion_curves(batch, "black"), OPTIONS.steps))
   pf = quantus.PixelFlipping(features_in_step=32 * 32 // 16,
                              perturb_baseline="black", normalise=False,
@@ -212,13 +224,43 @@ def run_srg(images, x, targets, maps, logits, twin):
   return ours, peer, n * 2 * len(srg.inner_levels(OPTIONS.steps))
 
 
+def gradient_limits(x, logits, gradient, twin):
+  """Prints the bare input gradients of XLA and torch on the same batches."""
+  import torch  # Deferred: a bench-only dependency.
+  summed = jax.jit(lambda v, t: jax.grad(lambda w: jnp.take_along_axis(
+      logits(w), t[:, None], -1).sum())(v))
+  explain = torch_gradient(twin)
+  print(f"{'gradient batch':16s}{'XLA vmap':>22s}{'XLA summed':>22s}"
+        f"{'torch':>22s}   (img/s, CPU ms/img)")
+  for b in (64, 256, 512):
+    v = np.resize(x, (b,) + x.shape[1:])
+    t = np.arange(b, dtype=np.int32) % 10
+    vj, tj, vt = jnp.asarray(v), jnp.asarray(t), nchw(v)
+    calls = [lambda: jax.block_until_ready(gradient(vj, tj)),
+             lambda: jax.block_until_ready(summed(vj, tj)),
+             lambda: explain(vt, t.astype(np.int64))]
+    for call in calls:
+      call()
+    times = [[cpu_timed(call) for call in calls] for _ in range(REPEATS)]
+    cells = "".join(
+        f"{b / min(r[i][0] for r in times):12.0f}"
+        f"{1e3 * min(r[i][1] for r in times) / b:10.2f}"
+        for i in range(len(calls)))
+    print(f"{b:<16d}{cells}")
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--images", type=int, default=64)
   parser.add_argument("--quick", action="store_true", help="16 images")
+  parser.add_argument("--gradients", action="store_true",
+                      help="only the bare gradients of XLA and torch")
   args = parser.parse_args()
   n = 16 if args.quick else args.images
   images, x, targets, maps, logits, gradient, twin = setup(n)
+  if args.gradients:
+    gradient_limits(x, logits, gradient, twin)
+    return
   forward = jax.jit(lambda v, t: logits(v))
   rows = [("infidelity", "Captum", forward,
            run_infidelity(x, targets, maps, logits, twin)),
@@ -231,7 +273,7 @@ def main():
   print(f"{'metric':20s}{'ours img/s':>11s}{'peer':>15s}{'peer img/s':>11s}"
         f"{'peer/ours':>10s}{'inputs':>8s}{'bare s':>8s}{'bare/ours':>10s}")
   for name, peer_name, fn, (ours, peer, inputs) in rows:
-    bare = bare_time(fn, x, inputs)
+    ours, bare = ours_and_bare(ours, bare_call(fn, x, inputs))
     print(f"{name:20s}{n / ours:11.1f}{peer_name:>15s}{n / peer:11.1f}"
           f"{peer / ours:9.1f}x{inputs:8d}{bare:8.3f}{bare / ours:10.2f}")
   print("inputs: the model inputs (forwards; gradients for sensitivity) "

@@ -5,6 +5,10 @@
   FaithfulnessCorrelation of a narrow SmallCNN's torch twin, each fed
   roar_jax's perturbations (tests/references/make_metrics_peers.py); ours on
   the stored weights, maps and draws give the same values.
+- Draws: metric_draws' own Threefry gives jax.random's bits, normals and
+  uniforms; faithfulness's subsets (Floyd's algorithm) are distinct and
+  uniform over the sets (chi-square); the values do not depend on the
+  inputs per call.
 - Closed forms on linear models: infidelity 0 for the gradient map, the
   squared logit change for a zero map; sensitivity 0 for a constant map
   and ||d|| / ||x|| for the map x; faithfulness correlation 1 for
@@ -95,8 +99,50 @@ def test_draws_are_those_the_peers_were_fed(peers):
   np.testing.assert_array_equal(subsets, d["faithfulness_subsets"])
 
 
-# 5 inputs per call: one image and 5 of the 8 draws (the last chunk padded);
-# 64: all 8 draws of 8 images (the 4 images padded).
+@jax.jit
+def _draws_both_ways(keys):
+  """(ours, jax.random's) bits, normals and uniforms of 300 values a key."""
+  each = lambda fn: jax.vmap(jax.vmap(fn))(keys)
+  n = 300
+  return ((metric_draws.bits(keys, n), metric_draws.normal(keys, n),
+           metric_draws.uniform(keys, n, -0.02, 0.02)),
+          (each(lambda k: jax.random.bits(k, (n,), jnp.uint32)),
+           each(lambda k: jax.random.normal(k, (n,))),
+           each(lambda k: jax.random.uniform(k, (n,), minval=-0.02,
+                                             maxval=0.02))))
+
+
+def test_draws_are_jax_randoms_values():
+  """metric_draws computes Threefry itself (fused, for speed): the same bits
+  as jax.random.bits, hence its uniform and normal values."""
+  keys = metric_draws.sample_keys(
+      metric_draws.image_keys(3, metric_draws.INFIDELITY_STREAM, [0, 9]),
+      jnp.arange(3, dtype=jnp.uint32))
+  with jax.threefry_partitionable(True):  # JAX's default layout.
+    (bits, normal, uniform), want = _draws_both_ways(keys)
+  np.testing.assert_array_equal(bits, want[0])
+  np.testing.assert_array_equal(normal, want[1])
+  # Measured: 1.9e-9 (the scaling's rounding).
+  np.testing.assert_allclose(uniform, want[2], atol=1e-8)
+
+
+def test_subsets_are_distinct_and_uniform():
+  # 3 of 6 values: 20 sets, 3,000 draws, 150 expected per set.
+  s = np.asarray(faithfulness.subsets(
+      metric_draws.image_keys(5, metric_draws.FAITHFULNESS_STREAM,
+                              np.arange(30)),
+      jnp.arange(100, dtype=jnp.uint32), 6, 3)).reshape(-1, 3)
+  assert all(len(set(row)) == 3 for row in s) and s.min() >= 0
+  assert s.max() <= 5
+  sets, counts = np.unique(np.sort(s, axis=1), axis=0, return_counts=True)
+  assert len(sets) == 20
+  # Pearson's chi-square, 19 degrees of freedom: 43.8 is its 0.1% tail.
+  chi2 = ((counts - 150.0) ** 2 / 150.0).sum()
+  assert chi2 < 43.8, chi2
+
+
+# 5 inputs per call: 9 per image (f(x) and 8 draws), the calls straddle the
+# images, the last one padded; 64: the 36 inputs in one call.
 @pytest.mark.parametrize("batch_size", [5, 64])
 def test_infidelity_equals_captum(peers, batch_size):
   logits, _, d = peers
@@ -104,22 +150,24 @@ def test_infidelity_equals_captum(peers, batch_size):
                        _keys(d, metric_draws.INFIDELITY_STREAM),
                        samples=int(d["samples"]), std=float(d["std"]),
                        batch_size=batch_size)
-  # Measured: 1.7e-6 of the largest value (float32 on both sides).
+  # Measured: 6.6e-6 relative, either batch size (float32 on both sides).
   np.testing.assert_allclose(infidelity.from_terms(t), d["captum_infidelity"],
                              rtol=1e-4)
   np.testing.assert_allclose(infidelity.from_terms(t, normalize=True),
                              d["captum_infidelity_normalized"], rtol=1e-4)
 
 
-def test_sensitivity_equals_captum(peers):
+# 12 inputs per call: 3 calls of 1.5 images' draws; 32: all.
+@pytest.mark.parametrize("batch_size", [12, 32])
+def test_sensitivity_equals_captum(peers, batch_size):
   _, gradient, d = peers
   r = sensitivity.ratios(
       lambda x, t, i: gradient(jnp.asarray(x), jnp.asarray(t)), d["images"],
       d["maps"], d["targets"], d["indices"],
       _keys(d, metric_draws.SENSITIVITY_STREAM), samples=int(d["samples"]),
-      radius=float(d["radius"]), batch_size=12)
-  # Measured: 9e-8 of the largest ratio; the maps are float32 gradients of
-  # two frameworks.
+      radius=float(d["radius"]), batch_size=batch_size)
+  # Measured: 2.5e-7 relative; the maps are float32 gradients of two
+  # frameworks.
   np.testing.assert_allclose(r, d["captum_sensitivity_per_draw"], rtol=1e-4)
   np.testing.assert_allclose(r.max(1), d["captum_sensitivity_max"],
                              rtol=1e-4)
@@ -128,13 +176,15 @@ def test_sensitivity_equals_captum(peers):
                              rtol=1e-4)
 
 
-def test_faithfulness_correlation_equals_quantus(peers):
+# 150 inputs per call: the 101 of image 0 and 49 of image 1; 404: all.
+@pytest.mark.parametrize("batch_size", [150, 404])
+def test_faithfulness_correlation_equals_quantus(peers, batch_size):
   logits, _, d = peers
   t = faithfulness.terms(logits, d["images"], d["maps"], d["targets"],
                          _keys(d, metric_draws.FAITHFULNESS_STREAM),
                          runs=int(d["runs"]), size=int(d["subset"]),
-                         baseline="black", batch_size=150)
-  # Measured: 1.6e-7 absolute.
+                         baseline="black", batch_size=batch_size)
+  # Measured: 2.5e-7 absolute.
   np.testing.assert_allclose(faithfulness.pearson(t),
                              d["quantus_faithfulness"], atol=1e-4)
 

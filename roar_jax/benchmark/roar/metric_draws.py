@@ -136,12 +136,11 @@ def per_input(kernel: Callable[..., jax.Array], arrays, keys: jax.Array,
   n = int(keys.shape[0])
   if n == 0:
     raise ValueError("no images to score")
-  out = None
-  for rows, local, slot, kept in chunks(n, per_image, batch_size):
-    values = np.asarray(kernel(*[a[rows] for a in arrays], keys[rows],
-                               local, slot), np.float64)
-    if out is None:
-      out = np.zeros((n * per_image,) + values.shape[1:], np.float64)
-    start = int(rows[0]) * per_image + int(slot[0])
-    out[start:start + kept] = values[:kept]
+  # Every call is dispatched before any result is read: the host's work for
+  # a call (its gathers, its dispatch) overlaps the device's on the last.
+  values = [(kernel(*[a[rows] for a in arrays], keys[rows], local, slot),
+             kept) for rows, local, slot, kept in chunks(n, per_image,
+                                                         batch_size)]
+  out = np.concatenate([np.asarray(v, np.float64)[:kept]
+                        for v, kept in values])
   return out.reshape((n, per_image) + out.shape[1:])
