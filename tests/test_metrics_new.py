@@ -388,3 +388,8 @@ def test_options_enter_the_provenance_only_when_their_metric_runs():
       names=("deletion", "infidelity")).fields()
   assert with_infidelity["metrics.infidelity_noise_std"] == 0.2
   assert "metrics.sensitivity_radius" not in with_infidelity
+  assert "metrics.faithfulness_subset_draw" not in with_infidelity
+  # The subsets' draw names its algorithm: a record drawn another way is
+  # stale.
+  assert metric_options.Options(names=("faithfulness_correlation",)).fields(
+  )["metrics.faithfulness_subset_draw"] == "floyd"

@@ -83,6 +83,11 @@ class Options:
     out = {f"metrics.{k}": (list(v) if isinstance(v, tuple) else v)
            for k, v in dataclasses.asdict(self).items()
            if k not in ("batch_size", "names") and _configured(self, k)}
+    if _configured(self, "faithfulness_runs"):
+      # How the subsets are drawn: Floyd's algorithm replaced a top-k of
+      # uniforms (same distribution, other subsets), so a record drawn the
+      # old way, which lacks this field, reads as stale, not as current.
+      out["metrics.faithfulness_subset_draw"] = "floyd"
     return out
 
 
