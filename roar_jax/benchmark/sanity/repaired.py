@@ -128,7 +128,12 @@ def discrete_entropy(maps, n_bins: int = 100) -> np.ndarray:
   Returns:
     float64 [N], in nats (0 for a constant map: one bin holds everything).
   """
-  return scoring.histogram_entropy(_flat(maps), n_bins)
+  maps = np.asarray(maps)
+  if maps.ndim not in (3, 4):
+    raise ValueError(f"maps must be [N, H, W, C] or [N, H, W], got shape "
+                     f"{maps.shape}")
+  # A histogram does not see the order of the entries: no channel-first copy.
+  return scoring.histogram_entropy(maps.reshape(len(maps), -1), n_bins)
 
 
 def emprt(original, randomized, n_bins: int = 100) -> dict[str, np.ndarray]:
@@ -187,9 +192,12 @@ class FlatSpearman:
     self.capacity = capacity
     self._ranks: dict[int, tuple[Any, np.ndarray]] = {}
 
-  def _ranked(self, maps) -> np.ndarray:
-    flat = _flat(maps)
-    return scoring.average_ranks(np.abs(flat) if self.take_abs else flat)
+  def _ranked(self, maps) -> tuple[np.ndarray, np.ndarray]:
+    # A rank correlation does not see the order of the entries, only that
+    # both maps share it: no channel-first copy.
+    flat = np.asarray(maps).reshape(len(maps), -1)
+    return scoring.centered(scoring.average_ranks(
+        np.abs(flat) if self.take_abs else flat))
 
   def __call__(self, maps_a, maps_b) -> np.ndarray:
     held = self._ranks.get(id(maps_a))
@@ -198,10 +206,10 @@ class FlatSpearman:
         self._ranks.clear()
       held = self._ranks[id(maps_a)] = (maps_a, self._ranked(maps_a))
     b = self._ranked(maps_b)
-    if held[1].shape != b.shape:
-      raise ValueError(f"maps to compare differ in shape: {held[1].shape} "
-                       f"vs {b.shape}")
-    return scoring.pearson(held[1], b)
+    if held[1][0].shape != b[0].shape:
+      raise ValueError(f"maps to compare differ in size: {held[1][0].shape} "
+                       f"vs {b[0].shape}")
+    return scoring.pearson_centered(held[1], b)
 
 
 def _by_max(flat: np.ndarray) -> np.ndarray:

@@ -61,17 +61,27 @@ def average_ranks(x) -> np.ndarray:
   return ranks
 
 
-def pearson(a, b) -> np.ndarray:
-  """Pearson correlation of each row pair of a, b [N, D] in float64; NaN
-  where a row is constant."""
-  a = np.asarray(a, np.float64)
-  b = np.asarray(b, np.float64)
-  a = a - a.mean(axis=1, keepdims=True)
-  b = b - b.mean(axis=1, keepdims=True)
-  den = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+def centered(x) -> tuple[np.ndarray, np.ndarray]:
+  """Each row of x [N, D] less its mean (float64), and its sum of squares:
+  one side of `pearson`, to be reused against many others."""
+  x = np.asarray(x, np.float64)
+  x = x - x.mean(axis=1, keepdims=True)
+  return x, (x * x).sum(axis=1)
+
+
+def pearson_centered(a, b) -> np.ndarray:
+  """`pearson` of two `centered` sides."""
+  (a, ssa), (b, ssb) = a, b
+  den = np.sqrt(ssa * ssb)
   num = (a * b).sum(axis=1)
   with np.errstate(invalid="ignore", divide="ignore"):
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def pearson(a, b) -> np.ndarray:
+  """Pearson correlation of each row pair of a, b [N, D] in float64; NaN
+  where a row is constant."""
+  return pearson_centered(centered(a), centered(b))
 
 
 def spearman(a, b) -> np.ndarray:
