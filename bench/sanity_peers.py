@@ -7,20 +7,18 @@ A SmallCNN (width 32, 10 classes, random init, small random biases) in
 Flax and as its torch twin (bench/torch_twins.py), random 32x32x3 images
 normalized as configs/cifar10.py does, gradient maps of the predicted class.
 For bottom-up MPRT, eMPRT, sMPRT (50 samples, noise 0.1), random logit:
-ours: the functions the sanity stage calls (`maps.explain`, `maps.explainer`
-for sMPRT's noisy copies, `randomization.randomize`, `repaired.FlatSpearman`
-/`emprt`/`smooth`/`ssim_flat`) on JAX and NumPy, with Quantus's similarity
-only (the stage adds the paper's metrics); the peer: Quantus's
+ours: the sanity stage's functions (`maps.explain`/`explainer`,
+`randomization.randomize`, `repaired.FlatSpearman`/`emprt`/`smooth`/
+`ssim_flat`), Quantus's similarity only; the peer: Quantus's
 `MPRT(layer_order='bottom_up')`, `EfficientMPRT`, `SmoothMPRT` (via
-`quantus.explain`), `RandomLogit` (one image per batch:
-its normalization by the batch maximum is then per image, as ours) on the
-twin, its explain_func the twin's torch gradient (the natural Quantus setup).
-The twin's layers re-initialize to roar_jax's arrays (`reset_parameters`
-replaced, as in tests/references/make_sanity_repaired.py).
+`quantus.explain`), `RandomLogit` (one image per batch, so that its
+normalization is per image, as ours) on the twin, its explain_func the
+twin's torch gradient (the natural Quantus setup).
+The twin's layers re-initialize to roar_jax's arrays (as in
+tests/references/make_sanity_repaired.py).
 
-The scores are checked first, Quantus explaining with our maps (ATOL of
-tests/test_sanity_repaired.py) and with torch gradients (TORCH_ATOL); no
-timing is printed without agreement. Rounds interleave ours and the peer,
+The scores are checked first (Quantus with our maps: ATOL; with torch
+gradients: TORCH_ATOL); no timing is printed without agreement. Rounds interleave ours and the peer,
 best of --rounds: images/s, ours/peer. Then our work against the bare
 gradient passes it needs (`passes`), timed as one `jax.jit(jax.grad(...))`
 of the model on the same batch: passes/s and ours/bare (1.0: the test costs
