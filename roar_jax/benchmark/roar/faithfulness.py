@@ -89,7 +89,7 @@ def _kernel(logits_fn, x, maps, target, keys, local, slot, *, size,
   f = x[0].size
   flat = x.reshape(x.shape[0], f)
   base = flat.min(-1) if baseline == "black" else flat.mean(-1)
-  idx = _floyd(jax.vmap(jax.random.fold_in)(keys[local], slot - 1), f, size)
+  idx = _floyd(metric_draws.input_keys(keys, local, slot - 1), f, size)
   rows = flat[local]
   # The subset's values set to the baseline (kept for the clean image): a
   # scatter of the p x size values, no [p, D] mask.
@@ -124,11 +124,10 @@ def terms(logits_fn, x, maps, target, keys, *, runs: int, size: int,
   is computed once per image.
   """
   fn = metric_draws.as_partial(logits_fn)
-  v = metric_draws.per_input(
+  return metric_draws.per_input_with_clean(
       lambda *a: _kernel(fn, *a, size=size, baseline=baseline),
       [np.asarray(x, np.float32), np.asarray(maps, np.float32),
-       np.asarray(target, np.int32)], keys, runs + 1, batch_size)
-  return np.stack([v[:, 1:, 0], v[:, :1, 1] - v[:, 1:, 1]], axis=-1)
+       np.asarray(target, np.int32)], keys, runs, batch_size)
 
 
 def pearson(t: np.ndarray) -> np.ndarray:

@@ -51,7 +51,7 @@ def _noise(keys, local, slot, std, *, size):
   """The call's perturbations [p, D] (flat: drawn in the [p, D] layout, not
   in one with the channels minor, which XLA's CPU code runs several times
   slower); slot 0 is the clean image (I = 0), slot s its sample s - 1."""
-  k = jax.vmap(jax.random.fold_in)(keys[local], slot - 1)
+  k = metric_draws.input_keys(keys, local, slot - 1)
   noise = std * metric_draws.normal(k, size)
   return jnp.where((slot == 0)[:, None], 0.0, noise)
 
@@ -85,11 +85,10 @@ def terms(logits_fn, x, maps, target, keys, *, samples: int, std: float,
     return _kernel(fn, x_, maps_, target_, local,
                    _noise(keys_, local, slot, std, size=x_[0].size))
 
-  v = metric_draws.per_input(
+  return metric_draws.per_input_with_clean(
       kernel,
       [np.asarray(x, np.float32), np.asarray(maps, np.float32),
-       np.asarray(target, np.int32)], keys, samples + 1, batch_size)
-  return np.stack([v[:, 1:, 0], v[:, :1, 1] - v[:, 1:, 1]], axis=-1)
+       np.asarray(target, np.int32)], keys, samples, batch_size)
 
 
 def from_terms(t: np.ndarray, normalize: bool = False) -> np.ndarray:

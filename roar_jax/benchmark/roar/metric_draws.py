@@ -52,6 +52,13 @@ def sample_keys(keys: jax.Array, samples: jax.Array) -> jax.Array:
       lambda s: jax.random.fold_in(k, s))(samples))(keys)
 
 
+def input_keys(keys: jax.Array, local: jax.Array, slot: jax.Array
+               ) -> jax.Array:
+  """A call's per-input sample keys [p] (traceable): input p is sample
+  slot_p of image local_p, its key fold_in(keys[local_p], slot_p)."""
+  return jax.vmap(jax.random.fold_in)(keys[local], slot)
+
+
 def _threefry(k0, k1, x0, x1):
   """Threefry-2x32 (20 rounds) of the counters (x0, x1) under (k0, k1)."""
   ks = (k0, k1, k0 ^ k1 ^ jnp.uint32(0x1BD11BDA))
@@ -144,3 +151,16 @@ def per_input(kernel: Callable[..., jax.Array], arrays, keys: jax.Array,
   out = np.concatenate([np.asarray(v, np.float64)[:kept]
                         for v, kept in values])
   return out.reshape((n, per_image) + out.shape[1:])
+
+
+def per_input_with_clean(kernel: Callable[..., jax.Array], arrays,
+                         keys: jax.Array, samples: int, batch_size: int
+                         ) -> np.ndarray:
+  """`per_input` of a kernel whose slot 0 is the clean image and slot s its
+  sample s - 1, each input giving (term, f(input)).
+
+  Returns:
+    [B, samples, 2] float64: (term, f(x) - f(sample)) per sample.
+  """
+  v = per_input(kernel, arrays, keys, samples + 1, batch_size)
+  return np.stack([v[:, 1:, 0], v[:, :1, 1] - v[:, 1:, 1]], axis=-1)

@@ -43,7 +43,7 @@ def perturbed_inputs(x, radius, keys, draws):
 @jax.jit
 def _moved(x, radius, keys, local, slot):
   """The call's inputs [p]: image local_p moved by its draw slot_p."""
-  k = jax.vmap(jax.random.fold_in)(keys[local], slot)
+  k = metric_draws.input_keys(keys, local, slot)
   # Flat [p, D]: drawn with the channels minor, XLA's CPU code is slower.
   d = metric_draws.uniform(k, x[0].size, -radius, radius)
   return (x.reshape(-1, d.shape[1])[local] + d).reshape((-1,) + x.shape[1:])
